@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Installs the outside tools hsmca's tests use. Idempotent.
+set -euo pipefail
+need=()
+command -v softhsm2-util >/dev/null 2>&1 || need+=(softhsm2)
+command -v pkcs11-tool   >/dev/null 2>&1 || need+=(opensc)
+command -v certbot       >/dev/null 2>&1 || need+=(certbot)
+command -v openssl       >/dev/null 2>&1 || need+=(openssl)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "deps: installing ${need[*]}"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+echo "deps: ok (softhsm2, pkcs11-tool, certbot, openssl)"

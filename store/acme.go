@@ -1,0 +1,4 @@
+package store
+
+// acmeBuckets are the buckets behind acme.Store.
+var acmeBuckets = [][]byte{}

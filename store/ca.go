@@ -1,0 +1,4 @@
+package store
+
+// caBuckets are the buckets behind ca.Store.
+var caBuckets = [][]byte{}
