@@ -12,4 +12,16 @@ if [ ${#need[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
 fi
+# --- begin TesseraCT (issue 8, ct/) ---
+# TesseraCT's POSIX binary is the real CT log the ct integration test runs on
+# loopback. go install names it after its directory: bin/peers/posix.
+(
+  cd "$(dirname "$0")/.."
+  if [ ! -x bin/peers/posix ]; then
+    echo "deps: installing TesseraCT posix v0.1.1 into bin/peers"
+    mkdir -p bin/peers
+    GOBIN="$PWD/bin/peers" go install github.com/transparency-dev/tesseract/cmd/tesseract/posix@v0.1.1
+  fi
+)
+# --- end TesseraCT ---
 echo "deps: ok (softhsm2, pkcs11-tool, certbot, openssl)"
