@@ -1,0 +1,364 @@
+// Package ca is hsmca's certificate authority core: profiles and name
+// policy, lint-then-sign issuance, revocation, CRLs and OCSP responses.
+//
+// The CA reaches issuer keys only as crypto.Signer (it never imports hsm)
+// and persists through the small Store interface it declares (store
+// implements it). Issuance follows DESIGN.md §3: the template is signed with
+// a throwaway key of the issuer's key type and that copy is linted (zlint
+// plus our own checks); only a clean copy is recorded in the store, with its
+// serial, as pending; then the identical TBSCertificate is signed by the
+// issuer key, checked byte for byte and verified, and the final certificate
+// is stored. Whatever happens in between, every serial that may carry a real
+// signature is on record and can be revoked.
+//
+// With Certificate Transparency on for a profile, the recorded and signed
+// object is first an RFC 6962 precertificate; SCTs from the SCTSource go
+// into the final certificate.
+package ca
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/zmap/zlint/v3/lint"
+)
+
+// SCTSource obtains Signed Certificate Timestamps for a precertificate
+// (RFC 6962 §3.1). chain[0] is the precertificate DER, then the issuer chain
+// up to the root. scts are TLS-serialised SignedCertificateTimestamp
+// structures, each already verified against its log's key. err != nil means
+// the policy (min SCTs from distinct operators) was not met and names each
+// log's failure; scts still holds what did arrive.
+type SCTSource interface {
+	GetSCTs(ctx context.Context, chain [][]byte) (scts [][]byte, err error)
+}
+
+// Issuer is an issuing CA: its certificate, the chain above it (up to and
+// including the root) and its key, reached only as a crypto.Signer.
+type Issuer struct {
+	Name   string
+	Cert   *x509.Certificate
+	Chain  []*x509.Certificate
+	Signer crypto.Signer
+}
+
+// Options are New's optional dependencies; zero values are usable.
+type Options struct {
+	// Clock returns the current time; nil means time.Now.
+	Clock func() time.Time
+	// Rand is the randomness for serials; nil means crypto/rand.
+	Rand io.Reader
+	// Logger receives issuance events; nil discards them.
+	Logger *slog.Logger
+	// SCTs is required if any profile has CT mode embed or best-effort.
+	SCTs SCTSource
+}
+
+// CA issues, revokes and publishes status for certificates. It is safe for
+// concurrent use.
+type CA struct {
+	cfg           Config
+	profiles      map[string]*profileState
+	issuers       map[string]*issuerState
+	issuerOrder   []string
+	defaultIssuer string
+	store         Store
+	clock         func() time.Time
+	rand          io.Reader
+	randMu        sync.Mutex
+	log           *slog.Logger
+	scts          SCTSource
+	ocsp          ocspCache
+	caPolicy      compiledPolicy
+}
+
+type profileState struct {
+	name     string
+	p        Profile
+	registry lint.Registry
+	policy   compiledPolicy
+	keyTypes map[string]bool
+	sanTypes map[string]bool
+	server   bool // has serverAuth
+}
+
+type issuerState struct {
+	Issuer
+	chainDER [][]byte // issuer cert first, then Chain
+	// lintParent is a copy of the issuer certificate whose public key is
+	// the throwaway key's, so that x509.CreateCertificate accepts it.
+	lintParent *x509.Certificate
+	lintKey    crypto.Signer
+	keyType    string
+}
+
+// New builds a CA from a validated config, the issuers (one per
+// cfg.Issuers entry, matched by name) and a store. It checks that each
+// signer's public key is the issuer certificate's, that each issuer
+// certificate is a CA, and builds each profile's lint registry once.
+func New(cfg Config, issuers []Issuer, st Store, opts Options) (*CA, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if st == nil {
+		return nil, errors.New("ca: a store is required")
+	}
+	c := &CA{
+		cfg:      cfg,
+		profiles: map[string]*profileState{},
+		issuers:  map[string]*issuerState{},
+		store:    st,
+		clock:    opts.Clock,
+		rand:     opts.Rand,
+		log:      opts.Logger,
+		scts:     opts.SCTs,
+	}
+	if c.clock == nil {
+		c.clock = time.Now
+	}
+	if c.rand == nil {
+		c.rand = rand.Reader
+	}
+	if c.log == nil {
+		c.log = slog.New(slog.DiscardHandler)
+	}
+	c.ocsp.init()
+	var err error
+	if c.caPolicy, err = compilePolicy(cfg.Policy); err != nil {
+		return nil, err
+	}
+
+	byName := map[string]Issuer{}
+	for _, is := range issuers {
+		if _, dup := byName[is.Name]; dup {
+			return nil, fmt.Errorf("ca: issuer %q given twice", is.Name)
+		}
+		byName[is.Name] = is
+	}
+	throwaway := map[string]crypto.Signer{}
+	for _, ic := range cfg.Issuers {
+		is, ok := byName[ic.Name]
+		if !ok {
+			return nil, fmt.Errorf("ca: issuer %q is configured but no certificate/signer was given", ic.Name)
+		}
+		delete(byName, ic.Name)
+		st, err := newIssuerState(is, throwaway)
+		if err != nil {
+			return nil, err
+		}
+		c.issuers[is.Name] = st
+		c.issuerOrder = append(c.issuerOrder, is.Name)
+	}
+	for name := range byName {
+		return nil, fmt.Errorf("ca: issuer %q is not in the config", name)
+	}
+	c.defaultIssuer = cfg.DefaultIssuer
+	if c.defaultIssuer == "" {
+		c.defaultIssuer = c.issuerOrder[0]
+	}
+
+	for name, p := range cfg.EffectiveProfiles() {
+		ps, err := newProfileState(name, p)
+		if err != nil {
+			return nil, err
+		}
+		if p.CT.Mode != CTOff && c.scts == nil {
+			return nil, fmt.Errorf("ca: profile %q asks for certificate transparency (mode %s) but no SCT source is configured", name, p.CT.Mode)
+		}
+		c.profiles[name] = ps
+	}
+	return c, nil
+}
+
+func newIssuerState(is Issuer, throwaway map[string]crypto.Signer) (*issuerState, error) {
+	if is.Cert == nil || is.Signer == nil {
+		return nil, fmt.Errorf("ca: issuer %q: certificate and signer are required", is.Name)
+	}
+	if !is.Cert.IsCA || !is.Cert.BasicConstraintsValid {
+		return nil, fmt.Errorf("ca: issuer %q: certificate is not a CA certificate", is.Name)
+	}
+	if is.Cert.KeyUsage != 0 && is.Cert.KeyUsage&x509.KeyUsageCertSign == 0 {
+		return nil, fmt.Errorf("ca: issuer %q: certificate lacks the keyCertSign usage", is.Name)
+	}
+	if len(is.Cert.SubjectKeyId) == 0 {
+		return nil, fmt.Errorf("ca: issuer %q: certificate has no subject key identifier", is.Name)
+	}
+	pub, ok := is.Signer.Public().(interface{ Equal(crypto.PublicKey) bool })
+	if !ok || !pub.Equal(is.Cert.PublicKey) {
+		return nil, fmt.Errorf("ca: issuer %q: signer public key does not match the issuer certificate", is.Name)
+	}
+	kt, err := keyTypeOf(is.Cert.PublicKey)
+	if err != nil {
+		return nil, fmt.Errorf("ca: issuer %q: %w", is.Name, err)
+	}
+	key, ok := throwaway[kt]
+	if !ok {
+		key, err = throwawayKey(kt)
+		if err != nil {
+			return nil, fmt.Errorf("ca: issuer %q: throwaway %s key: %w", is.Name, kt, err)
+		}
+		throwaway[kt] = key
+	}
+	parent := *is.Cert
+	parent.PublicKey = key.Public()
+	st := &issuerState{Issuer: is, lintParent: &parent, lintKey: key, keyType: kt}
+	st.chainDER = append(st.chainDER, is.Cert.Raw)
+	for _, c := range is.Chain {
+		st.chainDER = append(st.chainDER, c.Raw)
+	}
+	return st, nil
+}
+
+// throwawayKey makes the key that signs the linted copies. It never leaves
+// the process and nothing it signs is handed out.
+func throwawayKey(kt string) (crypto.Signer, error) {
+	switch kt {
+	case "ecdsa-p256":
+		return ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	case "ecdsa-p384":
+		return ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+	case "ecdsa-p521":
+		return ecdsa.GenerateKey(elliptic.P521(), rand.Reader)
+	case "rsa-2048":
+		return rsa.GenerateKey(rand.Reader, 2048)
+	case "rsa-3072":
+		return rsa.GenerateKey(rand.Reader, 3072)
+	case "rsa-4096":
+		return rsa.GenerateKey(rand.Reader, 4096)
+	case "ed25519":
+		_, k, err := ed25519.GenerateKey(rand.Reader)
+		return k, err
+	}
+	return nil, fmt.Errorf("unsupported key type %s", kt)
+}
+
+// keyTypeOf names a public key like the profiles do (ecdsa-p256, rsa-2048,
+// ed25519); an RSA key of another size is named rsa-<bits>.
+func keyTypeOf(pub crypto.PublicKey) (string, error) {
+	switch k := pub.(type) {
+	case *ecdsa.PublicKey:
+		switch k.Curve {
+		case elliptic.P256():
+			return "ecdsa-p256", nil
+		case elliptic.P384():
+			return "ecdsa-p384", nil
+		case elliptic.P521():
+			return "ecdsa-p521", nil
+		}
+		return "", fmt.Errorf("unsupported ECDSA curve %s", k.Curve.Params().Name)
+	case *rsa.PublicKey:
+		return fmt.Sprintf("rsa-%d", k.N.BitLen()), nil
+	case ed25519.PublicKey:
+		return "ed25519", nil
+	}
+	return "", fmt.Errorf("unsupported public key type %T", pub)
+}
+
+// Issuers returns the issuer names in configuration order.
+func (c *CA) Issuers() []string { return append([]string(nil), c.issuerOrder...) }
+
+// Issuer returns the named issuer ("" means the default) or ErrUnknownIssuer.
+func (c *CA) Issuer(name string) (Issuer, error) {
+	st, err := c.issuer(name)
+	if err != nil {
+		return Issuer{}, err
+	}
+	return st.Issuer, nil
+}
+
+func (c *CA) issuer(name string) (*issuerState, error) {
+	if name == "" {
+		name = c.defaultIssuer
+	}
+	st, ok := c.issuers[name]
+	if !ok {
+		return nil, fmt.Errorf("%w %q", ErrUnknownIssuer, name)
+	}
+	return st, nil
+}
+
+// Profiles returns the effective profiles (defaults filled in).
+func (c *CA) Profiles() map[string]Profile {
+	out := make(map[string]Profile, len(c.profiles))
+	for n, p := range c.profiles {
+		out[n] = p.p
+	}
+	return out
+}
+
+// Config returns the configuration the CA was built with.
+func (c *CA) Config() Config { return c.cfg }
+
+// LoadIssuer reads an issuer's certificate and chain from the PEM files ic
+// names (relative paths are taken from baseDir) and pairs them with signer.
+// It does not check the signer; New does.
+func LoadIssuer(ic IssuerConfig, baseDir string, signer crypto.Signer) (Issuer, error) {
+	certs, err := readPEMCerts(resolvePath(baseDir, ic.Certificate))
+	if err != nil {
+		return Issuer{}, fmt.Errorf("ca: issuer %q: %w", ic.Name, err)
+	}
+	if len(certs) == 0 {
+		return Issuer{}, fmt.Errorf("ca: issuer %q: %s holds no certificate", ic.Name, ic.Certificate)
+	}
+	is := Issuer{Name: ic.Name, Cert: certs[0], Chain: certs[1:], Signer: signer}
+	if ic.Chain != "" {
+		chain, err := readPEMCerts(resolvePath(baseDir, ic.Chain))
+		if err != nil {
+			return Issuer{}, fmt.Errorf("ca: issuer %q: chain: %w", ic.Name, err)
+		}
+		is.Chain = append(is.Chain, chain...)
+	}
+	return is, nil
+}
+
+func resolvePath(base, p string) string {
+	if filepath.IsAbs(p) || base == "" {
+		return p
+	}
+	return filepath.Join(base, p)
+}
+
+func readPEMCerts(path string) ([]*x509.Certificate, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return ParsePEMCertificates(b)
+}
+
+// ParsePEMCertificates parses every CERTIFICATE block in b and refuses other
+// block types.
+func ParsePEMCertificates(b []byte) ([]*x509.Certificate, error) {
+	var out []*x509.Certificate
+	for i := 0; i < 1000; i++ {
+		var blk *pem.Block
+		blk, b = pem.Decode(b)
+		if blk == nil {
+			return out, nil
+		}
+		if blk.Type != "CERTIFICATE" {
+			return nil, fmt.Errorf("unexpected PEM block %q (want CERTIFICATE)", blk.Type)
+		}
+		c, err := x509.ParseCertificate(blk.Bytes)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, c)
+	}
+	return nil, errors.New("too many PEM blocks")
+}

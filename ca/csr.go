@@ -1,0 +1,280 @@
+package ca
+
+import (
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"sort"
+	"strings"
+)
+
+// identifiers are the checked names a certificate will carry.
+type identifiers struct {
+	dns    []string
+	ips    []net.IP
+	emails []string
+	uris   []*url.URL
+}
+
+func (ids identifiers) count() int {
+	return len(ids.dns) + len(ids.ips) + len(ids.emails) + len(ids.uris)
+}
+
+// strings lists every identifier as text: DNS names, IPs, emails, URIs.
+func (ids identifiers) strings() []string {
+	out := make([]string, 0, ids.count())
+	out = append(out, ids.dns...)
+	for _, ip := range ids.ips {
+		out = append(out, ip.String())
+	}
+	out = append(out, ids.emails...)
+	for _, u := range ids.uris {
+		out = append(out, u.String())
+	}
+	return out
+}
+
+// matchNames checks that the DNS and IP identifiers are exactly names
+// (case-insensitive, IPs compared as addresses).
+func (ids identifiers) matchNames(names []string) error {
+	want := map[string]bool{}
+	for _, n := range names {
+		want[normName(n)] = true
+	}
+	have := map[string]bool{}
+	for _, d := range ids.dns {
+		have[d] = true
+	}
+	for _, ip := range ids.ips {
+		have[ip.String()] = true
+	}
+	var missing, extra []string
+	for n := range want {
+		if !have[n] {
+			missing = append(missing, n)
+		}
+	}
+	for n := range have {
+		if !want[n] {
+			extra = append(extra, n)
+		}
+	}
+	sort.Strings(missing)
+	sort.Strings(extra)
+	switch {
+	case len(extra) > 0:
+		return &ErrBadCSR{Rule: fmt.Sprintf("CSR names %s which the request does not", strings.Join(extra, ", "))}
+	case len(missing) > 0:
+		return &ErrBadCSR{Rule: fmt.Sprintf("CSR lacks requested names %s", strings.Join(missing, ", "))}
+	}
+	return nil
+}
+
+func normName(n string) string {
+	if ip := net.ParseIP(n); ip != nil {
+		return ip.String()
+	}
+	return strings.ToLower(strings.TrimSuffix(n, "."))
+}
+
+// ParseCSR parses a DER PKCS #10 request and checks its signature. Errors
+// are *ErrBadCSR naming the rule.
+func ParseCSR(der []byte) (*x509.CertificateRequest, error) { return parseCSR(der, nil) }
+
+func parseCSR(der []byte, parsed *x509.CertificateRequest) (*x509.CertificateRequest, error) {
+	csr := parsed
+	if csr == nil {
+		if len(der) == 0 {
+			return nil, &ErrBadCSR{Rule: "empty CSR"}
+		}
+		var err error
+		csr, err = x509.ParseCertificateRequest(der)
+		if err != nil {
+			return nil, &ErrBadCSR{Rule: "malformed CSR", Err: err}
+		}
+	}
+	if err := csr.CheckSignature(); err != nil {
+		return nil, &ErrBadCSR{Rule: "bad signature", Err: err}
+	}
+	return csr, nil
+}
+
+// checkCSR applies the profile's CSR rules and returns the identifiers.
+func (ps *profileState) checkCSR(csr *x509.CertificateRequest) (identifiers, error) {
+	kt, err := keyTypeOf(csr.PublicKey)
+	if err != nil {
+		return identifiers{}, &ErrBadCSR{Rule: "key type not supported", Err: err}
+	}
+	if !ps.keyTypes[kt] {
+		return identifiers{}, &ErrBadCSR{Rule: fmt.Sprintf("key type %s not allowed by profile %s (allowed: %s)", kt, ps.name, strings.Join(ps.p.AllowedKeyTypes, ", "))}
+	}
+	var ids identifiers
+	seen := map[string]bool{}
+	dup := func(kind, v string) error {
+		k := kind + ":" + v
+		if seen[k] {
+			return &ErrBadCSR{Rule: fmt.Sprintf("duplicate SAN %s %q", kind, v)}
+		}
+		seen[k] = true
+		return nil
+	}
+	allow := func(kind, v string) error {
+		if !ps.sanTypes[kind] {
+			return &ErrPolicy{Name: v, Reason: fmt.Sprintf("profile %s does not allow %s names", ps.name, kind)}
+		}
+		return nil
+	}
+	for _, d := range csr.DNSNames {
+		if err := checkDNSName(d); err != nil {
+			return identifiers{}, &ErrBadCSR{Rule: fmt.Sprintf("malformed DNS SAN %q: %v", d, err)}
+		}
+		d = strings.ToLower(d)
+		if err := dup("DNS", d); err != nil {
+			return identifiers{}, err
+		}
+		if err := allow("dns", d); err != nil {
+			return identifiers{}, err
+		}
+		ids.dns = append(ids.dns, d)
+	}
+	for _, ip := range csr.IPAddresses {
+		if err := dup("IP", ip.String()); err != nil {
+			return identifiers{}, err
+		}
+		if err := allow("ip", ip.String()); err != nil {
+			return identifiers{}, err
+		}
+		if v4 := ip.To4(); v4 != nil {
+			ip = v4
+		}
+		ids.ips = append(ids.ips, ip)
+	}
+	for _, e := range csr.EmailAddresses {
+		if err := checkEmail(e); err != nil {
+			return identifiers{}, &ErrBadCSR{Rule: fmt.Sprintf("malformed email SAN %q: %v", e, err)}
+		}
+		if err := dup("email", strings.ToLower(e)); err != nil {
+			return identifiers{}, err
+		}
+		if err := allow("email", e); err != nil {
+			return identifiers{}, err
+		}
+		ids.emails = append(ids.emails, e)
+	}
+	for _, u := range csr.URIs {
+		if !u.IsAbs() || u.Opaque != "" && u.Scheme == "" {
+			return identifiers{}, &ErrBadCSR{Rule: fmt.Sprintf("malformed URI SAN %q: not an absolute URI", u.String())}
+		}
+		if err := dup("URI", u.String()); err != nil {
+			return identifiers{}, err
+		}
+		if err := allow("uri", u.String()); err != nil {
+			return identifiers{}, err
+		}
+		ids.uris = append(ids.uris, u)
+	}
+
+	cn := csr.Subject.CommonName
+	if ps.server && cn != "" {
+		// A TLS server certificate's CN must be one of its names (BR
+		// 7.1.4.3); a CN that is not among the SANs is a name request.
+		if ip := net.ParseIP(cn); ip != nil {
+			if !seen["IP:"+ip.String()] {
+				if err := allow("ip", cn); err != nil {
+					return identifiers{}, err
+				}
+				if v4 := ip.To4(); v4 != nil {
+					ip = v4
+				}
+				ids.ips = append(ids.ips, ip)
+			}
+		} else {
+			if err := checkDNSName(cn); err != nil {
+				return identifiers{}, &ErrBadCSR{Rule: fmt.Sprintf("common name %q is not a DNS name or IP address: %v", cn, err)}
+			}
+			if l := strings.ToLower(cn); !seen["DNS:"+l] {
+				if err := allow("dns", l); err != nil {
+					return identifiers{}, err
+				}
+				ids.dns = append(ids.dns, l)
+			}
+		}
+	}
+	if !ps.server && ps.p.KeepCN && len(cn) > 64 {
+		return identifiers{}, &ErrBadCSR{Rule: "common name longer than 64 characters"}
+	}
+	n := ids.count()
+	if n == 0 && !(ps.p.KeepCN && cn != "" && !ps.server) {
+		return identifiers{}, &ErrBadCSR{Rule: "no names: the CSR has no subject alternative name the profile can use"}
+	}
+	if n > ps.p.MaxSANs {
+		return identifiers{}, &ErrBadCSR{Rule: fmt.Sprintf("%d names exceed profile %s's limit of %d", n, ps.name, ps.p.MaxSANs)}
+	}
+	return ids, nil
+}
+
+// checkDNSName accepts LDH host names (one label is fine: this is a private
+// PKI), optionally with a leading "*." wildcard label.
+func checkDNSName(n string) error {
+	if n == "" {
+		return errors.New("empty name")
+	}
+	if len(n) > 253 {
+		return errors.New("longer than 253 characters")
+	}
+	if strings.HasSuffix(n, ".") {
+		return errors.New("trailing dot")
+	}
+	labels := strings.Split(n, ".")
+	for i, l := range labels {
+		if l == "*" && i == 0 && len(labels) > 1 {
+			continue
+		}
+		if l == "" {
+			return errors.New("empty label")
+		}
+		if len(l) > 63 {
+			return errors.New("label longer than 63 characters")
+		}
+		if l[0] == '-' || l[len(l)-1] == '-' {
+			return fmt.Errorf("label %q starts or ends with a hyphen", l)
+		}
+		for j := 0; j < len(l); j++ {
+			ch := l[j]
+			if !(ch >= 'a' && ch <= 'z' || ch >= 'A' && ch <= 'Z' || ch >= '0' && ch <= '9' || ch == '-') {
+				if ch == '*' {
+					return errors.New("wildcard only allowed as the whole leftmost label")
+				}
+				return fmt.Errorf("invalid character %q", ch)
+			}
+		}
+	}
+	if len(labels) > 1 {
+		last := labels[len(labels)-1]
+		allDigits := true
+		for j := 0; j < len(last); j++ {
+			if last[j] < '0' || last[j] > '9' {
+				allDigits = false
+			}
+		}
+		if allDigits {
+			return errors.New("looks like an IP address, not a DNS name")
+		}
+	}
+	return nil
+}
+
+func checkEmail(e string) error {
+	at := strings.LastIndexByte(e, '@')
+	if at <= 0 || at == len(e)-1 {
+		return errors.New("want local@domain")
+	}
+	for i := 0; i < at; i++ {
+		if e[i] <= ' ' || e[i] >= 0x7f || e[i] == '@' {
+			return errors.New("invalid character in local part")
+		}
+	}
+	return checkDNSName(e[at+1:])
+}

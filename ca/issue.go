@@ -1,0 +1,352 @@
+package ca
+
+import (
+	"bytes"
+	"context"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"errors"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"strings"
+	"time"
+)
+
+// IssueRequest asks for one certificate.
+type IssueRequest struct {
+	// CSR is a DER PKCS #10 request; ParsedCSR may be given instead.
+	CSR       []byte
+	ParsedCSR *x509.CertificateRequest
+	// Profile names the profile (required).
+	Profile string
+	// Issuer names the issuer; empty means the default issuer.
+	Issuer string
+	// NotBefore and NotAfter choose the validity window; only for a profile
+	// with AllowNotBeforeNotAfter. Zero means the profile's default.
+	NotBefore time.Time
+	NotAfter  time.Time
+	// Names, if set, are the identifiers the certificate must carry (DNS
+	// names and IP addresses, e.g. an ACME order's identifiers): the CSR's
+	// DNS and IP names (and its CN, if it is a name) must be exactly this
+	// set.
+	Names []string
+}
+
+// Certificate is an issued (or pending) certificate as callers see it.
+type Certificate struct {
+	Serial string // lower-case hex
+	// DER is the final certificate; nil for a pending record (the linted
+	// copy or precertificate on record is never handed out).
+	DER []byte
+	// Chain is the issuer chain: the issuer certificate, then up to the
+	// root. Shared: callers must not modify it.
+	Chain      [][]byte
+	Issuer     string
+	Profile    string
+	NotBefore  time.Time
+	NotAfter   time.Time
+	Names      []string
+	Status     Status
+	RevokedAt  time.Time
+	Reason     int
+	CTFailures []string
+}
+
+// Issue issues a certificate for req, lint-then-sign (see the package
+// comment). Errors: ErrUnknownProfile, ErrUnknownIssuer, *ErrBadCSR,
+// *ErrPolicy, ErrBadRequest, *ErrLint (no real signature was made),
+// ErrSealed (wrapped), *ErrCT.
+func (c *CA) Issue(ctx context.Context, req IssueRequest) (*Certificate, error) {
+	prof, ok := c.profiles[req.Profile]
+	if !ok {
+		return nil, fmt.Errorf("%w %q", ErrUnknownProfile, req.Profile)
+	}
+	iss, err := c.issuer(req.Issuer)
+	if err != nil {
+		return nil, err
+	}
+	csr, err := parseCSR(req.CSR, req.ParsedCSR)
+	if err != nil {
+		return nil, err
+	}
+	ids, err := prof.checkCSR(csr)
+	if err != nil {
+		return nil, err
+	}
+	if len(req.Names) > 0 {
+		if err := ids.matchNames(req.Names); err != nil {
+			return nil, err
+		}
+	}
+	if err := c.checkPolicy(prof, ids); err != nil {
+		return nil, err
+	}
+	nb, na, err := c.validity(prof, iss, req.NotBefore, req.NotAfter)
+	if err != nil {
+		return nil, err
+	}
+	tmpl := c.template(prof, iss, csr, ids, nb, na)
+
+	if prof.p.CT.Mode != CTOff {
+		return c.issueWithCT(ctx, prof, iss, tmpl, csr, ids)
+	}
+
+	var linted *x509.Certificate
+	for attempt := 0; ; attempt++ {
+		if tmpl.SerialNumber, err = c.newSerial(); err != nil {
+			return nil, err
+		}
+		if linted, err = c.lintCopy(prof, iss, tmpl, csr.PublicKey, ids); err != nil {
+			return nil, err
+		}
+		rec := c.pendingRecord(prof, iss, linted, ids, false)
+		err = c.store.ReserveSerial(ctx, rec)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, ErrSerialExists) || attempt == 2 {
+			return nil, fmt.Errorf("ca: record serial: %w", err)
+		}
+	}
+	serial := SerialString(tmpl.SerialNumber)
+	c.log.Info("ca: serial recorded", "serial", serial, "issuer", iss.Name, "profile", prof.name)
+
+	final, err := c.signFinal(iss, tmpl, csr.PublicKey, linted)
+	if err != nil {
+		c.log.Warn("ca: signing failed; pending record kept", "serial", serial, "err", err)
+		return nil, err
+	}
+	if err := c.store.StoreIssued(ctx, serial, final.Raw, nil); err != nil {
+		return nil, fmt.Errorf("ca: store issued certificate %s: %w", serial, err)
+	}
+	c.log.Info("ca: certificate issued", "serial", serial, "issuer", iss.Name, "profile", prof.name)
+	return c.certFromParts(serial, final, iss, prof.name, ids, StatusValid, nil), nil
+}
+
+// CheckNames checks DNS names and IP addresses against the name policy of
+// the CA and of profile, without a CSR (ACME checks an order's identifiers
+// before creating it). It returns ErrUnknownProfile or the first *ErrPolicy.
+func (c *CA) CheckNames(profile string, dnsNames []string, ips []net.IP) error {
+	prof, ok := c.profiles[profile]
+	if !ok {
+		return fmt.Errorf("%w %q", ErrUnknownProfile, profile)
+	}
+	ids := identifiers{}
+	for _, n := range dnsNames {
+		if !prof.sanTypes["dns"] {
+			return &ErrPolicy{Name: n, Reason: fmt.Sprintf("profile %s does not allow DNS names", profile)}
+		}
+		if err := checkDNSName(n); err != nil {
+			return &ErrPolicy{Name: n, Reason: err.Error()}
+		}
+		ids.dns = append(ids.dns, strings.ToLower(n))
+	}
+	for _, ip := range ips {
+		if !prof.sanTypes["ip"] {
+			return &ErrPolicy{Name: ip.String(), Reason: fmt.Sprintf("profile %s does not allow IP addresses", profile)}
+		}
+		ids.ips = append(ids.ips, ip)
+	}
+	if n := ids.count(); n > prof.p.MaxSANs {
+		return &ErrPolicy{Name: fmt.Sprintf("%d names", n), Reason: fmt.Sprintf("profile %s allows at most %d names", profile, prof.p.MaxSANs)}
+	}
+	return c.checkPolicy(prof, ids)
+}
+
+// validity computes the certificate's window.
+func (c *CA) validity(prof *profileState, iss *issuerState, reqNB, reqNA time.Time) (time.Time, time.Time, error) {
+	now := c.clock().UTC().Truncate(time.Second)
+	back := prof.p.Backdate.D()
+	val := prof.p.Validity.D()
+	nb := now.Add(-back)
+	na := now.Add(val).Add(-time.Second)
+	if !reqNB.IsZero() || !reqNA.IsZero() {
+		if !prof.p.AllowNotBeforeNotAfter {
+			return time.Time{}, time.Time{}, fmt.Errorf("%w: profile %s does not allow choosing notBefore/notAfter", ErrBadRequest, prof.name)
+		}
+		if !reqNB.IsZero() {
+			nb = reqNB.UTC().Truncate(time.Second)
+			if nb.Before(now.Add(-back)) {
+				return time.Time{}, time.Time{}, fmt.Errorf("%w: notBefore %s is further in the past than the profile's backdate", ErrBadRequest, nb.Format(time.RFC3339))
+			}
+			if reqNA.IsZero() {
+				na = nb.Add(val).Add(-time.Second)
+			}
+		}
+		if !reqNA.IsZero() {
+			na = reqNA.UTC().Truncate(time.Second)
+		}
+		if !na.After(nb) {
+			return time.Time{}, time.Time{}, fmt.Errorf("%w: notAfter is not after notBefore", ErrBadRequest)
+		}
+		if na.Sub(nb) > val+back {
+			return time.Time{}, time.Time{}, fmt.Errorf("%w: requested validity %v exceeds the profile's %v", ErrBadRequest, na.Sub(nb), val)
+		}
+		if na.After(iss.Cert.NotAfter) {
+			return time.Time{}, time.Time{}, fmt.Errorf("%w: notAfter %s is after the issuer's %s", ErrBadRequest, na.Format(time.RFC3339), iss.Cert.NotAfter.UTC().Format(time.RFC3339))
+		}
+	}
+	// A certificate never outlives its issuer (RFC 5280 §6.1.3 would
+	// reject it later anyway) nor starts before it.
+	if na.After(iss.Cert.NotAfter) {
+		na = iss.Cert.NotAfter.UTC()
+	}
+	if nb.Before(iss.Cert.NotBefore) {
+		nb = iss.Cert.NotBefore.UTC()
+	}
+	if !na.After(now) {
+		return time.Time{}, time.Time{}, fmt.Errorf("ca: issuer %s expires at %s; cannot issue", iss.Name, iss.Cert.NotAfter.UTC().Format(time.RFC3339))
+	}
+	return nb, na, nil
+}
+
+// template builds the certificate template. Only what the CA vouches for
+// goes in: the subject is the CN alone (if kept), the names are the
+// checked identifiers, the extensions come from the profile.
+func (c *CA) template(prof *profileState, iss *issuerState, csr *x509.CertificateRequest, ids identifiers, nb, na time.Time) *x509.Certificate {
+	t := &x509.Certificate{
+		NotBefore:             nb,
+		NotAfter:              na,
+		BasicConstraintsValid: true,
+		IsCA:                  false,
+		DNSNames:              ids.dns,
+		IPAddresses:           ids.ips,
+		EmailAddresses:        ids.emails,
+		URIs:                  ids.uris,
+		ExtKeyUsage:           prof.extKeyUsages(),
+		KeyUsage:              prof.keyUsage(csr.PublicKey),
+		// SignatureAlgorithm stays unset: Go picks it from the issuer key
+		// (the issuer certificate's own algorithm is its parent's).
+	}
+	if prof.p.KeepCN && csr.Subject.CommonName != "" {
+		t.Subject = pkix.Name{CommonName: csr.Subject.CommonName}
+	}
+	if u := c.cfg.URLs.CRLURL(iss.Name); u != "" {
+		t.CRLDistributionPoints = []string{u}
+	}
+	if u := c.cfg.URLs.AIAURL(iss.Name); u != "" {
+		t.IssuingCertificateURL = []string{u}
+	}
+	if c.cfg.URLs.OCSP != "" {
+		t.OCSPServer = []string{c.cfg.URLs.OCSP}
+	}
+	if prof.server {
+		// BR 7.1.2.7.9 (certificatePolicies): the reserved domain-validated
+		// policy OID identifies a subscriber TLS certificate.
+		t.Policies = []x509.OID{oidDomainValidated}
+	}
+	return t
+}
+
+var oidDomainValidated = mustOID("2.23.140.1.2.1")
+
+func mustOID(s string) x509.OID {
+	o, err := x509.ParseOID(s)
+	if err != nil {
+		panic(err)
+	}
+	return o
+}
+
+// newSerial returns a positive serial of 144 random bits plus a fixed
+// leading byte, so it always encodes in 19 octets (RFC 5280 §4.1.2.2,
+// BR 7.1 asks for at least 64 random bits; we use 144).
+func (c *CA) newSerial() (*big.Int, error) {
+	b := make([]byte, 19)
+	b[0] = 0x01
+	c.randMu.Lock()
+	_, err := io.ReadFull(c.rand, b[1:])
+	c.randMu.Unlock()
+	if err != nil {
+		return nil, fmt.Errorf("ca: serial randomness: %w", err)
+	}
+	return new(big.Int).SetBytes(b), nil
+}
+
+// SerialString formats a serial as CA records name it: lower-case hex
+// without leading zeros.
+func SerialString(n *big.Int) string { return n.Text(16) }
+
+// ParseSerial accepts a serial in hex, optionally with colons, "0x" or
+// upper case, and returns it in SerialString form.
+func ParseSerial(s string) (string, error) {
+	t := strings.ToLower(strings.TrimPrefix(strings.TrimPrefix(strings.TrimSpace(s), "0x"), "0X"))
+	t = strings.ReplaceAll(t, ":", "")
+	if t == "" || len(t) > 42 {
+		return "", fmt.Errorf("%w: %q is not a hex serial", ErrUnknownSerial, s)
+	}
+	n, ok := new(big.Int).SetString(t, 16)
+	if !ok || n.Sign() <= 0 {
+		return "", fmt.Errorf("%w: %q is not a hex serial", ErrUnknownSerial, s)
+	}
+	return SerialString(n), nil
+}
+
+// lintCopy signs tmpl with the issuer's throwaway key and lints the result.
+func (c *CA) lintCopy(prof *profileState, iss *issuerState, tmpl *x509.Certificate, pub any, ids identifiers) (*x509.Certificate, error) {
+	der, err := x509.CreateCertificate(nil, tmpl, iss.lintParent, pub, iss.lintKey)
+	if err != nil {
+		return nil, fmt.Errorf("ca: build certificate: %w", err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, fmt.Errorf("ca: parse linted copy: %w", err)
+	}
+	if res := c.lint(prof, iss, cert, der, ids); len(res) > 0 {
+		return nil, &ErrLint{Results: res}
+	}
+	return cert, nil
+}
+
+// signFinal signs tmpl with the issuer key and checks that the result is
+// the linted certificate: identical TBSCertificate bytes and a signature
+// that verifies under the issuer certificate's key.
+func (c *CA) signFinal(iss *issuerState, tmpl *x509.Certificate, pub any, linted *x509.Certificate) (*x509.Certificate, error) {
+	der, err := x509.CreateCertificate(nil, tmpl, iss.Cert, pub, iss.Signer)
+	if err != nil {
+		return nil, wrapSign("sign certificate", err)
+	}
+	final, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, fmt.Errorf("ca: parse signed certificate: %w", err)
+	}
+	if !bytes.Equal(final.RawTBSCertificate, linted.RawTBSCertificate) {
+		return nil, errors.New("ca: signed certificate differs from the linted one; refusing it")
+	}
+	if err := final.CheckSignatureFrom(iss.Cert); err != nil {
+		return nil, fmt.Errorf("ca: signature on the issued certificate does not verify: %w", err)
+	}
+	return final, nil
+}
+
+func (c *CA) pendingRecord(prof *profileState, iss *issuerState, cert *x509.Certificate, ids identifiers, precert bool) Record {
+	return Record{
+		Serial:    SerialString(cert.SerialNumber),
+		Issuer:    iss.Name,
+		Profile:   prof.name,
+		Status:    StatusPending,
+		Precert:   precert,
+		DER:       cert.Raw,
+		Names:     ids.strings(),
+		NotBefore: cert.NotBefore,
+		NotAfter:  cert.NotAfter,
+		Created:   c.clock().UTC(),
+	}
+}
+
+func (c *CA) certFromParts(serial string, cert *x509.Certificate, iss *issuerState, profile string, ids identifiers, st Status, ctFailures []string) *Certificate {
+	return &Certificate{
+		Serial:     serial,
+		DER:        cert.Raw,
+		Chain:      iss.chainDER,
+		Issuer:     iss.Name,
+		Profile:    profile,
+		NotBefore:  cert.NotBefore,
+		NotAfter:   cert.NotAfter,
+		Names:      ids.strings(),
+		Status:     st,
+		CTFailures: ctFailures,
+	}
+}

@@ -1,0 +1,171 @@
+package ca
+
+import (
+	"bytes"
+	"crypto/x509"
+	"fmt"
+	"slices"
+	"sort"
+
+	zx509 "github.com/zmap/zcrypto/x509"
+	"github.com/zmap/zlint/v3"
+	"github.com/zmap/zlint/v3/lint"
+)
+
+// DefaultLintSources are the zlint sources run when a profile's
+// LintConfig.Sources is empty: RFC 5280 and the algorithm RFCs it relies
+// on, and the CA/Browser Forum Baseline Requirements. See docs/lints.md.
+var DefaultLintSources = []string{"RFC5280", "RFC5480", "RFC3279", "RFC8813", "CABF_BR"}
+
+// DefaultLintExclusions are lints that assume the public web PKI and would
+// refuse legitimate private names (svc.corp, single-label hosts, RFC 1918
+// addresses, internal CRL/AIA hosts). docs/lints.md gives the reason for
+// each. LintConfig.KeepPublicWebLints runs them anyway.
+var DefaultLintExclusions = []string{
+	// TLD and public-suffix checks: .corp, .internal, single labels.
+	"e_dnsname_not_valid_tld",
+	"e_dnsname_wildcard_left_of_public_suffix",
+	"w_dnsname_wildcard_left_of_public_suffix",
+	"e_dnsname_contains_bare_iana_suffix",
+	"e_san_iana_pub_suffix_empty",
+	"w_san_iana_pub_suffix_empty",
+	"e_ian_iana_pub_suffix_empty",
+	"w_ian_iana_pub_suffix_empty",
+	// Reserved (RFC 1918, loopback, ...) IP addresses are normal here.
+	"e_ext_san_contains_reserved_ip",
+	"e_subject_contains_reserved_ip",
+	"e_subject_contains_reserved_arpa_ip",
+	// CRL and AIA hosts inside the private network.
+	"e_sub_cert_aia_contains_internal_names",
+	"w_sub_cert_aia_contains_internal_names",
+	"e_aia_contains_internal_names",
+	"w_aia_contains_internal_names",
+}
+
+// buildRegistry returns the zlint registry a LintConfig selects. It is
+// built once per profile (in New), never per issuance.
+func buildRegistry(lc LintConfig) (lint.Registry, error) {
+	global := lint.GlobalRegistry()
+	sources := lc.Sources
+	if len(sources) == 0 {
+		sources = DefaultLintSources
+	}
+	srcSet := map[lint.LintSource]bool{}
+	known := map[lint.LintSource]bool{}
+	for _, s := range global.Sources() {
+		known[s] = true
+	}
+	for _, s := range sources {
+		var ls lint.LintSource
+		ls.FromString(s)
+		if ls == lint.UnknownLintSource || !known[ls] {
+			return nil, fmt.Errorf("unknown zlint source %q", s)
+		}
+		srcSet[ls] = true
+	}
+	exclude := map[string]bool{}
+	if !lc.KeepPublicWebLints {
+		for _, n := range DefaultLintExclusions {
+			exclude[n] = true
+		}
+	}
+	for _, n := range lc.Exclude {
+		if global.ByName(n) == nil {
+			return nil, fmt.Errorf("unknown zlint lint %q in exclude", n)
+		}
+		exclude[n] = true
+	}
+	include := map[string]bool{}
+	for _, n := range lc.Include {
+		if global.ByName(n) == nil {
+			return nil, fmt.Errorf("unknown zlint lint %q in include", n)
+		}
+		include[n] = true
+	}
+	var names []string
+	certLints := global.CertificateLints()
+	for _, n := range global.Names() {
+		l := certLints.ByName(n)
+		if l == nil {
+			continue // CRL and OCSP lints
+		}
+		if include[n] || (srcSet[l.Source] && !exclude[n]) {
+			names = append(names, n)
+		}
+	}
+	if len(names) == 0 {
+		return nil, fmt.Errorf("the lint selection is empty")
+	}
+	return global.Filter(lint.FilterOptions{IncludeNames: names})
+}
+
+// LintNames returns the names of the zlint lints run for profile (for docs
+// and `hsmca ca lints`), or ErrUnknownProfile.
+func (c *CA) LintNames(profile string) ([]string, error) {
+	ps, ok := c.profiles[profile]
+	if !ok {
+		return nil, fmt.Errorf("%w %q", ErrUnknownProfile, profile)
+	}
+	names := ps.registry.Names()
+	sort.Strings(names)
+	return names, nil
+}
+
+// lint runs zlint and hsmca's own checks over a certificate signed by the
+// throwaway key, returning every finding at warning level or above.
+func (c *CA) lint(ps *profileState, iss *issuerState, cert *x509.Certificate, der []byte, ids identifiers) []LintResult {
+	var out []LintResult
+	zc, err := zx509.ParseCertificate(der)
+	if err != nil {
+		return []LintResult{{Lint: "hsmca_zcrypto_parse", Status: "fatal", Details: err.Error()}}
+	}
+	rs := zlint.LintCertificateEx(zc, ps.registry)
+	for name, r := range rs.Results {
+		switch r.Status {
+		case lint.Warn, lint.Error, lint.Fatal:
+			out = append(out, LintResult{Lint: name, Status: r.Status.String(), Details: r.Details})
+		}
+	}
+	out = append(out, ownChecks(ps, iss, cert, ids)...)
+	sort.Slice(out, func(i, j int) bool { return out[i].Lint < out[j].Lint })
+	return out
+}
+
+// ownChecks are the checks zlint cannot make because they need the
+// request, the profile or the issuer.
+func ownChecks(ps *profileState, iss *issuerState, cert *x509.Certificate, ids identifiers) []LintResult {
+	var out []LintResult
+	bad := func(name, format string, args ...any) {
+		out = append(out, LintResult{Lint: name, Status: "error", Details: fmt.Sprintf(format, args...)})
+	}
+	if cert.NotBefore.Before(iss.Cert.NotBefore) || cert.NotAfter.After(iss.Cert.NotAfter) {
+		bad("hsmca_validity_within_issuer", "validity %s..%s is outside the issuer's %s..%s",
+			cert.NotBefore, cert.NotAfter, iss.Cert.NotBefore, iss.Cert.NotAfter)
+	}
+	if max := ps.p.Validity.D() + ps.p.Backdate.D(); cert.NotAfter.Sub(cert.NotBefore) > max {
+		bad("hsmca_validity_within_profile", "validity %v exceeds the profile's %v", cert.NotAfter.Sub(cert.NotBefore), max)
+	}
+	if kt, err := keyTypeOf(cert.PublicKey); err != nil || !ps.keyTypes[kt] {
+		bad("hsmca_key_type_allowed", "subject key type %s is not allowed by profile %s", kt, ps.name)
+	}
+	if cert.IsCA {
+		bad("hsmca_not_ca", "a profile certificate must not be a CA")
+	}
+	if !bytes.Equal(cert.RawIssuer, iss.Cert.RawSubject) {
+		bad("hsmca_issuer_name", "issuer name differs from the issuer certificate's subject")
+	}
+	if !bytes.Equal(cert.AuthorityKeyId, iss.Cert.SubjectKeyId) {
+		bad("hsmca_authority_key_id", "authority key identifier differs from the issuer's subject key identifier")
+	}
+	if ps.server && len(cert.DNSNames)+len(cert.IPAddresses) == 0 {
+		bad("hsmca_server_names", "a server certificate needs at least one DNS name or IP address")
+	}
+	got := identifiers{dns: cert.DNSNames, ips: cert.IPAddresses, emails: cert.EmailAddresses, uris: cert.URIs}
+	if !slices.Equal(got.strings(), ids.strings()) {
+		bad("hsmca_names_match_request", "certificate names %v differ from the checked request names %v", got.strings(), ids.strings())
+	}
+	if n := len(cert.DNSNames) + len(cert.IPAddresses) + len(cert.EmailAddresses) + len(cert.URIs); n > ps.p.MaxSANs {
+		bad("hsmca_max_sans", "%d names exceed the profile's %d", n, ps.p.MaxSANs)
+	}
+	return out
+}

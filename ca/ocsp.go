@@ -1,0 +1,179 @@
+package ca
+
+import (
+	"bytes"
+	"context"
+	"crypto"
+	_ "crypto/sha1" // OCSP CertIDs mostly use SHA-1 (RFC 6960 §4.1.1)
+	_ "crypto/sha256"
+	_ "crypto/sha512"
+	"encoding/asn1"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"golang.org/x/crypto/ocsp"
+)
+
+// OCSP errors, for the HTTP layer to map to RFC 6960 §2.3 statuses.
+var (
+	// ErrOCSPMalformed: the request does not parse (malformedRequest).
+	ErrOCSPMalformed = errors.New("ca: malformed OCSP request")
+	// ErrOCSPUnknownIssuer: the CertID names no issuer of this CA
+	// (unauthorized).
+	ErrOCSPUnknownIssuer = errors.New("ca: OCSP request for an issuer this CA does not serve")
+)
+
+// ocspCacheMax bounds the number of cached responses; when full the cache
+// is emptied (responses are cheap to remake, memory is not free).
+const ocspCacheMax = 200_000
+
+type ocspEntry struct {
+	der     []byte
+	refresh time.Time // make a new response after this
+}
+
+type ocspCache struct {
+	mu sync.Mutex
+	m  map[string]ocspEntry
+}
+
+func (oc *ocspCache) init() { oc.m = map[string]ocspEntry{} }
+
+func (oc *ocspCache) get(key string, now time.Time) ([]byte, bool) {
+	oc.mu.Lock()
+	defer oc.mu.Unlock()
+	e, ok := oc.m[key]
+	if !ok || !now.Before(e.refresh) {
+		return nil, false
+	}
+	return e.der, true
+}
+
+func (oc *ocspCache) put(key string, e ocspEntry) {
+	oc.mu.Lock()
+	defer oc.mu.Unlock()
+	if len(oc.m) >= ocspCacheMax {
+		oc.m = map[string]ocspEntry{}
+	}
+	oc.m[key] = e
+}
+
+func (oc *ocspCache) forget(issuer, serial string) {
+	oc.mu.Lock()
+	defer oc.mu.Unlock()
+	for _, h := range []crypto.Hash{crypto.SHA1, crypto.SHA256, crypto.SHA384, crypto.SHA512} {
+		delete(oc.m, ocspKey(issuer, serial, h))
+	}
+}
+
+func ocspKey(issuer, serial string, h crypto.Hash) string {
+	return fmt.Sprintf("%s/%s/%d", issuer, serial, h)
+}
+
+// ParseOCSPRequest parses a DER OCSP request (RFC 6960 §4.1; one CertID,
+// unsigned). Errors wrap ErrOCSPMalformed.
+func ParseOCSPRequest(der []byte) (*ocsp.Request, error) {
+	if len(der) == 0 || len(der) > 10_000 {
+		return nil, fmt.Errorf("%w: size %d", ErrOCSPMalformed, len(der))
+	}
+	req, err := ocsp.ParseRequest(der)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrOCSPMalformed, err)
+	}
+	if req.SerialNumber == nil || len(req.IssuerKeyHash) == 0 || len(req.IssuerNameHash) == 0 {
+		return nil, fmt.Errorf("%w: incomplete CertID", ErrOCSPMalformed)
+	}
+	return req, nil
+}
+
+// issuerForOCSP finds the issuer whose name and key hashes the request
+// carries.
+func (c *CA) issuerForOCSP(req *ocsp.Request) (*issuerState, error) {
+	for _, name := range c.issuerOrder {
+		st := c.issuers[name]
+		var spki struct {
+			Algorithm asn1.RawValue
+			PublicKey asn1.BitString
+		}
+		if _, err := asn1.Unmarshal(st.Cert.RawSubjectPublicKeyInfo, &spki); err != nil {
+			continue
+		}
+		h := req.HashAlgorithm.New()
+		h.Write(spki.PublicKey.RightAlign())
+		if !bytes.Equal(h.Sum(nil), req.IssuerKeyHash) {
+			continue
+		}
+		h.Reset()
+		h.Write(st.Cert.RawSubject)
+		if bytes.Equal(h.Sum(nil), req.IssuerNameHash) {
+			return st, nil
+		}
+	}
+	return nil, ErrOCSPUnknownIssuer
+}
+
+// OCSPResponse answers a DER OCSP request (RFC 6960) with a response signed
+// by the issuer key: good for valid and pending serials (a pending serial
+// may carry a real signature), revoked with time and reason, unknown for
+// serials this issuer never recorded. Signed good and revoked responses
+// are cached for half of OCSP.Validity, and forgotten on revocation, so
+// repeated requests do not reach the HSM. Errors: ErrOCSPMalformed,
+// ErrOCSPUnknownIssuer, ErrSealed (wrapped).
+func (c *CA) OCSPResponse(ctx context.Context, requestDER []byte) ([]byte, error) {
+	req, err := ParseOCSPRequest(requestDER)
+	if err != nil {
+		return nil, err
+	}
+	if !req.HashAlgorithm.Available() {
+		return nil, fmt.Errorf("%w: hash algorithm not available", ErrOCSPMalformed)
+	}
+	iss, err := c.issuerForOCSP(req)
+	if err != nil {
+		return nil, err
+	}
+	now := c.clock().UTC()
+	validity := c.cfg.OCSP.Validity.D()
+	if validity == 0 {
+		validity = 24 * time.Hour
+	}
+	tmpl := ocsp.Response{
+		SerialNumber: req.SerialNumber,
+		IssuerHash:   req.HashAlgorithm,
+		ThisUpdate:   now.Truncate(time.Minute),
+		NextUpdate:   now.Truncate(time.Minute).Add(validity),
+		Status:       ocsp.Unknown,
+	}
+	var serial string
+	if req.SerialNumber.Sign() > 0 {
+		serial = SerialString(req.SerialNumber)
+		if der, ok := c.ocsp.get(ocspKey(iss.Name, serial, req.HashAlgorithm), now); ok {
+			return der, nil
+		}
+		rec, err := c.store.CertBySerial(ctx, serial)
+		switch {
+		case err == nil && rec.Issuer == iss.Name:
+			if rec.Status == StatusRevoked {
+				tmpl.Status = ocsp.Revoked
+				tmpl.RevokedAt = rec.RevokedAt
+				tmpl.RevocationReason = rec.Reason
+			} else {
+				tmpl.Status = ocsp.Good
+			}
+		case err == nil, errors.Is(err, ErrUnknownSerial):
+		default:
+			return nil, fmt.Errorf("ca: ocsp: store: %w", err)
+		}
+	}
+	der, err := ocsp.CreateResponse(iss.Cert, iss.Cert, tmpl, iss.Signer)
+	if err != nil {
+		return nil, wrapSign("ocsp", err)
+	}
+	if tmpl.Status != ocsp.Unknown {
+		// Unknown answers are not cached: the serial may be issued a
+		// moment later.
+		c.ocsp.put(ocspKey(iss.Name, serial, req.HashAlgorithm), ocspEntry{der: der, refresh: now.Add(validity / 2)})
+	}
+	return der, nil
+}

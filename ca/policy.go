@@ -1,0 +1,192 @@
+package ca
+
+import (
+	"crypto/rsa"
+	"crypto/x509"
+	"fmt"
+	"net"
+	"strings"
+)
+
+// compiledPolicy is a NamePolicy ready for matching.
+type compiledPolicy struct {
+	allowDNS, denyDNS []string // lower case, no leading dot
+	allowIP, denyIP   []*net.IPNet
+	allowEmail        []string
+}
+
+func compilePolicy(np NamePolicy) (compiledPolicy, error) {
+	var cp compiledPolicy
+	norm := func(in []string) []string {
+		out := make([]string, 0, len(in))
+		for _, s := range in {
+			out = append(out, strings.ToLower(strings.TrimPrefix(strings.TrimSpace(s), ".")))
+		}
+		return out
+	}
+	cp.allowDNS = norm(np.AllowedDNSSuffixes)
+	cp.denyDNS = norm(np.DeniedDNSSuffixes)
+	cp.allowEmail = norm(np.AllowedEmailDomains)
+	for _, r := range np.AllowedIPRanges {
+		_, n, err := net.ParseCIDR(r)
+		if err != nil {
+			return cp, fmt.Errorf("ca: bad IP range %q", r)
+		}
+		cp.allowIP = append(cp.allowIP, n)
+	}
+	for _, r := range np.DeniedIPRanges {
+		_, n, err := net.ParseCIDR(r)
+		if err != nil {
+			return cp, fmt.Errorf("ca: bad IP range %q", r)
+		}
+		cp.denyIP = append(cp.denyIP, n)
+	}
+	return cp, nil
+}
+
+// hasSuffix reports whether name is suffix or ends in "."+suffix.
+func hasSuffix(name, suffix string) bool {
+	return name == suffix || strings.HasSuffix(name, "."+suffix)
+}
+
+func (cp compiledPolicy) check(ids identifiers, where string) error {
+	for _, d := range ids.dns {
+		base := strings.TrimPrefix(d, "*.")
+		for _, s := range cp.denyDNS {
+			// A wildcard whose base sits above a denied suffix would
+			// cover names under it: *.corp covers x.secret.corp.
+			if hasSuffix(base, s) || (strings.HasPrefix(d, "*.") && hasSuffix(s, base)) {
+				return &ErrPolicy{Name: d, Reason: fmt.Sprintf("%s denies DNS names under %q", where, s)}
+			}
+		}
+		if len(cp.allowDNS) > 0 && !anySuffix(base, cp.allowDNS) {
+			return &ErrPolicy{Name: d, Reason: fmt.Sprintf("%s allows only DNS names under %s", where, strings.Join(cp.allowDNS, ", "))}
+		}
+	}
+	for _, ip := range ids.ips {
+		for _, n := range cp.denyIP {
+			if n.Contains(ip) {
+				return &ErrPolicy{Name: ip.String(), Reason: fmt.Sprintf("%s denies IP addresses in %s", where, n)}
+			}
+		}
+		if len(cp.allowIP) > 0 && !anyNet(ip, cp.allowIP) {
+			return &ErrPolicy{Name: ip.String(), Reason: fmt.Sprintf("%s allows only IP addresses in %s", where, netsString(cp.allowIP))}
+		}
+	}
+	for _, e := range ids.emails {
+		dom := strings.ToLower(e[strings.LastIndexByte(e, '@')+1:])
+		for _, s := range cp.denyDNS {
+			if hasSuffix(dom, s) {
+				return &ErrPolicy{Name: e, Reason: fmt.Sprintf("%s denies names under %q", where, s)}
+			}
+		}
+		if len(cp.allowEmail) > 0 && !anySuffix(dom, cp.allowEmail) {
+			return &ErrPolicy{Name: e, Reason: fmt.Sprintf("%s allows only email domains %s", where, strings.Join(cp.allowEmail, ", "))}
+		}
+	}
+	return nil
+}
+
+func anySuffix(name string, suffixes []string) bool {
+	for _, s := range suffixes {
+		if hasSuffix(name, s) {
+			return true
+		}
+	}
+	return false
+}
+
+func anyNet(ip net.IP, nets []*net.IPNet) bool {
+	for _, n := range nets {
+		if n.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}
+
+func netsString(nets []*net.IPNet) string {
+	s := make([]string, len(nets))
+	for i, n := range nets {
+		s[i] = n.String()
+	}
+	return strings.Join(s, ", ")
+}
+
+// checkPolicy applies the CA-wide policy, then the profile's.
+func (c *CA) checkPolicy(ps *profileState, ids identifiers) error {
+	if err := c.policy().check(ids, "CA policy"); err != nil {
+		return err
+	}
+	return ps.policy.check(ids, "profile "+ps.name+" policy")
+}
+
+func (c *CA) policy() compiledPolicy { return c.caPolicy }
+
+func newProfileState(name string, p Profile) (*profileState, error) {
+	reg, err := buildRegistry(p.Lints)
+	if err != nil {
+		return nil, fmt.Errorf("ca: profile %s: %w", name, err)
+	}
+	pol, err := compilePolicy(p.Policy)
+	if err != nil {
+		return nil, fmt.Errorf("ca: profile %s: %w", name, err)
+	}
+	ps := &profileState{name: name, p: p, registry: reg, policy: pol, keyTypes: map[string]bool{}, sanTypes: map[string]bool{}}
+	for _, k := range p.AllowedKeyTypes {
+		ps.keyTypes[k] = true
+	}
+	for _, k := range p.SANTypes {
+		ps.sanTypes[k] = true
+	}
+	for _, e := range p.ExtKeyUsages {
+		if e == "serverAuth" {
+			ps.server = true
+		}
+	}
+	return ps, nil
+}
+
+var ekuByName = map[string]x509.ExtKeyUsage{
+	"serverAuth":      x509.ExtKeyUsageServerAuth,
+	"clientAuth":      x509.ExtKeyUsageClientAuth,
+	"codeSigning":     x509.ExtKeyUsageCodeSigning,
+	"emailProtection": x509.ExtKeyUsageEmailProtection,
+	"timeStamping":    x509.ExtKeyUsageTimeStamping,
+	"ocspSigning":     x509.ExtKeyUsageOCSPSigning,
+}
+
+func (ps *profileState) extKeyUsages() []x509.ExtKeyUsage {
+	out := make([]x509.ExtKeyUsage, 0, len(ps.p.ExtKeyUsages))
+	for _, e := range ps.p.ExtKeyUsages {
+		out = append(out, ekuByName[e])
+	}
+	return out
+}
+
+// keyUsage maps the profile's key usages for a subject key: keyEncipherment
+// only makes sense (and is only allowed by the BRs) for RSA keys, so it is
+// dropped for others.
+func (ps *profileState) keyUsage(pub any) x509.KeyUsage {
+	_, isRSA := pub.(*rsa.PublicKey)
+	var ku x509.KeyUsage
+	for _, k := range ps.p.KeyUsages {
+		switch k {
+		case "digitalSignature":
+			ku |= x509.KeyUsageDigitalSignature
+		case "keyEncipherment":
+			if isRSA {
+				ku |= x509.KeyUsageKeyEncipherment
+			}
+		case "keyAgreement":
+			if !isRSA {
+				ku |= x509.KeyUsageKeyAgreement
+			}
+		case "contentCommitment":
+			ku |= x509.KeyUsageContentCommitment
+		case "dataEncipherment":
+			ku |= x509.KeyUsageDataEncipherment
+		}
+	}
+	return ku
+}
