@@ -1,4 +1,325 @@
 package store
 
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+
+	"github.com/hsmca/hsmca/acme"
+	bolt "go.etcd.io/bbolt"
+)
+
+var (
+	bAcct      = []byte("acme-account")
+	bAcctKey   = []byte("acme-account-key")   // thumbprint -> account ID
+	bOrder     = []byte("acme-order")         //
+	bAcctOrder = []byte("acme-account-order") // accountID 0 seq(8) -> order ID
+	bAuthz     = []byte("acme-authz")
+	bAuthzIdx  = []byte("acme-authz-valid") // accountID 0 type 0 value 0 w -> authz ID
+	bACert     = []byte("acme-cert")        // serial hex -> acme.Cert
+	bWork      = []byte("acme-work")        // kind+id -> empty
+	bMeta      = []byte("acme-meta")
+	bEAB       = []byte("acme-eab")
+)
+
 // acmeBuckets are the buckets behind acme.Store.
-var acmeBuckets = [][]byte{}
+var acmeBuckets = [][]byte{bAcct, bAcctKey, bOrder, bAcctOrder, bAuthz, bAuthzIdx, bACert, bWork, bMeta, bEAB}
+
+var _ acme.Store = (*Store)(nil)
+
+func getJSON(tx *bolt.Tx, bucket []byte, key string, v any) error {
+	b := tx.Bucket(bucket).Get([]byte(key))
+	if b == nil {
+		return acme.ErrNotFound
+	}
+	if err := json.Unmarshal(b, v); err != nil {
+		return fmt.Errorf("store: decode %s/%s: %w", bucket, key, err)
+	}
+	return nil
+}
+
+func putJSON(tx *bolt.Tx, bucket []byte, key string, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("store: encode %s: %w", bucket, err)
+	}
+	return tx.Bucket(bucket).Put([]byte(key), b)
+}
+
+func (s *Store) view(fn func(tx *bolt.Tx) error) error { return s.db.View(fn) }
+
+// batch runs fn in a grouped write transaction (one fsync for many
+// concurrent callers). fn may run more than once and must be idempotent.
+func (s *Store) batch(fn func(tx *bolt.Tx) error) error { return s.db.Batch(fn) }
+
+// CreateAccount implements acme.Store.
+func (s *Store) CreateAccount(_ context.Context, a *acme.Account) error {
+	return s.batch(func(tx *bolt.Tx) error {
+		keys := tx.Bucket(bAcctKey)
+		if keys.Get([]byte(a.KeyThumb)) != nil {
+			return acme.ErrConflict
+		}
+		if err := keys.Put([]byte(a.KeyThumb), []byte(a.ID)); err != nil {
+			return err
+		}
+		return putJSON(tx, bAcct, a.ID, a)
+	})
+}
+
+// GetAccount implements acme.Store.
+func (s *Store) GetAccount(_ context.Context, id string) (*acme.Account, error) {
+	a := new(acme.Account)
+	return a, s.view(func(tx *bolt.Tx) error { return getJSON(tx, bAcct, id, a) })
+}
+
+// GetAccountByKey implements acme.Store.
+func (s *Store) GetAccountByKey(_ context.Context, thumb string) (*acme.Account, error) {
+	a := new(acme.Account)
+	return a, s.view(func(tx *bolt.Tx) error {
+		id := tx.Bucket(bAcctKey).Get([]byte(thumb))
+		if id == nil {
+			return acme.ErrNotFound
+		}
+		return getJSON(tx, bAcct, string(id), a)
+	})
+}
+
+// UpdateAccount implements acme.Store.
+func (s *Store) UpdateAccount(_ context.Context, a *acme.Account, oldThumb string) error {
+	return s.batch(func(tx *bolt.Tx) error {
+		if a.KeyThumb != oldThumb {
+			keys := tx.Bucket(bAcctKey)
+			if keys.Get([]byte(a.KeyThumb)) != nil {
+				return acme.ErrConflict
+			}
+			if err := keys.Delete([]byte(oldThumb)); err != nil {
+				return err
+			}
+			if err := keys.Put([]byte(a.KeyThumb), []byte(a.ID)); err != nil {
+				return err
+			}
+		}
+		return putJSON(tx, bAcct, a.ID, a)
+	})
+}
+
+// CreateOrder implements acme.Store.
+func (s *Store) CreateOrder(_ context.Context, o *acme.Order, authzs []*acme.Authz) error {
+	return s.batch(func(tx *bolt.Tx) error {
+		for _, a := range authzs {
+			if err := putJSON(tx, bAuthz, a.ID, a); err != nil {
+				return err
+			}
+		}
+		if tx.Bucket(bOrder).Get([]byte(o.ID)) == nil {
+			ao := tx.Bucket(bAcctOrder)
+			seq, err := ao.NextSequence()
+			if err != nil {
+				return err
+			}
+			k := make([]byte, 0, len(o.AccountID)+9)
+			k = append(append(k, o.AccountID...), 0)
+			k = binary.BigEndian.AppendUint64(k, seq)
+			if err := ao.Put(k, []byte(o.ID)); err != nil {
+				return err
+			}
+		}
+		return putJSON(tx, bOrder, o.ID, o)
+	})
+}
+
+// GetOrder implements acme.Store.
+func (s *Store) GetOrder(_ context.Context, id string) (*acme.Order, error) {
+	o := new(acme.Order)
+	return o, s.view(func(tx *bolt.Tx) error { return getJSON(tx, bOrder, id, o) })
+}
+
+func putWork(tx *bolt.Tx, work string, add bool) error {
+	if work == "" {
+		return nil
+	}
+	if add {
+		return tx.Bucket(bWork).Put([]byte(work), nil)
+	}
+	return tx.Bucket(bWork).Delete([]byte(work))
+}
+
+// UpdateOrder implements acme.Store.
+func (s *Store) UpdateOrder(_ context.Context, o *acme.Order, work string, add bool) error {
+	return s.batch(func(tx *bolt.Tx) error {
+		if err := putWork(tx, work, add); err != nil {
+			return err
+		}
+		return putJSON(tx, bOrder, o.ID, o)
+	})
+}
+
+// ListOrders implements acme.Store. The cursor is the hex sequence number
+// of the last order returned.
+func (s *Store) ListOrders(_ context.Context, accountID, cursor string, limit int) ([]string, string, error) {
+	prefix := append([]byte(accountID), 0)
+	start := prefix
+	if cursor != "" {
+		seq, err := hex.DecodeString(cursor)
+		if err != nil || len(seq) != 8 {
+			return nil, "", fmt.Errorf("store: bad order cursor: %w", acme.ErrNotFound)
+		}
+		start = append(append([]byte{}, prefix...), seq...)
+		start = append(start, 0) // strictly after the cursor
+	}
+	var ids []string
+	var next string
+	err := s.view(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bAcctOrder).Cursor()
+		var last []byte
+		for k, v := c.Seek(start); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+			if len(ids) == limit {
+				next = hex.EncodeToString(last)
+				return nil
+			}
+			ids = append(ids, string(v))
+			last = k[len(prefix):]
+		}
+		return nil
+	})
+	return ids, next, err
+}
+
+// GetAuthz implements acme.Store.
+func (s *Store) GetAuthz(_ context.Context, id string) (*acme.Authz, error) {
+	a := new(acme.Authz)
+	return a, s.view(func(tx *bolt.Tx) error { return getJSON(tx, bAuthz, id, a) })
+}
+
+func authzIdxKey(accountID string, id acme.Identifier, wildcard bool) []byte {
+	w := "0"
+	if wildcard {
+		w = "1"
+	}
+	return []byte(accountID + "\x00" + id.Type + "\x00" + id.Value + "\x00" + w)
+}
+
+// UpdateAuthz implements acme.Store.
+func (s *Store) UpdateAuthz(_ context.Context, a *acme.Authz, work string, add bool) error {
+	return s.batch(func(tx *bolt.Tx) error {
+		if err := putWork(tx, work, add); err != nil {
+			return err
+		}
+		idx := tx.Bucket(bAuthzIdx)
+		k := authzIdxKey(a.AccountID, a.Identifier, a.Wildcard)
+		if a.Status == acme.StatusValid {
+			if err := idx.Put(k, []byte(a.ID)); err != nil {
+				return err
+			}
+		} else if string(idx.Get(k)) == a.ID {
+			if err := idx.Delete(k); err != nil {
+				return err
+			}
+		}
+		return putJSON(tx, bAuthz, a.ID, a)
+	})
+}
+
+// FindValidAuthz implements acme.Store.
+func (s *Store) FindValidAuthz(_ context.Context, accountID string, id acme.Identifier, wildcard bool) (*acme.Authz, error) {
+	a := new(acme.Authz)
+	return a, s.view(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bAuthzIdx).Get(authzIdxKey(accountID, id, wildcard))
+		if v == nil {
+			return acme.ErrNotFound
+		}
+		return getJSON(tx, bAuthz, string(v), a)
+	})
+}
+
+// FinishOrder implements acme.Store.
+func (s *Store) FinishOrder(_ context.Context, o *acme.Order, c *acme.Cert) error {
+	return s.batch(func(tx *bolt.Tx) error {
+		if err := putJSON(tx, bACert, c.Serial, c); err != nil {
+			return err
+		}
+		if err := putWork(tx, acme.WorkFinalize+o.ID, false); err != nil {
+			return err
+		}
+		return putJSON(tx, bOrder, o.ID, o)
+	})
+}
+
+// GetCert implements acme.Store.
+func (s *Store) GetCert(_ context.Context, serial string) (*acme.Cert, error) {
+	c := new(acme.Cert)
+	return c, s.view(func(tx *bolt.Tx) error { return getJSON(tx, bACert, serial, c) })
+}
+
+// UpdateCert implements acme.Store.
+func (s *Store) UpdateCert(_ context.Context, c *acme.Cert) error {
+	return s.batch(func(tx *bolt.Tx) error { return putJSON(tx, bACert, c.Serial, c) })
+}
+
+// ListWork implements acme.Store.
+func (s *Store) ListWork(_ context.Context, kind string) ([]string, error) {
+	var out []string
+	err := s.view(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bWork).Cursor()
+		p := []byte(kind)
+		for k, _ := c.Seek(p); k != nil && bytes.HasPrefix(k, p); k, _ = c.Next() {
+			out = append(out, string(k[len(p):]))
+		}
+		return nil
+	})
+	return out, err
+}
+
+// GetMeta implements acme.Store.
+func (s *Store) GetMeta(_ context.Context, key string) ([]byte, error) {
+	var out []byte
+	err := s.view(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bMeta).Get([]byte(key))
+		if v == nil {
+			return acme.ErrNotFound
+		}
+		out = append([]byte{}, v...)
+		return nil
+	})
+	return out, err
+}
+
+// PutMeta implements acme.Store; an empty value deletes the key.
+func (s *Store) PutMeta(_ context.Context, key string, val []byte) error {
+	return s.batch(func(tx *bolt.Tx) error {
+		if len(val) == 0 {
+			return tx.Bucket(bMeta).Delete([]byte(key))
+		}
+		return tx.Bucket(bMeta).Put([]byte(key), val)
+	})
+}
+
+// PutEAB implements acme.Store.
+func (s *Store) PutEAB(_ context.Context, e *acme.EAB) error {
+	return s.batch(func(tx *bolt.Tx) error { return putJSON(tx, bEAB, e.KeyID, e) })
+}
+
+// GetEAB implements acme.Store.
+func (s *Store) GetEAB(_ context.Context, keyID string) (*acme.EAB, error) {
+	e := new(acme.EAB)
+	return e, s.view(func(tx *bolt.Tx) error { return getJSON(tx, bEAB, keyID, e) })
+}
+
+// ListEAB implements acme.Store.
+func (s *Store) ListEAB(_ context.Context) ([]*acme.EAB, error) {
+	var out []*acme.EAB
+	err := s.view(func(tx *bolt.Tx) error {
+		return tx.Bucket(bEAB).ForEach(func(k, v []byte) error {
+			e := new(acme.EAB)
+			if err := json.Unmarshal(v, e); err != nil {
+				return fmt.Errorf("store: decode EAB %s: %w", k, err)
+			}
+			out = append(out, e)
+			return nil
+		})
+	})
+	return out, err
+}

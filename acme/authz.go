@@ -1,0 +1,186 @@
+package acme
+
+import (
+	"net/http"
+	"time"
+)
+
+// Challenge types.
+const (
+	ChallengeHTTP01    = "http-01"
+	ChallengeDNS01     = "dns-01"
+	ChallengeTLSALPN01 = "tls-alpn-01"
+)
+
+type challengeJSON struct {
+	Type      string   `json:"type"`
+	URL       string   `json:"url"`
+	Status    string   `json:"status"`
+	Token     string   `json:"token"`
+	Validated string   `json:"validated,omitempty"`
+	Error     *Problem `json:"error,omitempty"`
+}
+
+type authzJSON struct {
+	Identifier Identifier      `json:"identifier"`
+	Status     string          `json:"status"`
+	Expires    string          `json:"expires,omitempty"`
+	Challenges []challengeJSON `json:"challenges"`
+	Wildcard   bool            `json:"wildcard,omitempty"`
+}
+
+// authzStatus is the authorization's status with expiry applied.
+func (s *Server) authzStatus(a *Authz) string {
+	if (a.Status == StatusPending || a.Status == StatusValid) && s.now().After(a.Expires) {
+		return StatusExpired
+	}
+	return a.Status
+}
+
+func (s *Server) challengeJSON(a *Authz, c *Challenge) challengeJSON {
+	st := c.Status
+	if st == StatusProcessing {
+		st = StatusProcessing
+	}
+	return challengeJSON{Type: c.Type, URL: s.url(pChall + a.ID + "/" + c.Type), Status: st,
+		Token: a.Token, Validated: rfc3339(c.Validated), Error: c.Error}
+}
+
+func (s *Server) authzJSON(a *Authz) authzJSON {
+	j := authzJSON{Identifier: a.Identifier, Status: s.authzStatus(a), Expires: rfc3339(a.Expires), Wildcard: a.Wildcard}
+	for _, c := range a.Challenges {
+		// A valid authorization lists only the challenge that validated it.
+		if a.Status == StatusValid && c.Status != StatusValid {
+			continue
+		}
+		j.Challenges = append(j.Challenges, s.challengeJSON(a, c))
+	}
+	if j.Challenges == nil {
+		j.Challenges = []challengeJSON{}
+	}
+	return j
+}
+
+func (s *Server) loadOwnAuthz(q *request, id string) (*Authz, *Problem) {
+	a, err := s.st.GetAuthz(q.r.Context(), id)
+	if err != nil {
+		return nil, s.internalErr("get authz", err)
+	}
+	if a.AccountID != q.acct.ID {
+		return nil, unauthorized("this authorization belongs to another account")
+	}
+	return a, nil
+}
+
+// handleAuthz: POST-as-GET and deactivation (RFC 8555 §7.5, §7.5.2).
+func (s *Server) handleAuthz(w http.ResponseWriter, q *request) *Problem {
+	id := q.r.PathValue("id")
+	if q.postAsGet() {
+		a, p := s.loadOwnAuthz(q, id)
+		if p != nil {
+			return p
+		}
+		if a.Status == StatusPending && s.pendingValidation(a) {
+			retryAfter(w, s.cfg.RetryAfter)
+		}
+		return s.writeJSON(w, http.StatusOK, "", s.authzJSON(a))
+	}
+	var req struct {
+		Status string `json:"status"`
+	}
+	if p := decodePayload(q.payload, &req); p != nil {
+		return p
+	}
+	if req.Status != StatusDeactivated {
+		return malformed("an authorization's status may only be set to deactivated")
+	}
+	defer s.lock(id)()
+	a, p := s.loadOwnAuthz(q, id)
+	if p != nil {
+		return p
+	}
+	if st := s.authzStatus(a); st != StatusPending && st != StatusValid {
+		return unauthorized("authorization is " + st + " and cannot be deactivated")
+	}
+	a.Status = StatusDeactivated
+	if err := s.st.UpdateAuthz(q.r.Context(), a, "", false); err != nil {
+		return s.internalErr("update authz", err)
+	}
+	return s.writeJSON(w, http.StatusOK, "", s.authzJSON(a))
+}
+
+func (s *Server) pendingValidation(a *Authz) bool {
+	for _, c := range a.Challenges {
+		if c.Status == StatusProcessing {
+			return true
+		}
+	}
+	return false
+}
+
+// handleChallenge answers a challenge and starts its validation
+// (RFC 8555 §7.5.1). A POST-as-GET only reads it.
+func (s *Server) handleChallenge(w http.ResponseWriter, q *request) *Problem {
+	id, typ := q.r.PathValue("id"), q.r.PathValue("type")
+	up := func() {
+		w.Header().Add("Link", `<`+s.url(pAuthz+id)+`>;rel="up"`)
+	}
+	find := func(a *Authz) *Challenge {
+		for _, c := range a.Challenges {
+			if c.Type == typ {
+				return c
+			}
+		}
+		return nil
+	}
+	if q.postAsGet() {
+		a, p := s.loadOwnAuthz(q, id)
+		if p != nil {
+			return p
+		}
+		c := find(a)
+		if c == nil {
+			return notFound()
+		}
+		up()
+		if c.Status == StatusProcessing {
+			retryAfter(w, s.cfg.RetryAfter)
+		}
+		return s.writeJSON(w, http.StatusOK, "", s.challengeJSON(a, c))
+	}
+	var req map[string]any
+	if p := decodePayload(q.payload, &req); p != nil {
+		return p
+	}
+	unlock := s.lock(id)
+	a, p := s.loadOwnAuthz(q, id)
+	if p != nil {
+		unlock()
+		return p
+	}
+	c := find(a)
+	if c == nil {
+		unlock()
+		return notFound()
+	}
+	start := false
+	if s.authzStatus(a) == StatusPending && c.Status == StatusPending && !s.pendingValidation(a) {
+		c.Status = StatusProcessing
+		if err := s.st.UpdateAuthz(q.r.Context(), a, WorkValidate+a.ID+"/"+c.Type, true); err != nil {
+			unlock()
+			return s.internalErr("update authz", err)
+		}
+		start = true
+	}
+	unlock()
+	if start {
+		s.val.enqueue(a.ID, c.Type, 0)
+	}
+	up()
+	if c.Status == StatusProcessing {
+		retryAfter(w, s.cfg.RetryAfter)
+	}
+	return s.writeJSON(w, http.StatusOK, "", s.challengeJSON(a, c))
+}
+
+var _ = time.Second

@@ -1,0 +1,571 @@
+package acme
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/pem"
+	"errors"
+	"net"
+	"net/http"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"time"
+)
+
+type orderJSON struct {
+	Status         string       `json:"status"`
+	Expires        string       `json:"expires,omitempty"`
+	Identifiers    []Identifier `json:"identifiers"`
+	NotBefore      string       `json:"notBefore,omitempty"`
+	NotAfter       string       `json:"notAfter,omitempty"`
+	Profile        string       `json:"profile,omitempty"`
+	Replaces       string       `json:"replaces,omitempty"`
+	Error          *Problem     `json:"error,omitempty"`
+	Authorizations []string     `json:"authorizations"`
+	Finalize       string       `json:"finalize"`
+	Certificate    string       `json:"certificate,omitempty"`
+}
+
+func rfc3339(t time.Time) string {
+	if t.IsZero() {
+		return ""
+	}
+	return t.UTC().Format(time.RFC3339)
+}
+
+func (s *Server) orderJSON(o *Order, status string) orderJSON {
+	j := orderJSON{Status: status, Expires: rfc3339(o.Expires), Identifiers: o.Identifiers,
+		NotBefore: rfc3339(o.NotBefore), NotAfter: rfc3339(o.NotAfter), Profile: o.Profile,
+		Replaces: o.Replaces, Error: o.Error, Finalize: s.url(pOrder + o.ID + "/finalize")}
+	j.Authorizations = make([]string, len(o.Authzs))
+	for i, id := range o.Authzs {
+		j.Authorizations[i] = s.url(pAuthz + id)
+	}
+	if o.CertSerial != "" {
+		j.Certificate = s.url(pCert + o.CertSerial)
+	}
+	return j
+}
+
+// orderStatus derives the order's status (RFC 8555 §7.1.6) from what is
+// stored and from its authorizations.
+func (s *Server) orderStatus(ctx context.Context, o *Order) (string, error) {
+	if o.Status != StatusPending {
+		return o.Status, nil
+	}
+	now := s.now()
+	if now.After(o.Expires) {
+		return StatusInvalid, nil
+	}
+	ready := true
+	for _, id := range o.Authzs {
+		a, err := s.st.GetAuthz(ctx, id)
+		if err != nil {
+			return "", err
+		}
+		switch s.authzStatus(a) {
+		case StatusValid:
+		case StatusPending:
+			ready = false
+		default:
+			return StatusInvalid, nil
+		}
+	}
+	if ready {
+		return StatusReady, nil
+	}
+	return StatusPending, nil
+}
+
+// normalizeIdentifier checks one identifier and returns its canonical form
+// (RFC 8555 §7.1.4, RFC 8738 for IP addresses).
+func normalizeIdentifier(id Identifier) (Identifier, bool, *Problem) {
+	switch id.Type {
+	case "dns":
+		v := strings.ToLower(id.Value)
+		wild := strings.HasPrefix(v, "*.")
+		name := strings.TrimPrefix(v, "*.")
+		if !validDNSName(name) {
+			return id, false, rejected(id, "not a valid DNS name")
+		}
+		if _, err := netip.ParseAddr(name); err == nil {
+			return id, false, rejected(id, "an IP address must use the ip identifier type")
+		}
+		return Identifier{Type: "dns", Value: v}, wild, nil
+	case "ip":
+		a, err := netip.ParseAddr(id.Value)
+		if err != nil || a.Zone() != "" {
+			return id, false, rejected(id, "not a valid IP address")
+		}
+		return Identifier{Type: "ip", Value: a.Unmap().String()}, false, nil
+	}
+	return id, false, &Problem{Type: ProbUnsupportedIdentifier, Status: 400,
+		Detail: "identifier type " + quoteShort(id.Type) + " is not supported", Identifier: &id}
+}
+
+func rejected(id Identifier, reason string) *Problem {
+	return &Problem{Type: ProbRejectedIdentifier, Status: 400, Detail: quoteShort(id.Value) + ": " + reason, Identifier: &id}
+}
+
+func validDNSName(n string) bool {
+	if len(n) == 0 || len(n) > 253 || strings.HasSuffix(n, ".") {
+		return false
+	}
+	labels := strings.Split(n, ".")
+	if len(labels) < 2 {
+		return false
+	}
+	for _, l := range labels {
+		if len(l) == 0 || len(l) > 63 || l[0] == '-' || l[len(l)-1] == '-' {
+			return false
+		}
+		for i := 0; i < len(l); i++ {
+			c := l[i]
+			if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+type newOrderReq struct {
+	Identifiers []Identifier `json:"identifiers"`
+	NotBefore   string       `json:"notBefore"`
+	NotAfter    string       `json:"notAfter"`
+	Profile     string       `json:"profile"`
+	Replaces    string       `json:"replaces"`
+}
+
+// handleNewOrder implements RFC 8555 §7.4 with profiles and "replaces"
+// (RFC 9773 §5).
+func (s *Server) handleNewOrder(w http.ResponseWriter, q *request) *Problem {
+	rl := &s.cfg.RateLimits
+	if rl.NewOrderRate > 0 && !s.limit.allow("o:"+q.acct.ID, rl.NewOrderRate, rl.NewOrderBurst) {
+		p := prob(ProbRateLimited, 429, "too many new orders for this account")
+		p.retryAfter = time.Second
+		return p
+	}
+	var req newOrderReq
+	if p := decodePayload(q.payload, &req); p != nil {
+		return p
+	}
+	if len(req.Identifiers) == 0 {
+		return malformed("an order needs at least one identifier")
+	}
+	if len(req.Identifiers) > s.cfg.MaxIdentifiers {
+		return prob(ProbRejectedIdentifier, 400, "too many identifiers in one order")
+	}
+	ids := make([]Identifier, 0, len(req.Identifiers))
+	wild := make([]bool, 0, len(req.Identifiers))
+	var subs []*Problem
+	for _, id := range req.Identifiers {
+		n, w, p := normalizeIdentifier(id)
+		if p != nil {
+			subs = append(subs, p)
+			continue
+		}
+		if slices.Contains(ids, n) {
+			continue
+		}
+		ids = append(ids, n)
+		wild = append(wild, w)
+	}
+	if len(subs) > 0 {
+		top := *subs[0]
+		top.Identifier = nil
+		if len(subs) > 1 {
+			top.Detail = "several identifiers were refused; see subproblems"
+		}
+		top.Subproblems = subs
+		return &top
+	}
+	o := &Order{ID: newID(), AccountID: q.acct.ID, Status: StatusPending, Identifiers: ids, Created: s.now().UTC()}
+	o.Expires = o.Created.Add(s.cfg.OrderLifetime)
+	o.Profile = req.Profile
+	if o.Profile == "" {
+		o.Profile = s.cfg.DefaultProfile
+	} else if _, ok := s.cfg.Profiles[o.Profile]; !ok {
+		return prob(ProbInvalidProfile, 400, "unknown profile "+quoteShort(req.Profile))
+	}
+	if req.NotBefore != "" || req.NotAfter != "" {
+		if !s.cfg.AllowValidityRequest {
+			return malformed("this server does not accept notBefore/notAfter in orders")
+		}
+		var err error
+		if req.NotBefore != "" {
+			if o.NotBefore, err = time.Parse(time.RFC3339, req.NotBefore); err != nil {
+				return malformed("notBefore is not an RFC 3339 date")
+			}
+		}
+		if req.NotAfter != "" {
+			if o.NotAfter, err = time.Parse(time.RFC3339, req.NotAfter); err != nil {
+				return malformed("notAfter is not an RFC 3339 date")
+			}
+		}
+		if !o.NotBefore.IsZero() && !o.NotAfter.IsZero() && !o.NotBefore.Before(o.NotAfter) {
+			return malformed("notBefore must be before notAfter")
+		}
+	}
+	ctx := q.r.Context()
+	if req.Replaces != "" {
+		c, p := s.certByARIID(ctx, req.Replaces)
+		if p != nil {
+			return p
+		}
+		if c.AccountID != q.acct.ID {
+			return unauthorized("the certificate named in replaces belongs to another account")
+		}
+		if c.Replaced {
+			return prob(ProbAlreadyReplaced, 409, "the certificate named in replaces was already replaced")
+		}
+		o.Replaces = req.Replaces
+	}
+	if err := s.ca.CheckNames(o.Profile, ids); err != nil {
+		p := toProblem(err)
+		if p.Type == ProbServerInternal {
+			s.log.Error("acme: check names", "err", err)
+		}
+		return p
+	}
+	now := s.now()
+	var fresh []*Authz
+	for i, id := range ids {
+		if s.cfg.AuthzReuse > 0 {
+			look := id
+			look.Value = strings.TrimPrefix(id.Value, "*.")
+			a, err := s.st.FindValidAuthz(ctx, q.acct.ID, look, wild[i])
+			if err == nil && s.authzStatus(a) == StatusValid && a.Expires.After(o.Expires) && s.validatedAt(a).Add(s.cfg.AuthzReuse).After(now) {
+				o.Authzs = append(o.Authzs, a.ID)
+				continue
+			} else if err != nil && !errors.Is(err, ErrNotFound) {
+				return s.internalErr("find authz", err)
+			}
+		}
+		a := s.newAuthz(q.acct.ID, id, wild[i], o.Expires)
+		fresh = append(fresh, a)
+		o.Authzs = append(o.Authzs, a.ID)
+	}
+	if err := s.st.CreateOrder(ctx, o, fresh); err != nil {
+		return s.internalErr("create order", err)
+	}
+	status, err := s.orderStatus(ctx, o)
+	if err != nil {
+		return s.internalErr("order status", err)
+	}
+	return s.writeJSON(w, http.StatusCreated, s.url(pOrder+o.ID), s.orderJSON(o, status))
+}
+
+func (s *Server) validatedAt(a *Authz) time.Time {
+	for _, c := range a.Challenges {
+		if c.Status == StatusValid {
+			return c.Validated
+		}
+	}
+	return time.Time{}
+}
+
+func (s *Server) newAuthz(acct string, id Identifier, wild bool, expires time.Time) *Authz {
+	a := &Authz{ID: newID(), AccountID: acct, Identifier: id, Wildcard: wild, Status: StatusPending,
+		Expires: expires, Token: newID() + newID()[:11]}
+	if wild {
+		a.Identifier.Value = strings.TrimPrefix(id.Value, "*.")
+	}
+	switch {
+	case wild:
+		a.Challenges = []*Challenge{{Type: ChallengeDNS01, Status: StatusPending}}
+	case id.Type == "ip":
+		a.Challenges = []*Challenge{{Type: ChallengeHTTP01, Status: StatusPending}, {Type: ChallengeTLSALPN01, Status: StatusPending}}
+	default:
+		a.Challenges = []*Challenge{{Type: ChallengeHTTP01, Status: StatusPending}, {Type: ChallengeDNS01, Status: StatusPending}, {Type: ChallengeTLSALPN01, Status: StatusPending}}
+	}
+	return a
+}
+
+// loadOwnOrder reads an order the requesting account owns.
+func (s *Server) loadOwnOrder(q *request) (*Order, *Problem) {
+	o, err := s.st.GetOrder(q.r.Context(), q.r.PathValue("id"))
+	if err != nil {
+		return nil, s.internalErr("get order", err)
+	}
+	if o.AccountID != q.acct.ID {
+		return nil, unauthorized("this order belongs to another account")
+	}
+	return o, nil
+}
+
+func (s *Server) handleOrder(w http.ResponseWriter, q *request) *Problem {
+	if !q.postAsGet() {
+		return malformed("an order is read with POST-as-GET")
+	}
+	o, p := s.loadOwnOrder(q)
+	if p != nil {
+		return p
+	}
+	return s.writeOrder(w, q, o, http.StatusOK)
+}
+
+func (s *Server) writeOrder(w http.ResponseWriter, q *request, o *Order, code int) *Problem {
+	status, err := s.orderStatus(q.r.Context(), o)
+	if err != nil {
+		return s.internalErr("order status", err)
+	}
+	if status == StatusProcessing {
+		retryAfter(w, s.cfg.RetryAfter)
+	}
+	return s.writeJSON(w, code, s.url(pOrder+o.ID), s.orderJSON(o, status))
+}
+
+// finalizeWait is how long finalize waits for the CA before answering
+// "processing" (RFC 8555 §7.4: the client then polls the order).
+const finalizeWait = 2 * time.Second
+
+// handleFinalize implements RFC 8555 §7.4. The order moves to processing
+// (durably, with a work record) and issuance starts at once; if the CA
+// answers within finalizeWait the reply already carries the final state,
+// otherwise "processing" with Retry-After and issuance completes in the
+// background. If the CA is unavailable (sealed), the order goes back to
+// ready and the client gets 503 with Retry-After.
+func (s *Server) handleFinalize(w http.ResponseWriter, q *request) *Problem {
+	var req struct {
+		CSR string `json:"csr"`
+	}
+	if p := decodePayload(q.payload, &req); p != nil {
+		return p
+	}
+	der, err := base64.RawURLEncoding.DecodeString(req.CSR)
+	if err != nil || len(der) == 0 {
+		return malformed("csr is not base64url DER")
+	}
+	ctx := q.r.Context()
+	unlock := s.lock(q.r.PathValue("id"))
+	o, p := s.loadOwnOrder(q)
+	if p != nil {
+		unlock()
+		return p
+	}
+	status, err := s.orderStatus(ctx, o)
+	if err != nil {
+		unlock()
+		return s.internalErr("order status", err)
+	}
+	if status != StatusReady {
+		unlock()
+		return prob(ProbOrderNotReady, 403, "order is "+status+", not ready")
+	}
+	if p := s.checkCSR(q, o, der); p != nil {
+		unlock()
+		return p
+	}
+	o.Status, o.CSR = StatusProcessing, der
+	if err := s.st.UpdateOrder(ctx, o, WorkFinalize+o.ID, true); err != nil {
+		unlock()
+		return s.internalErr("update order", err)
+	}
+	unlock()
+
+	// 0: running, 1: handed to the request, 2: left to the background.
+	var state atomic.Int32
+	done := make(chan error, 1)
+	s.bg.Add(1)
+	go func() {
+		defer s.bg.Done()
+		err := s.issue(o)
+		if state.CompareAndSwap(0, 1) {
+			done <- err
+			return
+		}
+		s.issueDone(o, err, false)
+	}()
+	t := time.NewTimer(finalizeWait)
+	defer t.Stop()
+	select {
+	case err := <-done:
+		if p := s.issueDone(o, err, true); p != nil {
+			return p
+		}
+	case <-t.C:
+		if !state.CompareAndSwap(0, 2) {
+			if p := s.issueDone(o, <-done, true); p != nil {
+				return p
+			}
+		}
+	}
+	o2, err := s.st.GetOrder(ctx, o.ID)
+	if err != nil {
+		return s.internalErr("get order", err)
+	}
+	return s.writeOrder(w, q, o2, http.StatusOK)
+}
+
+// checkCSR checks the CSR against the order (RFC 8555 §7.4): valid
+// signature, exactly the order's identifiers, no other SAN types, a key
+// that is not the account key.
+func (s *Server) checkCSR(q *request, o *Order, der []byte) *Problem {
+	csr, err := x509.ParseCertificateRequest(der)
+	if err != nil {
+		return prob(ProbBadCSR, 400, "CSR does not parse")
+	}
+	if err := csr.CheckSignature(); err != nil {
+		return prob(ProbBadCSR, 400, "CSR signature does not verify")
+	}
+	if len(csr.EmailAddresses) > 0 || len(csr.URIs) > 0 {
+		return prob(ProbBadCSR, 400, "CSR may only name DNS names and IP addresses")
+	}
+	want := map[Identifier]bool{}
+	for _, id := range o.Identifiers {
+		want[id] = true
+	}
+	got := map[Identifier]bool{}
+	for _, n := range csr.DNSNames {
+		got[Identifier{Type: "dns", Value: strings.ToLower(n)}] = true
+	}
+	for _, ip := range csr.IPAddresses {
+		a, _ := netip.AddrFromSlice(ip)
+		got[Identifier{Type: "ip", Value: a.Unmap().String()}] = true
+	}
+	if cn := csr.Subject.CommonName; cn != "" {
+		id := Identifier{Type: "dns", Value: strings.ToLower(cn)}
+		if ip := net.ParseIP(cn); ip != nil {
+			a, _ := netip.AddrFromSlice(ip)
+			id = Identifier{Type: "ip", Value: a.Unmap().String()}
+		}
+		if !want[id] {
+			return prob(ProbBadCSR, 400, "CSR common name is not one of the order's identifiers")
+		}
+		got[id] = true
+	}
+	if len(got) != len(want) {
+		return prob(ProbBadCSR, 400, "CSR names differ from the order's identifiers")
+	}
+	for id := range got {
+		if !want[id] {
+			return prob(ProbBadCSR, 400, "CSR names differ from the order's identifiers")
+		}
+	}
+	if key, err := s.keys.get(q.acct.Key); err == nil {
+		if eq, ok := key.Key.(interface{ Equal(any) bool }); ok && eq.Equal(csr.PublicKey) {
+			return prob(ProbBadCSR, 400, "the certificate key must not be the account key")
+		}
+	}
+	return nil
+}
+
+// issue asks the CA to sign the order's CSR.
+func (s *Server) issue(o *Order) error {
+	select {
+	case s.issueCh <- struct{}{}:
+	case <-s.ctx.Done():
+		return s.ctx.Err()
+	}
+	defer func() { <-s.issueCh }()
+	ctx, cancel := context.WithTimeout(s.ctx, time.Minute)
+	defer cancel()
+	iss, err := s.ca.Issue(ctx, IssueRequest{CSR: o.CSR, Profile: o.Profile, Identifiers: o.Identifiers,
+		NotBefore: o.NotBefore, NotAfter: o.NotAfter})
+	if err != nil {
+		return err
+	}
+	leaf, err := x509.ParseCertificate(iss.DER)
+	if err != nil {
+		return errors.New("acme: CA returned a certificate that does not parse")
+	}
+	c := &Cert{Serial: serialHex(leaf), CASerial: iss.Serial, AccountID: o.AccountID, OrderID: o.ID,
+		DER: iss.DER, Chain: iss.Chain, NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter}
+	unlock := s.lock(o.ID)
+	defer unlock()
+	o.Status, o.CertSerial, o.CSR = StatusValid, c.Serial, nil
+	if err := s.st.FinishOrder(s.ctx, o, c); err != nil {
+		return err
+	}
+	if o.Replaces != "" {
+		if old, p := s.certByARIID(s.ctx, o.Replaces); p == nil {
+			old.Replaced = true
+			if err := s.st.UpdateCert(s.ctx, old); err != nil {
+				s.log.Error("acme: mark replaced certificate", "err", err)
+			}
+		}
+	}
+	return nil
+}
+
+// issueDone settles an order whose issuance ended with err. In the
+// foreground (the finalize request is waiting) an unavailable CA sends the
+// order back to ready and the client gets 503; in the background, or for
+// any other failure, the order becomes invalid with the problem.
+func (s *Server) issueDone(o *Order, err error, fg bool) *Problem {
+	if err == nil {
+		return nil
+	}
+	p := toProblem(err)
+	if p.Type == ProbServerInternal {
+		s.log.Error("acme: issuance failed", "order", o.ID, "err", err)
+	}
+	unlock := s.lock(o.ID)
+	defer unlock()
+	cur, gerr := s.st.GetOrder(s.ctx, o.ID)
+	if gerr != nil {
+		return s.internalErr("get order", gerr)
+	}
+	if cur.Status != StatusProcessing {
+		return nil
+	}
+	if fg && p.Status == http.StatusServiceUnavailable {
+		cur.Status, cur.CSR = StatusPending, nil
+	} else {
+		cur.Status, cur.CSR = StatusInvalid, nil
+		e := *p
+		e.retryAfter = 0
+		cur.Error = &e
+	}
+	if err := s.st.UpdateOrder(s.ctx, cur, WorkFinalize+cur.ID, false); err != nil {
+		return s.internalErr("update order", err)
+	}
+	if fg {
+		return p
+	}
+	return nil
+}
+
+func serialHex(c *x509.Certificate) string { return c.SerialNumber.Text(16) }
+
+// handleCert serves the certificate chain (RFC 8555 §7.4.2).
+func (s *Server) handleCert(w http.ResponseWriter, q *request) *Problem {
+	if !q.postAsGet() {
+		return malformed("a certificate is downloaded with POST-as-GET")
+	}
+	c, err := s.st.GetCert(q.r.Context(), q.r.PathValue("serial"))
+	if err != nil {
+		return s.internalErr("get certificate", err)
+	}
+	if c.AccountID != q.acct.ID {
+		return unauthorized("this certificate belongs to another account")
+	}
+	b := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.DER})
+	for _, d := range c.Chain {
+		b = append(b, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: d})...)
+	}
+	h := w.Header()
+	h.Set("Content-Type", "application/pem-certificate-chain")
+	if len(c.Chain) > 0 {
+		h.Add("Link", `<`+s.url(pCert+c.Serial+"/issuer")+`>;rel="up"`)
+	}
+	w.WriteHeader(http.StatusOK)
+	w.Write(b)
+	return nil
+}
+
+// handleIssuer serves the issuer of a certificate (the Link rel="up"
+// target), DER, without authentication: issuer certificates are public.
+func (s *Server) handleIssuer(w http.ResponseWriter, r *http.Request) {
+	c, err := s.st.GetCert(r.Context(), r.PathValue("serial"))
+	if err != nil || len(c.Chain) == 0 {
+		s.writeProblem(w, notFound())
+		return
+	}
+	w.Header().Set("Content-Type", "application/pkix-cert")
+	w.Write(c.Chain[0])
+}

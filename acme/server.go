@@ -1,0 +1,409 @@
+package acme
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/maphash"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Server is an ACME server. Create it with New, serve Handler, and Close it
+// after the HTTP server has stopped.
+type Server struct {
+	cfg   Config
+	ca    CA
+	st    Store
+	opts  Options
+	now   func() time.Time
+	log   *slog.Logger
+	nonce *nonceSource
+	keys  keyCache
+	limit *limiter
+
+	dirJSON []byte
+	mux     *http.ServeMux
+
+	locks    [256]sync.Mutex
+	lockSeed maphash.Seed
+
+	val *validator
+
+	ctx     context.Context
+	cancel  context.CancelFunc
+	bg      sync.WaitGroup
+	issueCh chan struct{} // semaphore for concurrent issuance
+}
+
+// New validates cfg, loads the server state from st (nonce key and window),
+// re-queues validations that were pending and fails orders a restart
+// interrupted while processing, and starts the validation workers.
+func New(cfg Config, ca CA, st Store, opts Options) (*Server, error) {
+	if ca == nil || st == nil {
+		return nil, errors.New("acme: New needs a CA and a Store")
+	}
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	if opts.Resolver != "" {
+		if _, _, err := net.SplitHostPort(opts.Resolver); err != nil {
+			return nil, fmt.Errorf("acme: resolver %q: want HOST:PORT", opts.Resolver)
+		}
+		cfg.Resolver = opts.Resolver
+	}
+	s := &Server{cfg: cfg, ca: ca, st: st, opts: opts, now: opts.Clock, log: opts.Logger, lockSeed: maphash.MakeSeed()}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.issueCh = make(chan struct{}, cfg.IssueWorkers)
+	s.limit = newLimiter(s.now)
+	var err error
+	if s.nonce, err = newNonceSource(s.ctx, st); err != nil {
+		return nil, err
+	}
+	s.buildDirectory()
+	s.routes()
+	s.val = newValidator(s)
+	if err := s.recover(s.ctx); err != nil {
+		s.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// Close stops the validation and issuance workers and saves the nonce
+// window. Call it after the HTTP server has shut down.
+func (s *Server) Close() error {
+	s.cancel()
+	s.val.stop()
+	s.bg.Wait()
+	return s.nonce.close(context.Background())
+}
+
+// Handler serves the ACME API under Config.Prefix.
+func (s *Server) Handler() http.Handler { return s.mux }
+
+// Directory URL paths (relative to BaseURL).
+const (
+	pDirectory = "directory"
+	pNewNonce  = "new-nonce"
+	pNewAcct   = "new-account"
+	pNewOrder  = "new-order"
+	pRevoke    = "revoke-cert"
+	pKeyChange = "key-change"
+	pAcct      = "acct/"
+	pOrder     = "order/"
+	pAuthz     = "authz/"
+	pChall     = "chall/"
+	pCert      = "cert/"
+	pRenewal   = "renewal-info"
+)
+
+func (s *Server) url(p string) string { return s.cfg.BaseURL + p }
+
+func (s *Server) buildDirectory() {
+	meta := map[string]any{}
+	if s.cfg.TermsOfService != "" {
+		meta["termsOfService"] = s.cfg.TermsOfService
+	}
+	if s.cfg.Website != "" {
+		meta["website"] = s.cfg.Website
+	}
+	if len(s.cfg.CAAIdentities) > 0 {
+		meta["caaIdentities"] = s.cfg.CAAIdentities
+	}
+	meta["externalAccountRequired"] = s.cfg.ExternalAccountRequired
+	if len(s.cfg.Profiles) > 0 {
+		meta["profiles"] = s.cfg.Profiles
+	}
+	d := map[string]any{
+		"newNonce":    s.url(pNewNonce),
+		"newAccount":  s.url(pNewAcct),
+		"newOrder":    s.url(pNewOrder),
+		"revokeCert":  s.url(pRevoke),
+		"keyChange":   s.url(pKeyChange),
+		"renewalInfo": s.url(pRenewal),
+		"meta":        meta,
+	}
+	s.dirJSON, _ = json.MarshalIndent(d, "", "  ")
+}
+
+func (s *Server) routes() {
+	m := http.NewServeMux()
+	p := s.cfg.Prefix
+	m.HandleFunc("GET "+p+pDirectory, s.handleDirectory)
+	m.HandleFunc("GET "+p+pNewNonce, s.handleNewNonce)
+	m.HandleFunc("HEAD "+p+pNewNonce, s.handleNewNonce)
+	m.HandleFunc("GET "+p+pRenewal+"/{id}", s.handleRenewalInfo)
+	m.HandleFunc("GET "+p+pCert+"{serial}/issuer", s.handleIssuer)
+	post := func(path string, h postHandler) {
+		m.HandleFunc("POST "+p+path, s.post(h))
+	}
+	post(pNewAcct, s.handleNewAccount)
+	post(pAcct+"{id}", s.handleAccount)
+	post(pAcct+"{id}/orders", s.handleOrders)
+	post(pKeyChange, s.handleKeyChange)
+	post(pNewOrder, s.handleNewOrder)
+	post(pOrder+"{id}", s.handleOrder)
+	post(pOrder+"{id}/finalize", s.handleFinalize)
+	post(pAuthz+"{id}", s.handleAuthz)
+	post(pChall+"{id}/{type}", s.handleChallenge)
+	post(pCert+"{serial}", s.handleCert)
+	post(pRevoke, s.handleRevoke)
+	m.HandleFunc(p, func(w http.ResponseWriter, r *http.Request) {
+		s.writeProblem(w, notFound())
+	})
+	s.mux = m
+}
+
+func (s *Server) handleDirectory(w http.ResponseWriter, r *http.Request) {
+	if !s.limit.allow("ip:"+s.clientIP(r), s.cfg.RateLimits.IPRate, s.cfg.RateLimits.IPBurst) {
+		s.rateLimited(w, "too many requests from your address")
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Write(s.dirJSON)
+}
+
+func (s *Server) handleNewNonce(w http.ResponseWriter, r *http.Request) {
+	if !s.limit.allow("ip:"+s.clientIP(r), s.cfg.RateLimits.IPRate, s.cfg.RateLimits.IPBurst) {
+		s.rateLimited(w, "too many requests from your address")
+		return
+	}
+	if !s.setNonce(w) {
+		s.writeProblem(w, internal())
+		return
+	}
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("Link", `<`+s.url(pDirectory)+`>;rel="index"`)
+	if r.Method == http.MethodGet {
+		w.WriteHeader(http.StatusNoContent)
+	}
+}
+
+func (s *Server) setNonce(w http.ResponseWriter) bool {
+	n, err := s.nonce.Nonce()
+	if err != nil {
+		s.log.Error("acme: nonce", "err", err)
+		return false
+	}
+	w.Header()["Replay-Nonce"] = []string{n}
+	return true
+}
+
+func (s *Server) clientIP(r *http.Request) string {
+	if s.opts.ClientIP != nil {
+		return s.opts.ClientIP(r)
+	}
+	h, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return h
+}
+
+func (s *Server) rateLimited(w http.ResponseWriter, detail string) {
+	p := prob(ProbRateLimited, 429, detail)
+	p.retryAfter = time.Second
+	s.setNonce(w)
+	s.writeProblem(w, p)
+}
+
+// request is an authenticated ACME POST.
+type request struct {
+	r       *http.Request
+	jws     *parsedJWS
+	acct    *Account // set when signed with kid
+	payload []byte
+	url     string
+}
+
+func (q *request) postAsGet() bool { return len(q.payload) == 0 }
+
+// postHandler handles an authenticated POST and writes the answer.
+type postHandler func(w http.ResponseWriter, q *request) *Problem
+
+// needsJWK lists the endpoints where a jwk header is allowed.
+func (s *Server) jwkAllowed(path string) (allowed, required bool) {
+	switch path {
+	case s.cfg.Prefix + pNewAcct:
+		return true, true
+	case s.cfg.Prefix + pRevoke:
+		return true, false
+	}
+	return false, false
+}
+
+// post wraps a handler with the JWS checks of RFC 8555 §6.2-6.5.
+func (s *Server) post(h postHandler) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if p := s.authenticate(w, r, h); p != nil {
+			if p.Type == ProbBadNonce || w.Header().Get("Replay-Nonce") == "" {
+				s.setNonce(w)
+			}
+			if p.Status == 500 && p.Type == ProbServerInternal {
+				s.log.Debug("acme: internal error answered", "path", r.URL.Path)
+			}
+			s.writeProblem(w, p)
+		}
+	}
+}
+
+func (s *Server) authenticate(w http.ResponseWriter, r *http.Request, h postHandler) *Problem {
+	ip := s.clientIP(r)
+	rl := &s.cfg.RateLimits
+	if rl.IPRate > 0 && !s.limit.allow("ip:"+ip, rl.IPRate, rl.IPBurst) {
+		p := prob(ProbRateLimited, 429, "too many requests from your address")
+		p.retryAfter = time.Second
+		return p
+	}
+	ct := r.Header.Get("Content-Type")
+	if ct != "application/jose+json" {
+		if mt, _, _ := strings.Cut(ct, ";"); strings.TrimSpace(mt) != "application/jose+json" {
+			return prob(ProbMalformed, 415, "Content-Type must be application/jose+json")
+		}
+	}
+	if r.ContentLength > s.cfg.MaxBodyBytes {
+		return prob(ProbMalformed, 413, "request body too large")
+	}
+	body, err := io.ReadAll(io.LimitReader(r.Body, s.cfg.MaxBodyBytes+1))
+	if err != nil {
+		return malformed("cannot read request body")
+	}
+	if int64(len(body)) > s.cfg.MaxBodyBytes {
+		return prob(ProbMalformed, 413, "request body too large")
+	}
+	jws, p := parseJWS(body)
+	if p != nil {
+		return p
+	}
+	if !s.nonce.Use(jws.hdr.Nonce) {
+		return prob(ProbBadNonce, 400, "JWS has an invalid or used anti-replay nonce")
+	}
+	q := &request{r: r, jws: jws, payload: jws.payload, url: s.cfg.BaseURL + strings.TrimPrefix(r.URL.Path, s.cfg.Prefix)}
+	if r.URL.RawQuery != "" {
+		q.url += "?" + r.URL.RawQuery
+	}
+	if jws.hdr.URL != q.url {
+		return unauthorized("JWS url " + quoteShort(jws.hdr.URL) + " does not match the request URL")
+	}
+	allowed, required := s.jwkAllowed(r.URL.Path)
+	if jws.jwk != nil {
+		if !allowed {
+			return malformed("this request must be signed with the account's kid, not a jwk")
+		}
+		if !jws.verify(jws.jwk) {
+			return malformed("JWS signature does not verify")
+		}
+	} else {
+		if required {
+			return malformed("newAccount must be signed with a jwk, not a kid")
+		}
+		id, ok := strings.CutPrefix(jws.hdr.Kid, s.url(pAcct))
+		if !ok || id == "" || strings.Contains(id, "/") {
+			return prob(ProbAccountDoesNotExist, 400, "kid is not an account URL of this server")
+		}
+		acct, err := s.st.GetAccount(r.Context(), id)
+		if errors.Is(err, ErrNotFound) {
+			return prob(ProbAccountDoesNotExist, 400, "no such account")
+		} else if err != nil {
+			s.log.Error("acme: get account", "err", err)
+			return internal()
+		}
+		key, err := s.keys.get(acct.Key)
+		if err != nil {
+			s.log.Error("acme: stored account key", "account", acct.ID, "err", err)
+			return internal()
+		}
+		if !jws.verify(key) {
+			return malformed("JWS signature does not verify with the account key")
+		}
+		if acct.Status != StatusValid {
+			return unauthorized("account is " + acct.Status)
+		}
+		if rl.AccountRate > 0 && !s.limit.allow("a:"+acct.ID, rl.AccountRate, rl.AccountBurst) {
+			p := prob(ProbRateLimited, 429, "too many requests for this account")
+			p.retryAfter = time.Second
+			return p
+		}
+		q.acct = acct
+	}
+	if !s.setNonce(w) {
+		return internal()
+	}
+	w.Header().Set("Link", `<`+s.url(pDirectory)+`>;rel="index"`)
+	return h(w, q)
+}
+
+// writeJSON writes v with the status code; location, if set, goes into the
+// Location header.
+func (s *Server) writeJSON(w http.ResponseWriter, status int, location string, v any) *Problem {
+	b, err := jsonMarshal(v)
+	if err != nil {
+		s.log.Error("acme: encode response", "err", err)
+		return internal()
+	}
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	if location != "" {
+		h.Set("Location", location)
+	}
+	w.WriteHeader(status)
+	w.Write(b)
+	return nil
+}
+
+func jsonMarshal(v any) ([]byte, error) { return json.Marshal(v) }
+
+// decodePayload decodes a JSON payload strictly enough: unknown fields are
+// allowed (RFC 8555 §7.3 lets clients send fields the server ignores).
+func decodePayload(b []byte, v any) *Problem {
+	if err := json.Unmarshal(b, v); err != nil {
+		return malformed("request payload is not the expected JSON object")
+	}
+	return nil
+}
+
+func newID() string {
+	var b [16]byte
+	rand.Read(b[:])
+	return base64.RawURLEncoding.EncodeToString(b[:])
+}
+
+// lock serialises read-modify-write of one object (order or authz) within
+// this process.
+func (s *Server) lock(id string) func() {
+	m := &s.locks[maphash.String(s.lockSeed, id)%uint64(len(s.locks))]
+	m.Lock()
+	return m.Unlock
+}
+
+func retryAfter(w http.ResponseWriter, d time.Duration) {
+	sec := int((d + time.Second - 1) / time.Second)
+	if sec < 1 {
+		sec = 1
+	}
+	w.Header().Set("Retry-After", strconv.Itoa(sec))
+}
+
+func (s *Server) internalErr(what string, err error) *Problem {
+	if errors.Is(err, ErrNotFound) {
+		return notFound()
+	}
+	s.log.Error("acme: "+what, "err", err)
+	return internal()
+}

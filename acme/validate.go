@@ -1,0 +1,298 @@
+package acme
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"errors"
+	"net"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"sync"
+	"time"
+)
+
+// validator runs challenge validations on a bounded pool of workers. Each
+// job is one attempt; a failed attempt is retried after
+// ValidationRetryDelay up to ValidationRetries times, each attempt bounded by
+// ValidationTimeout. The work record in the store makes a restart re-queue
+// the validations that were in flight.
+type validator struct {
+	s        *Server
+	ch       chan valJob
+	wg       sync.WaitGroup
+	dialer   *net.Dialer
+	resolver *net.Resolver
+	client   *http.Client
+}
+
+type valJob struct {
+	authz, typ string
+	attempt    int
+}
+
+func newValidator(s *Server) *validator {
+	v := &validator{s: s, ch: make(chan valJob, 1024), dialer: s.opts.Dialer}
+	if v.dialer == nil {
+		v.dialer = &net.Dialer{}
+	}
+	v.resolver = net.DefaultResolver
+	if s.cfg.Resolver != "" {
+		addr := s.cfg.Resolver
+		v.resolver = &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			return v.dialer.DialContext(ctx, network, addr)
+		}}
+	}
+	v.client = s.opts.HTTPClient
+	if v.client == nil {
+		v.client = &http.Client{
+			Transport: &http.Transport{
+				DialContext:        v.dialResolved,
+				DisableKeepAlives:  true,
+				DisableCompression: true,
+				Proxy:              nil,
+			},
+			// Redirects are not followed: the challenge must be served
+			// at the URL the server asks for.
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		}
+	}
+	for i := 0; i < s.cfg.ValidationWorkers; i++ {
+		v.wg.Add(1)
+		go v.work()
+	}
+	return v
+}
+
+func (v *validator) stop() { v.wg.Wait() }
+
+// enqueue schedules an attempt after delay without blocking the caller.
+func (v *validator) enqueue(authz, typ string, attempt int) {
+	j := valJob{authz, typ, attempt}
+	push := func() {
+		select {
+		case v.ch <- j:
+		case <-v.s.ctx.Done():
+		}
+	}
+	if attempt > 0 {
+		v.s.bg.Add(1)
+		t := time.AfterFunc(v.s.cfg.ValidationRetryDelay, func() { defer v.s.bg.Done(); push() })
+		context.AfterFunc(v.s.ctx, func() {
+			if t.Stop() {
+				v.s.bg.Done()
+			}
+		})
+		return
+	}
+	select {
+	case v.ch <- j:
+	default:
+		v.s.bg.Add(1)
+		go func() { defer v.s.bg.Done(); push() }()
+	}
+}
+
+func (v *validator) work() {
+	defer v.wg.Done()
+	for {
+		select {
+		case <-v.s.ctx.Done():
+			return
+		case j := <-v.ch:
+			v.run(j)
+		}
+	}
+}
+
+func (v *validator) run(j valJob) {
+	s := v.s
+	ctx := s.ctx
+	a, err := s.st.GetAuthz(ctx, j.authz)
+	if err != nil {
+		s.log.Error("acme: validation: get authz", "authz", j.authz, "err", err)
+		return
+	}
+	c := findChallenge(a, j.typ)
+	if c == nil || c.Status != StatusProcessing {
+		return
+	}
+	acct, err := s.st.GetAccount(ctx, a.AccountID)
+	if err != nil {
+		s.log.Error("acme: validation: get account", "err", err)
+		return
+	}
+	keyAuth := a.Token + "." + acct.KeyThumb
+	vctx, cancel := context.WithTimeout(ctx, s.cfg.ValidationTimeout)
+	var p *Problem
+	switch j.typ {
+	case ChallengeHTTP01:
+		p = v.http01(vctx, a, keyAuth)
+	case ChallengeDNS01:
+		p = v.dns01(vctx, a, keyAuth)
+	case ChallengeTLSALPN01:
+		p = v.tlsALPN01(vctx, a, keyAuth)
+	default:
+		p = malformed("unknown challenge type")
+	}
+	cancel()
+	if ctx.Err() != nil {
+		return // shutting down; the work record re-queues it on start
+	}
+	if p != nil && j.attempt < s.cfg.ValidationRetries {
+		s.log.Debug("acme: validation attempt failed", "authz", a.ID, "type", j.typ, "attempt", j.attempt, "problem", p.Detail)
+		v.enqueue(j.authz, j.typ, j.attempt+1)
+		return
+	}
+	unlock := s.lock(a.ID)
+	defer unlock()
+	if a, err = s.st.GetAuthz(ctx, j.authz); err != nil {
+		s.log.Error("acme: validation: get authz", "err", err)
+		return
+	}
+	if c = findChallenge(a, j.typ); c == nil || c.Status != StatusProcessing {
+		return
+	}
+	now := s.now().UTC()
+	if p == nil {
+		c.Status, c.Validated = StatusValid, now
+		if a.Status == StatusPending {
+			a.Status = StatusValid
+			a.Expires = now.Add(s.cfg.AuthzLifetime)
+		}
+	} else {
+		id := a.Identifier
+		p.Identifier = &id
+		c.Status, c.Error = StatusInvalid, p
+		if a.Status == StatusPending {
+			a.Status = StatusInvalid
+		}
+	}
+	if err := s.st.UpdateAuthz(ctx, a, WorkValidate+a.ID+"/"+c.Type, false); err != nil {
+		s.log.Error("acme: validation: update authz", "err", err)
+	}
+}
+
+func findChallenge(a *Authz, typ string) *Challenge {
+	for _, c := range a.Challenges {
+		if c.Type == typ {
+			return c
+		}
+	}
+	return nil
+}
+
+// dialResolved dials addr, resolving a host name with the validation
+// resolver rather than the system one.
+func (v *validator) dialResolved(ctx context.Context, network, addr string) (net.Conn, error) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, err
+	}
+	ips, p := v.lookup(ctx, host)
+	if p != nil {
+		return nil, p
+	}
+	var last error
+	for _, ip := range ips {
+		c, err := v.dialer.DialContext(ctx, network, net.JoinHostPort(ip.String(), port))
+		if err == nil {
+			return c, nil
+		}
+		last = err
+	}
+	return nil, last
+}
+
+// lookup returns the addresses to validate host at: the host itself if it
+// is an address, else its A and AAAA records from the configured resolver.
+func (v *validator) lookup(ctx context.Context, host string) ([]netip.Addr, *Problem) {
+	if a, err := netip.ParseAddr(host); err == nil {
+		return []netip.Addr{a}, nil
+	}
+	ips, err := v.resolver.LookupNetIP(ctx, "ip", host)
+	if err != nil || len(ips) == 0 {
+		return nil, prob(ProbDNS, 400, "no A or AAAA record found for "+host)
+	}
+	for i := range ips {
+		ips[i] = ips[i].Unmap()
+	}
+	return ips, nil
+}
+
+func (v *validator) http01(ctx context.Context, a *Authz, keyAuth string) *Problem {
+	host := a.Identifier.Value
+	hp := net.JoinHostPort(host, strconv.Itoa(v.s.cfg.HTTP01Port))
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+hp+"/.well-known/acme-challenge/"+a.Token, nil)
+	if err != nil {
+		return malformed("cannot build the validation request")
+	}
+	if v.s.cfg.HTTP01Port == 80 {
+		req.Host = host
+		if a.Identifier.Type == "ip" && netip.MustParseAddr(host).Is6() {
+			req.Host = "[" + host + "]"
+		}
+	}
+	req.Header.Set("User-Agent", "hsmca-acme-validation")
+	resp, err := v.client.Do(req)
+	if err != nil {
+		var p *Problem
+		if errors.As(err, &p) {
+			return p
+		}
+		return prob(ProbConnection, 400, "http-01: cannot fetch the challenge from "+hp)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return prob(ProbUnauthorized, 403, "http-01: "+hp+" answered HTTP "+strconv.Itoa(resp.StatusCode))
+	}
+	buf := make([]byte, 1024)
+	n, _ := readFull(resp.Body, buf)
+	got := trimSpace(buf[:n])
+	if string(got) != keyAuth {
+		return prob(ProbIncorrectResponse, 403, "http-01: the response is not the key authorization")
+	}
+	return nil
+}
+
+func (v *validator) dns01(ctx context.Context, a *Authz, keyAuth string) *Problem {
+	if a.Identifier.Type != "dns" {
+		return malformed("dns-01 only validates DNS names")
+	}
+	name := "_acme-challenge." + a.Identifier.Value
+	txts, err := v.resolver.LookupTXT(ctx, name)
+	if err != nil {
+		return prob(ProbDNS, 400, "dns-01: no TXT record found at "+name)
+	}
+	sum := sha256.Sum256([]byte(keyAuth))
+	want := base64.RawURLEncoding.EncodeToString(sum[:])
+	for _, t := range txts {
+		if t == want {
+			return nil
+		}
+	}
+	return prob(ProbIncorrectResponse, 403, "dns-01: no TXT record at "+name+" matches the key authorization")
+}
+
+func readFull(r interface{ Read([]byte) (int, error) }, b []byte) (int, error) {
+	n := 0
+	for n < len(b) {
+		m, err := r.Read(b[n:])
+		n += m
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+func trimSpace(b []byte) []byte {
+	for len(b) > 0 && (b[len(b)-1] == ' ' || b[len(b)-1] == '\n' || b[len(b)-1] == '\r' || b[len(b)-1] == '\t') {
+		b = b[:len(b)-1]
+	}
+	for len(b) > 0 && (b[0] == ' ' || b[0] == '\n' || b[0] == '\r' || b[0] == '\t') {
+		b = b[1:]
+	}
+	return b
+}
