@@ -1,0 +1,230 @@
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/hsmca/hsmca/hsm"
+)
+
+// ---- reshare ----
+
+func newHSMReshareCmd(e *env, f *hsmFlags) *cobra.Command {
+	var (
+		partition string
+		set       shareSetFlags
+		q         quorumFlags
+	)
+	cmd := &cobra.Command{
+		Use:   "reshare",
+		Short: "Replace a partition's shares with a new set (needs M old shares)",
+		Long: `Make a new share set (new N, new M) for a partition from M of the current
+shares. The keys stay as they are; the old shares stop working at once.
+
+The new share files are written to --out as with hsm init (text, or
+age-encrypted with --custodian NAME=age1...); --out must not hold files with
+the same names.`,
+		Example: `  hsmca hsm reshare --module ./module --partition issuing --shares 7 --threshold 4 --out ./new-shares \
+      --share shares/share-1.txt --share shares/share-2.txt --share shares/share-3.txt`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ss, err := set.validate()
+			if err != nil {
+				return err
+			}
+			m, err := openModule(f.module)
+			if err != nil {
+				return err
+			}
+			defer m.Close()
+			p, err := pickPartition(m, partition)
+			if err != nil {
+				return err
+			}
+			if err := ss.prepare(); err != nil {
+				return err
+			}
+			if err := q.gather(e, p); err != nil {
+				return err
+			}
+			shares, err := p.Reshare(ss.N, ss.M)
+			if err != nil {
+				return err
+			}
+			if err := ss.write(shares); err != nil {
+				return withHint(err, "the old shares no longer work; reshare again from the new shares that were written")
+			}
+			gen := 0
+			if len(shares) > 0 {
+				gen = shares[0].Generation
+			}
+			fmt.Fprintf(e.stdout, "partition %s re-shared (generation %d): %d of %d shares activate it; the previous shares no longer work\n", p.Name(), gen, ss.M, ss.N)
+			ss.describe(e)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&partition, "partition", "", "partition `NAME` (default: the only partition)")
+	cmd.Flags().IntVar(&set.shares, "shares", 0, "number of new shares `N`")
+	cmd.Flags().IntVar(&set.threshold, "threshold", 0, "new shares `M` needed to activate")
+	cmd.Flags().StringVar(&set.out, "out", "", "`DIR` to write the new share files to")
+	cmd.Flags().StringArrayVar(&set.custodians, "custodian", nil, "`NAME[=AGE-RECIPIENT]` of each new custodian, in share order (repeat N times)")
+	addQuorumFlags(cmd, &q)
+	return cmd
+}
+
+// ---- export ----
+
+func newHSMExportCmd(e *env, f *hsmFlags) *cobra.Command {
+	var (
+		partition string
+		key       string
+		to        string
+		out       string
+		q         quorumFlags
+	)
+	cmd := &cobra.Command{
+		Use:   "export",
+		Short: "Export an exportable key wrapped for another module (backup, replication)",
+		Long: `Wrap an exportable key for another module's partition and write the wrapped
+blob to --out (0600). The key is encrypted to the other partition's transport
+key (--to: the age1... string, or a file holding it, as printed by
+` + "`hsmca hsm keys transport-key`" + ` on the other module); it never leaves in
+plaintext. Keys generated without --exportable are refused. Needs the quorum.`,
+		Example: `  hsmca hsm keys transport-key --module ./backup --partition issuing > backup.tk
+  hsmca hsm export --module ./module --partition issuing --key issuing-1 --to backup.tk --out issuing-1.wrapped \
+      --share shares/share-1.txt --share shares/share-2.txt --share shares/share-3.txt`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			switch {
+			case key == "":
+				return usagef("--key ID|LABEL is required")
+			case to == "":
+				return usagef("--to TRANSPORT-KEY|FILE is required")
+			case out == "":
+				return usagef("--out FILE is required")
+			}
+			tk, err := readTransportKey(to)
+			if err != nil {
+				return err
+			}
+			if _, err := os.Lstat(out); err == nil {
+				return withHint(fmt.Errorf("%s already exists; refusing to overwrite it", out), "choose another --out")
+			}
+			m, err := openModule(f.module)
+			if err != nil {
+				return err
+			}
+			defer m.Close()
+			p, err := pickPartition(m, partition)
+			if err != nil {
+				return err
+			}
+			k, err := p.Key(key)
+			if err != nil {
+				return keyNotFoundHint(p.Name(), key, err)
+			}
+			if !k.Exportable {
+				return withHint(fmt.Errorf("key %s (%s): %w", k.ID, k.Label, hsm.ErrNotExportable),
+					"only keys generated with --exportable can leave the module, and only wrapped")
+			}
+			if err := q.gather(e, p); err != nil {
+				return err
+			}
+			blob, err := p.ExportKey(k.ID, tk)
+			if err != nil {
+				if errors.Is(err, hsm.ErrNotExportable) {
+					return withHint(err, "only keys generated with --exportable can leave the module, and only wrapped")
+				}
+				return err
+			}
+			if err := writeNewFile(out, blob); err != nil {
+				return err
+			}
+			fmt.Fprintf(e.stdout, "key %s (%s) exported wrapped to %s\n", k.ID, k.Label, out)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&partition, "partition", "", "partition `NAME` (default: the only partition)")
+	cmd.Flags().StringVar(&key, "key", "", "key `ID|LABEL` to export")
+	cmd.Flags().StringVar(&to, "to", "", "the receiving partition's transport key, or a `FILE` holding it")
+	cmd.Flags().StringVar(&out, "out", "", "`FILE` to write the wrapped key to")
+	addQuorumFlags(cmd, &q)
+	return cmd
+}
+
+// readTransportKey returns to itself when it looks like an age recipient,
+// otherwise the first non-comment line of the file it names.
+func readTransportKey(to string) (string, error) {
+	if strings.HasPrefix(to, "age1") {
+		return to, nil
+	}
+	data, err := readLimited(to, nil)
+	if err != nil {
+		return "", withHint(fmt.Errorf("transport key file %s: %w", to, err), "pass the age1... string printed by `hsmca hsm keys transport-key` on the receiving module, or a file holding it")
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		if !strings.HasPrefix(line, "age1") {
+			return "", fmt.Errorf("transport key file %s does not hold an age1... transport key", to)
+		}
+		return line, nil
+	}
+	return "", fmt.Errorf("transport key file %s is empty", to)
+}
+
+// ---- import ----
+
+func newHSMImportCmd(e *env, f *hsmFlags) *cobra.Command {
+	var (
+		partition string
+		in        string
+		q         quorumFlags
+	)
+	cmd := &cobra.Command{
+		Use:   "import",
+		Short: "Import a key wrapped for this module by hsm export",
+		Long: `Unwrap a key exported by another module for this partition (see hsm export)
+and store it here. Needs the quorum.`,
+		Example: `  hsmca hsm import --module ./backup --partition issuing --in issuing-1.wrapped \
+      --share backup-shares/share-1.txt --share backup-shares/share-2.txt`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if in == "" {
+				return usagef("--in FILE is required")
+			}
+			blob, err := os.ReadFile(in)
+			if err != nil {
+				return fmt.Errorf("wrapped key file: %w", err)
+			}
+			m, err := openModule(f.module)
+			if err != nil {
+				return err
+			}
+			defer m.Close()
+			p, err := pickPartition(m, partition)
+			if err != nil {
+				return err
+			}
+			if err := q.gather(e, p); err != nil {
+				return err
+			}
+			k, err := p.ImportKey(blob)
+			if err != nil {
+				return withHint(fmt.Errorf("import %s: %w", in, err), "a wrapped key imports only into the partition whose transport key it was exported to")
+			}
+			fmt.Fprintf(e.stdout, "key %s (%s, %s) imported into partition %s\n", k.ID, k.Label, k.Type, p.Name())
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&partition, "partition", "", "partition `NAME` (default: the only partition)")
+	cmd.Flags().StringVar(&in, "in", "", "wrapped key `FILE` written by hsm export")
+	addQuorumFlags(cmd, &q)
+	return cmd
+}
