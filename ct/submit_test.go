@@ -1,0 +1,367 @@
+package ct
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+)
+
+// The CA declares this interface (package ca); Submitter must satisfy it.
+var _ interface {
+	GetSCTs(ctx context.Context, chain [][]byte) (scts [][]byte, err error)
+} = (*Submitter)(nil)
+
+// quick keeps retries fast; each test sets what it exercises.
+func quick(c Config) Config {
+	if c.Backoff == 0 {
+		c.Backoff = time.Millisecond
+	}
+	if c.Timeout == 0 {
+		c.Timeout = 30 * time.Second
+	}
+	if c.Deadline == 0 {
+		c.Deadline = time.Minute
+	}
+	return c
+}
+
+func mustNew(t *testing.T, c Config) *Submitter {
+	t.Helper()
+	s, err := New(quick(c), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func TestGetSCTsAllLogs(t *testing.T) {
+	pki := newTestPKI(t)
+	a, b, c := newFakeLog(t, fakeOK), newFakeLog(t, fakeOK), newFakeLog(t, fakeOK)
+	b.ext = []byte{0, 0, 5, 0, 0, 0, 0, 42} // a static-ct-api leaf_index extension
+	s := mustNew(t, Config{
+		Logs:         []LogConfig{a.config(t, "a", "op1"), b.config(t, "b", "op2"), c.config(t, "c", "op3")},
+		MinSCTs:      3,
+		MinOperators: 3,
+	})
+	iss := pki.precert(t, leafTemplate(t, "www.example.test"))
+	scts, err := s.GetSCTs(context.Background(), iss.chain())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(scts) != 3 {
+		t.Fatalf("got %d SCTs, want 3", len(scts))
+	}
+	for i, f := range []*fakeLog{a, b, c} {
+		sct, err := ParseSCT(scts[i])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sct.LogID.KeyID != f.id {
+			t.Errorf("SCT %d is from log %x, want %x (log order)", i, sct.LogID.KeyID[:4], f.id[:4])
+		}
+		if !bytes.Equal(sct.Extensions, f.ext) {
+			t.Errorf("SCT %d extensions %x, want %x", i, sct.Extensions, f.ext)
+		}
+	}
+
+	final := iss.final(t, scts)
+	if err := MatchesPrecert(iss.precert.Raw, final.Raw); err != nil {
+		t.Fatalf("final certificate does not match precertificate: %v", err)
+	}
+	got, err := VerifyEmbedded(final, pki.inter, s.Logs())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 3 || got[0].LogName != "a" || got[1].LogName != "b" || got[2].LogName != "c" {
+		t.Fatalf("VerifyEmbedded = %+v", got)
+	}
+	for _, v := range got {
+		if d := time.Since(v.Timestamp); d < -time.Minute || d > time.Hour {
+			t.Errorf("SCT from %s has timestamp %s", v.LogName, v.Timestamp)
+		}
+	}
+}
+
+func TestGetSCTsFailures(t *testing.T) {
+	pki := newTestPKI(t)
+	type want struct {
+		scts    int
+		err     bool
+		reasons map[string]Reason // failing log -> reason
+		calls   map[string]int32  // log -> requests it saw
+	}
+	cases := []struct {
+		name  string
+		modes []fakeMode // logs l0, l1, ... each its own operator unless ops set
+		ops   []string
+		cfg   Config
+		fail5 int
+		want  want
+	}{
+		{
+			name:  "bad signature refused",
+			modes: []fakeMode{fakeOK, fakeBadSig},
+			cfg:   Config{MinSCTs: 2, MinOperators: 2},
+			want:  want{scts: 1, err: true, reasons: map[string]Reason{"l1": ReasonBadSignature}, calls: map[string]int32{"l1": 1}},
+		},
+		{
+			name:  "wrong key refused",
+			modes: []fakeMode{fakeOK, fakeWrongKey},
+			cfg:   Config{MinSCTs: 2},
+			want:  want{scts: 1, err: true, reasons: map[string]Reason{"l1": ReasonBadSignature}},
+		},
+		{
+			name:  "500s retried then reported",
+			modes: []fakeMode{fakeOK, fake500},
+			fail5: -1,
+			cfg:   Config{MinSCTs: 2, Retries: 2},
+			want:  want{scts: 1, err: true, reasons: map[string]Reason{"l1": ReasonHTTP5xx}, calls: map[string]int32{"l1": 3}},
+		},
+		{
+			name:  "500s retried until success",
+			modes: []fakeMode{fakeOK, fake500},
+			fail5: 2,
+			cfg:   Config{MinSCTs: 2, Retries: 2},
+			want:  want{scts: 2, calls: map[string]int32{"l1": 3}},
+		},
+		{
+			name:  "no retries",
+			modes: []fakeMode{fake500},
+			fail5: -1,
+			cfg:   Config{Retries: -1},
+			want:  want{scts: 0, err: true, reasons: map[string]Reason{"l0": ReasonHTTP5xx}, calls: map[string]int32{"l0": 1}},
+		},
+		{
+			name:  "refusal not retried",
+			modes: []fakeMode{fakeRefuse},
+			cfg:   Config{Retries: 3},
+			want:  want{scts: 0, err: true, reasons: map[string]Reason{"l0": ReasonHTTP4xx}, calls: map[string]int32{"l0": 1}},
+		},
+		{
+			name:  "timeout",
+			modes: []fakeMode{fakeOK, fakeHang},
+			cfg:   Config{MinSCTs: 2, Timeout: time.Second, Retries: 1},
+			want:  want{scts: 1, err: true, reasons: map[string]Reason{"l1": ReasonTimeout}, calls: map[string]int32{"l1": 2}},
+		},
+		{
+			name:  "overall deadline",
+			modes: []fakeMode{fakeHang, fakeHang},
+			cfg:   Config{Deadline: 300 * time.Millisecond, Retries: -1},
+			want:  want{scts: 0, err: true, reasons: map[string]Reason{"l0": ReasonDeadline, "l1": ReasonDeadline}},
+		},
+		{
+			name:  "two SCTs but one operator",
+			modes: []fakeMode{fakeOK, fakeOK, fake500},
+			ops:   []string{"same", "same", "other"},
+			fail5: -1,
+			cfg:   Config{MinSCTs: 2, MinOperators: 2, Retries: -1},
+			want:  want{scts: 2, err: true, reasons: map[string]Reason{"l2": ReasonHTTP5xx}},
+		},
+		{
+			name:  "distinct operators met",
+			modes: []fakeMode{fakeOK, fake500, fakeOK},
+			ops:   []string{"same", "same", "other"},
+			fail5: -1,
+			cfg:   Config{MinSCTs: 2, MinOperators: 2, Retries: -1},
+			want:  want{scts: 2},
+		},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := tc.cfg
+			logs := map[string]*fakeLog{}
+			for i, m := range tc.modes {
+				f := newFakeLog(t, m)
+				f.fail500 = tc.fail5
+				name := "l" + string(rune('0'+i))
+				op := name
+				if tc.ops != nil {
+					op = tc.ops[i]
+				}
+				logs[name] = f
+				cfg.Logs = append(cfg.Logs, f.config(t, name, op))
+			}
+			s := mustNew(t, cfg)
+			scts, err := s.GetSCTs(context.Background(), pki.precert(t, leafTemplate(t, "a.example.test")).chain())
+			if len(scts) != tc.want.scts {
+				t.Errorf("got %d SCTs, want %d", len(scts), tc.want.scts)
+			}
+			if (err != nil) != tc.want.err {
+				t.Fatalf("err = %v, want error: %v", err, tc.want.err)
+			}
+			if err != nil {
+				if !errors.Is(err, ErrPolicy) {
+					t.Errorf("errors.Is(err, ErrPolicy) = false for %v", err)
+				}
+				var pe *PolicyError
+				if !errors.As(err, &pe) {
+					t.Fatalf("err is %T, want *PolicyError", err)
+				}
+				if len(pe.Failures) != len(tc.want.reasons) {
+					t.Errorf("failures = %v, want %v", pe.Failures, tc.want.reasons)
+				}
+				for _, f := range pe.Failures {
+					if want, ok := tc.want.reasons[f.Log]; !ok || f.Reason != want {
+						t.Errorf("log %s failed with %s (%v), want %q", f.Log, f.Reason, f.Err, want)
+					}
+					if !strings.Contains(err.Error(), "log "+f.Log+": ") {
+						t.Errorf("error does not name log %s: %v", f.Log, err)
+					}
+				}
+			}
+			for name, n := range tc.want.calls {
+				if got := logs[name].calls.Load(); got != n {
+					t.Errorf("log %s saw %d requests, want %d", name, got, n)
+				}
+			}
+		})
+	}
+}
+
+// TestGetSCTsStopsWhenPolicyMet checks that a hung log does not hold up an
+// issuance whose policy is already met, and that its request is cancelled.
+func TestGetSCTsStopsWhenPolicyMet(t *testing.T) {
+	pki := newTestPKI(t)
+	ok, hung := newFakeLog(t, fakeOK), newFakeLog(t, fakeHang)
+	ok.after = hung
+	s := mustNew(t, Config{Logs: []LogConfig{hung.config(t, "hung", "x"), ok.config(t, "ok", "y")}})
+	scts, err := s.GetSCTs(context.Background(), pki.precert(t, leafTemplate(t, "b.example.test")).chain())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(scts) != 1 {
+		t.Fatalf("got %d SCTs, want 1", len(scts))
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for hung.canceled.Load() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the hung log's request was not cancelled")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestGetSCTsCallerCancel(t *testing.T) {
+	pki := newTestPKI(t)
+	hung := newFakeLog(t, fakeHang)
+	s := mustNew(t, Config{Logs: []LogConfig{hung.config(t, "hung", "")}})
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		deadline := time.Now().Add(10 * time.Second)
+		for hung.calls.Load() == 0 && time.Now().Before(deadline) {
+			time.Sleep(5 * time.Millisecond)
+		}
+		cancel()
+	}()
+	_, err := s.GetSCTs(ctx, pki.precert(t, leafTemplate(t, "c.example.test")).chain())
+	var pe *PolicyError
+	if !errors.As(err, &pe) || len(pe.Failures) != 1 || pe.Failures[0].Reason != ReasonCanceled {
+		t.Fatalf("err = %v, want one canceled failure", err)
+	}
+}
+
+func TestGetSCTsBadInput(t *testing.T) {
+	pki := newTestPKI(t)
+	f := newFakeLog(t, fakeOK)
+	s := mustNew(t, Config{Logs: []LogConfig{f.config(t, "f", "")}})
+	notPre := mustCreate(t, leafTemplate(t, "d.example.test"), pki.inter, newKey(t).Public(), pki.interKey)
+	cases := []struct {
+		name  string
+		chain [][]byte
+		want  string
+	}{
+		{"empty", nil, "needs the precertificate and its issuer"},
+		{"no issuer", [][]byte{pki.precert(t, leafTemplate(t, "e.example.test")).precert.Raw}, "needs the precertificate and its issuer"},
+		{"not a precertificate", [][]byte{notPre.Raw, pki.inter.Raw}, "not a precertificate"},
+		{"garbage", [][]byte{{1, 2, 3}, pki.inter.Raw}, "chain[0]"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := s.GetSCTs(context.Background(), tc.chain)
+			if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.HasPrefix(err.Error(), "ct: ") {
+				t.Fatalf("err = %v, want %q", err, tc.want)
+			}
+		})
+	}
+	if n := f.calls.Load(); n != 0 {
+		t.Errorf("log saw %d requests for bad input", n)
+	}
+}
+
+func TestGetSCTsTemporalInterval(t *testing.T) {
+	pki := newTestPKI(t)
+	f := newFakeLog(t, fakeOK)
+	end := time.Now().Add(24 * time.Hour) // the leaf expires in 90 days
+	list := logListJSON(t, []listEntry{{op: "op", desc: "shard-2026", url: f.srv.URL, pub: f.key.Public(), start: end.Add(-48 * time.Hour), end: end}})
+	path := t.TempDir() + "/list.json"
+	writeFile(t, path, list)
+	s := mustNew(t, Config{LogList: path})
+	_, err := s.GetSCTs(context.Background(), pki.precert(t, leafTemplate(t, "f.example.test")).chain())
+	var pe *PolicyError
+	if !errors.As(err, &pe) || len(pe.Failures) != 1 || pe.Failures[0].Reason != ReasonNotAccepted || pe.Failures[0].Log != "shard-2026" {
+		t.Fatalf("err = %v, want shard-2026 not_accepted", err)
+	}
+	if f.calls.Load() != 0 {
+		t.Error("a log outside its temporal interval was submitted to")
+	}
+}
+
+func TestMetrics(t *testing.T) {
+	pki := newTestPKI(t)
+	good, bad := newFakeLog(t, fakeOK), newFakeLog(t, fakeBadSig)
+	reg := prometheus.NewPedanticRegistry()
+	s, err := New(quick(Config{Logs: []LogConfig{good.config(t, "good", "a"), bad.config(t, "bad", "b")}, MinSCTs: 2}),
+		Options{Registerer: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 2; i++ {
+		if _, err := s.GetSCTs(context.Background(), pki.precert(t, leafTemplate(t, "m.example.test")).chain()); err == nil {
+			t.Fatal("policy met with a bad log")
+		}
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			key := mf.GetName() + labels(m)
+			switch {
+			case m.Counter != nil:
+				got[key] = m.Counter.GetValue()
+			case m.Histogram != nil:
+				got[key] = float64(m.Histogram.GetSampleCount())
+			}
+		}
+	}
+	want := map[string]float64{
+		"hsmca_ct_scts_obtained_total{log=good}":                    2,
+		"hsmca_ct_scts_failed_total{log=bad,reason=bad_signature}":  2,
+		"hsmca_ct_submission_duration_seconds{log=good,result=ok}":  2,
+		"hsmca_ct_submission_duration_seconds{log=bad,result=fail}": 2,
+	}
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("%s = %v, want %v (all: %v)", k, got[k], v, got)
+		}
+	}
+	if _, err := New(quick(Config{Logs: []LogConfig{good.config(t, "good", "a")}}), Options{Registerer: reg}); err == nil {
+		t.Error("registering the metrics twice in one registry succeeded")
+	}
+}
+
+func labels(m *dto.Metric) string {
+	var parts []string
+	for _, l := range m.GetLabel() {
+		parts = append(parts, l.GetName()+"="+l.GetValue())
+	}
+	return "{" + strings.Join(parts, ",") + "}"
+}
