@@ -1,0 +1,166 @@
+package cli
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/hsmca/hsmca/acme"
+	"github.com/hsmca/hsmca/ca"
+	"github.com/hsmca/hsmca/ct"
+)
+
+// Config is the whole of a CA's configuration file (ca.yaml): where the
+// module and the store live, the CA's issuers, profiles and policy, the
+// server's listeners, ACME and Certificate Transparency. The ceremony script
+// writes one; `hsmca cert ...`, `hsmca crl ...` and `hsmca ca serve` read it.
+//
+// Relative paths are resolved against the directory of the config file.
+// Decoding is strict: an unknown field is an error.
+type Config struct {
+	// Module is the HSM module directory (soft or pkcs11). Required.
+	Module string `yaml:"module"`
+	// Store is the bbolt file that holds certificates and ACME state.
+	// Default: "ca.db" beside the config file.
+	Store string `yaml:"store,omitempty"`
+	// CA holds issuers, profiles, name policy, CRL/AIA/OCSP URLs.
+	CA ca.Config `yaml:"ca"`
+	// Server configures `hsmca ca serve`.
+	Server ServerConfig `yaml:"server,omitempty"`
+	// ACME configures the ACME endpoint served under /acme/. Zero value:
+	// ACME enabled with defaults, base URL derived from Server.HTTPSAddr.
+	ACME acme.Config `yaml:"acme,omitempty"`
+	// CT configures Certificate Transparency logs for profiles whose ct.mode
+	// is embed or best-effort. Zero value: no logs.
+	CT ct.Config `yaml:"ct,omitempty"`
+
+	// dir is the directory of the config file (for relative paths).
+	dir string
+}
+
+// ServerConfig configures the listeners of `hsmca ca serve`.
+type ServerConfig struct {
+	// HTTPSAddr serves ACME and the admin API (mutual TLS). Default
+	// 127.0.0.1:8443.
+	HTTPSAddr string `yaml:"https_addr,omitempty"`
+	// HTTPAddr serves CRLs, OCSP and issuer certificates over plain HTTP,
+	// where relying parties expect them. Default 127.0.0.1:8080.
+	HTTPAddr string `yaml:"http_addr,omitempty"`
+	// AdminSocket is the admin API's unix socket, created 0600. Default
+	// "admin.sock" beside the config file; "-" disables it.
+	AdminSocket string `yaml:"admin_socket,omitempty"`
+	// TLSCert and TLSKey are the server's own TLS certificate (PEM chain)
+	// and key (PEM, file mode 0600). They are kept outside the HSM on
+	// purpose, so that the server can serve while sealed.
+	TLSCert string `yaml:"tls_cert,omitempty"`
+	TLSKey  string `yaml:"tls_key,omitempty"`
+	// OperatorCA is the PEM file of CA certificates that admin clients'
+	// certificates must chain to. Default: the issuers' roots.
+	OperatorCA string `yaml:"operator_ca,omitempty"`
+	// IssuingPartition is the partition that `hsm activate` on the server
+	// activates when none is named. Default: the default issuer's partition.
+	IssuingPartition string `yaml:"issuing_partition,omitempty"`
+	// LogFormat is "text" (default) or "json"; LogLevel "info" (default),
+	// "debug", "warn" or "error".
+	LogFormat string `yaml:"log_format,omitempty"`
+	LogLevel  string `yaml:"log_level,omitempty"`
+	// CRLInterval is how often CRLs are regenerated while active (default
+	// 1h). CRLs are also regenerated on every revocation.
+	CRLInterval ca.Duration `yaml:"crl_interval,omitempty"`
+}
+
+// Server defaults.
+const (
+	DefaultHTTPSAddr = "127.0.0.1:8443"
+	DefaultHTTPAddr  = "127.0.0.1:8080"
+)
+
+// LoadConfig reads, strictly decodes and validates the config at path.
+func LoadConfig(path string) (*Config, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, withHint(fmt.Errorf("config: %w", err), "pass --config FILE (the ceremony script and quickstart write ca.yaml)")
+	}
+	cfg, err := DecodeConfig(b)
+	if err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	abs, err := filepath.Abs(filepath.Dir(path))
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	cfg.dir = abs
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	return cfg, nil
+}
+
+// DecodeConfig strictly decodes a config document (unknown fields are an
+// error) and fills defaults. It does not validate.
+func DecodeConfig(b []byte) (*Config, error) {
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	var cfg Config
+	if err := dec.Decode(&cfg); err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	cfg.setDefaults()
+	return &cfg, nil
+}
+
+func (c *Config) setDefaults() {
+	if c.Store == "" {
+		c.Store = "ca.db"
+	}
+	if c.Server.HTTPSAddr == "" {
+		c.Server.HTTPSAddr = DefaultHTTPSAddr
+	}
+	if c.Server.HTTPAddr == "" {
+		c.Server.HTTPAddr = DefaultHTTPAddr
+	}
+	if c.Server.AdminSocket == "" {
+		c.Server.AdminSocket = "admin.sock"
+	}
+	if c.Server.LogFormat == "" {
+		c.Server.LogFormat = "text"
+	}
+	if c.Server.LogLevel == "" {
+		c.Server.LogLevel = "info"
+	}
+}
+
+// Validate checks the config as a whole; each part validates itself.
+func (c *Config) Validate() error {
+	if c.Module == "" {
+		return fmt.Errorf("config: module: required (the HSM module directory)")
+	}
+	if err := c.CA.Validate(); err != nil {
+		return err
+	}
+	switch c.Server.LogFormat {
+	case "text", "json":
+	default:
+		return fmt.Errorf("config: server.log_format: %q is not text or json", c.Server.LogFormat)
+	}
+	switch c.Server.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		return fmt.Errorf("config: server.log_level: %q is not debug, info, warn or error", c.Server.LogLevel)
+	}
+	return nil
+}
+
+// Path resolves p against the config file's directory.
+func (c *Config) Path(p string) string {
+	if p == "" || filepath.IsAbs(p) || c.dir == "" {
+		return p
+	}
+	return filepath.Join(c.dir, p)
+}
+
+// Dir is the directory of the config file.
+func (c *Config) Dir() string { return c.dir }
