@@ -147,7 +147,7 @@ init refuses a partition that exists already and never overwrites a file.`,
 			if err := ss.prepare(); err != nil {
 				return err
 			}
-			shares, err := m.InitPartition(hsm.InitOptions{
+			shares, err := initPartition(m, hsm.InitOptions{
 				Partition:       partition,
 				Shares:          ss.N,
 				Threshold:       ss.M,
@@ -155,7 +155,7 @@ init refuses a partition that exists already and never overwrites a file.`,
 				CollectWindow:   window,
 				MaxFailures:     maxFail,
 				LockoutDuration: lockout,
-			})
+			}, backend)
 			if err != nil {
 				return err
 			}

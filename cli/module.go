@@ -27,7 +27,8 @@ const (
 // backend of a new module. Only `hsm init` creates modules; every other
 // command finds the backend from what is stored in the module directory.
 type backendOptions struct {
-	// Backend is "soft" (default) or "pkcs11".
+	// Backend is "soft" or "pkcs11"; empty means the existing module's
+	// backend, or soft for a new module.
 	Backend string
 	// TokenURI and PINFile configure the pkcs11 backend (issue 3): the RFC
 	// 7512 URI of the token a partition maps to, and a file holding the
@@ -38,7 +39,7 @@ type backendOptions struct {
 
 // addBackendFlags registers the backend flags on `hsm init`.
 func addBackendFlags(cmd *cobra.Command, o *backendOptions) {
-	cmd.Flags().StringVar(&o.Backend, "backend", backendSoft, "module backend when creating a module: soft or pkcs11")
+	cmd.Flags().StringVar(&o.Backend, "backend", "", "module backend: soft (the default for a new module) or pkcs11")
 	cmd.Flags().StringVar(&o.TokenURI, "token-uri", "", "pkcs11: RFC 7512 pkcs11: URI of the token for this partition")
 	cmd.Flags().StringVar(&o.PINFile, "pin-file", "", "pkcs11: file holding the token's current user PIN (replaced at init)")
 }
@@ -47,6 +48,7 @@ func addBackendFlags(cmd *cobra.Command, o *backendOptions) {
 // created.
 func (o backendOptions) validate() error {
 	switch o.Backend {
+	case "":
 	case backendSoft:
 		if o.TokenURI != "" || o.PINFile != "" {
 			return usagef("--token-uri and --pin-file apply only to --backend pkcs11")
@@ -90,7 +92,10 @@ func createModule(dir string, o backendOptions) (hsm.Module, error) {
 		return nil, fmt.Errorf("%s already holds a %s module", dir, b)
 	}
 	switch o.Backend {
-	case backendSoft:
+	case "", backendSoft:
+		if o.TokenURI != "" || o.PINFile != "" {
+			return nil, usagef("--token-uri and --pin-file apply only to --backend pkcs11")
+		}
 		return openSoft(dir)
 	case backendPKCS11:
 		return nil, withHint(fmt.Errorf("the pkcs11 backend is not available in this build of hsmca"),
@@ -107,7 +112,7 @@ func openOrCreateModule(dir string, o backendOptions) (m hsm.Module, created boo
 		return nil, false, err
 	}
 	if b := moduleBackend(dir); b != "" {
-		if b != o.Backend {
+		if o.Backend != "" && b != o.Backend {
 			return nil, false, usagef("%s holds a %s module, not %s", dir, b, o.Backend)
 		}
 		m, err := openModule(dir)
@@ -124,6 +129,19 @@ func openSoft(dir string) (hsm.Module, error) {
 		return nil, moduleOpenError(dir, err)
 	}
 	return m, nil
+}
+
+// initPartition creates a partition in m. Backends whose partitions need
+// more than hsm.InitOptions (a PKCS#11 partition maps to a token and needs
+// its URI and current PIN) branch here on m.Backend().
+func initPartition(m hsm.Module, opts hsm.InitOptions, o backendOptions) ([]hsm.Share, error) {
+	switch m.Backend() {
+	case backendSoft:
+		if o.TokenURI != "" || o.PINFile != "" {
+			return nil, usagef("--token-uri and --pin-file apply only to pkcs11 modules")
+		}
+	}
+	return m.InitPartition(opts)
 }
 
 func moduleOpenError(dir string, err error) error {
