@@ -147,3 +147,11 @@ func pubPEM(t testing.TB, pub crypto.PublicKey) string {
 	}
 	return string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}))
 }
+
+func parsePEMCert(b []byte) (*x509.Certificate, error) {
+	cs, err := ParseCertificates(b)
+	if err != nil {
+		return nil, err
+	}
+	return cs[0], nil
+}
