@@ -468,7 +468,7 @@ func (p Profile) validate(where string) error {
 	if p.CT.MinSCTs < 0 || p.CT.Deadline < 0 {
 		return fmt.Errorf("ca: config: %s.ct: min_scts and deadline must not be negative", where)
 	}
-	if _, err := buildRegistry(p.Lints); err != nil {
+	if _, err := buildRegistry(p.Lints, p.KeepCN); err != nil {
 		return fmt.Errorf("ca: config: %s.lints: %w", where, err)
 	}
 	return p.Policy.validate(where + ".policy")

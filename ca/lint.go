@@ -40,11 +40,20 @@ var DefaultLintExclusions = []string{
 	"w_sub_cert_aia_contains_internal_names",
 	"e_aia_contains_internal_names",
 	"w_aia_contains_internal_names",
+	// RFC 5280 §4.2.1.2 says SHOULD include a subject key identifier in a
+	// leaf, BR 7.1.2.7.6 (newer) says NOT RECOMMENDED; we follow the BRs
+	// and leave it out, so the RFC 5280 warning is off.
+	"w_ext_subject_key_identifier_missing_sub_cert",
 }
+
+// keepCNExclusions are turned off for a profile with KeepCN: keeping the
+// CN is then the operator's deliberate choice (legacy clients read it),
+// and the BRs only discourage it.
+var keepCNExclusions = []string{"w_subject_common_name_included"}
 
 // buildRegistry returns the zlint registry a LintConfig selects. It is
 // built once per profile (in New), never per issuance.
-func buildRegistry(lc LintConfig) (lint.Registry, error) {
+func buildRegistry(lc LintConfig, keepCN bool) (lint.Registry, error) {
 	global := lint.GlobalRegistry()
 	sources := lc.Sources
 	if len(sources) == 0 {
@@ -66,6 +75,11 @@ func buildRegistry(lc LintConfig) (lint.Registry, error) {
 	exclude := map[string]bool{}
 	if !lc.KeepPublicWebLints {
 		for _, n := range DefaultLintExclusions {
+			exclude[n] = true
+		}
+	}
+	if keepCN {
+		for _, n := range keepCNExclusions {
 			exclude[n] = true
 		}
 	}

@@ -124,7 +124,7 @@ func (c *CA) checkPolicy(ps *profileState, ids identifiers) error {
 func (c *CA) policy() compiledPolicy { return c.caPolicy }
 
 func newProfileState(name string, p Profile) (*profileState, error) {
-	reg, err := buildRegistry(p.Lints)
+	reg, err := buildRegistry(p.Lints, p.KeepCN)
 	if err != nil {
 		return nil, fmt.Errorf("ca: profile %s: %w", name, err)
 	}

@@ -1,0 +1,196 @@
+package ca_test
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"net"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/hsmca/hsmca/ca"
+)
+
+func TestIssueProfiles(t *testing.T) {
+	tc := newTestCA(t, baseConfig(), ca.Options{})
+	ctx := context.Background()
+	roots := x509.NewCertPool()
+	roots.AddCert(tc.pki.root)
+	inters := x509.NewCertPool()
+	inters.AddCert(tc.pki.inter)
+
+	tests := []struct {
+		name      string
+		profile   string
+		csr       csrOpts
+		wantNames []string
+		eku       x509.ExtKeyUsage
+	}{
+		{"server private names", "server", csrOpts{cn: "db.svc.corp", dns: []string{"db.svc.corp", "db", "db.example.internal"}}, []string{"db.svc.corp", "db", "db.example.internal"}, x509.ExtKeyUsageServerAuth},
+		{"server CN added to SANs", "server", csrOpts{cn: "api.svc.corp"}, []string{"api.svc.corp"}, x509.ExtKeyUsageServerAuth},
+		{"server wildcard and private IP", "server", csrOpts{dns: []string{"*.apps.svc.corp"}, ips: []string{"10.1.2.3", "fd00::1"}}, []string{"*.apps.svc.corp", "10.1.2.3", "fd00::1"}, x509.ExtKeyUsageServerAuth},
+		{"client email", "client", csrOpts{cn: "alice", emails: []string{"alice@corp.example"}}, []string{"alice@corp.example"}, x509.ExtKeyUsageClientAuth},
+		{"operator uri", "operator", csrOpts{cn: "ops-bob", uris: []string{"spiffe://svc.corp/operator/bob"}}, []string{"spiffe://svc.corp/operator/bob"}, x509.ExtKeyUsageClientAuth},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := tc.Issue(ctx, ca.IssueRequest{CSR: makeCSR(t, tt.csr), Profile: tt.profile})
+			if err != nil {
+				t.Fatal(err)
+			}
+			mustLintClean(t, tc.CA, tt.profile, got.DER)
+			cert, err := x509.ParseCertificate(got.DER)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := cert.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inters, KeyUsages: []x509.ExtKeyUsage{tt.eku}}); err != nil {
+				t.Fatalf("verify: %v", err)
+			}
+			if !slices.Equal(got.Names, tt.wantNames) {
+				t.Errorf("names %v, want %v", got.Names, tt.wantNames)
+			}
+			if got.Serial != ca.SerialString(cert.SerialNumber) || cert.SerialNumber.BitLen() < 128 {
+				t.Errorf("serial %s (%d bits)", got.Serial, cert.SerialNumber.BitLen())
+			}
+			if !slices.Equal(cert.CRLDistributionPoints, []string{"http://pki.svc.corp/crl/issuing-1.crl"}) ||
+				!slices.Equal(cert.IssuingCertificateURL, []string{"http://pki.svc.corp/issuer/issuing-1.crt"}) ||
+				!slices.Equal(cert.OCSPServer, []string{"http://pki.svc.corp/ocsp"}) {
+				t.Errorf("URLs: crl %v aia %v ocsp %v", cert.CRLDistributionPoints, cert.IssuingCertificateURL, cert.OCSPServer)
+			}
+			if len(got.Chain) != 2 || !slices.Equal(got.Chain[0], tc.pki.inter.Raw) {
+				t.Errorf("chain has %d certificates", len(got.Chain))
+			}
+			rec, err := tc.Get(ctx, got.Serial)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if rec.Status != ca.StatusValid || !slices.Equal(rec.DER, got.DER) || rec.Profile != tt.profile {
+				t.Errorf("stored record: status %s profile %s", rec.Status, rec.Profile)
+			}
+		})
+	}
+}
+
+func TestIssueValidityWindow(t *testing.T) {
+	now := time.Date(2027, 1, 1, 12, 0, 0, 0, time.UTC)
+	cfg := baseConfig()
+	tc := newTestCA(t, cfg, ca.Options{Clock: func() time.Time { return now }})
+	ctx := context.Background()
+	got, err := tc.Issue(ctx, ca.IssueRequest{CSR: makeCSR(t, csrOpts{dns: []string{"a.svc.corp"}}), Profile: "server"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !got.NotBefore.Equal(now.Add(-time.Hour)) || !got.NotAfter.Equal(now.Add(90*24*time.Hour-time.Second)) {
+		t.Errorf("window %s..%s", got.NotBefore, got.NotAfter)
+	}
+	nb, na := now.Add(time.Hour), now.Add(48*time.Hour)
+	got, err = tc.Issue(ctx, ca.IssueRequest{CSR: makeCSR(t, csrOpts{dns: []string{"a.svc.corp"}}), Profile: "server", NotBefore: nb, NotAfter: na})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !got.NotBefore.Equal(nb) || !got.NotAfter.Equal(na) {
+		t.Errorf("requested window not honoured: %s..%s", got.NotBefore, got.NotAfter)
+	}
+	mustLintClean(t, tc.CA, "server", got.DER)
+	before := countCerts(t, tc.CA)
+	for name, req := range map[string]ca.IssueRequest{
+		"too long":        {Profile: "server", NotBefore: now, NotAfter: now.Add(400 * 24 * time.Hour)},
+		"reversed":        {Profile: "server", NotBefore: now.Add(time.Hour), NotAfter: now},
+		"profile refuses": {Profile: "client", NotAfter: now.Add(time.Hour)},
+	} {
+		req.CSR = makeCSR(t, csrOpts{dns: []string{"a.svc.corp"}})
+		if req.Profile == "client" {
+			req.CSR = makeCSR(t, csrOpts{cn: "x", emails: []string{"x@svc.corp"}})
+		}
+		if _, err := tc.Issue(ctx, req); !errors.Is(err, ca.ErrBadRequest) {
+			t.Errorf("%s: err %v, want ErrBadRequest", name, err)
+		}
+	}
+	if n := countCerts(t, tc.CA); n != before {
+		t.Errorf("refused requests changed the store: %d → %d records", before, n)
+	}
+}
+
+func TestIssueNamesMustMatchRequest(t *testing.T) {
+	tc := newTestCA(t, baseConfig(), ca.Options{})
+	ctx := context.Background()
+	csr := makeCSR(t, csrOpts{dns: []string{"a.svc.corp", "b.svc.corp"}})
+	if _, err := tc.Issue(ctx, ca.IssueRequest{CSR: csr, Profile: "server", Names: []string{"B.svc.corp", "a.svc.corp"}}); err != nil {
+		t.Fatalf("matching names: %v", err)
+	}
+	var bad *ca.ErrBadCSR
+	if _, err := tc.Issue(ctx, ca.IssueRequest{CSR: csr, Profile: "server", Names: []string{"a.svc.corp"}}); !errors.As(err, &bad) {
+		t.Fatalf("extra CSR name: err %v, want ErrBadCSR", err)
+	}
+	if _, err := tc.Issue(ctx, ca.IssueRequest{CSR: csr, Profile: "server", Names: []string{"a.svc.corp", "b.svc.corp", "c.svc.corp"}}); !errors.As(err, &bad) {
+		t.Fatalf("missing name: err %v, want ErrBadCSR", err)
+	}
+}
+
+func TestNamePolicy(t *testing.T) {
+	cfg := baseConfig()
+	cfg.Policy = ca.NamePolicy{
+		AllowedDNSSuffixes:  []string{"svc.corp", "example.internal"},
+		DeniedDNSSuffixes:   []string{"secret.svc.corp"},
+		AllowedIPRanges:     []string{"10.0.0.0/8"},
+		DeniedIPRanges:      []string{"10.66.0.0/16"},
+		AllowedEmailDomains: []string{"corp.example"},
+	}
+	cfg.Profiles = map[string]ca.Profile{
+		"web": {ExtKeyUsages: []string{"serverAuth"}, KeepCN: true, Policy: ca.NamePolicy{AllowedDNSSuffixes: []string{"web.svc.corp"}}},
+	}
+	tc := newTestCA(t, cfg, ca.Options{})
+	ctx := context.Background()
+	tests := []struct {
+		name, profile string
+		csr           csrOpts
+		refused       string // "" means allowed
+	}{
+		{"allowed suffix", "server", csrOpts{dns: []string{"db.svc.corp"}}, ""},
+		{"suffix itself", "server", csrOpts{dns: []string{"example.internal"}}, ""},
+		{"outside allow-list", "server", csrOpts{dns: []string{"db.svc.corp", "www.example.com"}}, "www.example.com"},
+		{"label boundary", "server", csrOpts{dns: []string{"xsvc.corp"}}, "xsvc.corp"},
+		{"denied suffix", "server", csrOpts{dns: []string{"vault.secret.svc.corp"}}, "vault.secret.svc.corp"},
+		{"wildcard covering denied", "server", csrOpts{dns: []string{"*.svc.corp"}}, "*.svc.corp"},
+		{"CN is a name too", "server", csrOpts{cn: "evil.example.com", dns: []string{"db.svc.corp"}}, "evil.example.com"},
+		{"allowed IP", "server", csrOpts{ips: []string{"10.1.1.1"}}, ""},
+		{"denied IP", "server", csrOpts{ips: []string{"10.66.1.1"}}, "10.66.1.1"},
+		{"IP outside", "server", csrOpts{ips: []string{"192.168.1.1"}}, "192.168.1.1"},
+		{"email allowed", "client", csrOpts{cn: "a", emails: []string{"a@corp.example"}}, ""},
+		{"email refused", "client", csrOpts{cn: "a", emails: []string{"a@gmail.com"}}, "a@gmail.com"},
+		{"profile narrows", "web", csrOpts{dns: []string{"db.svc.corp"}}, "db.svc.corp"},
+		{"profile allows", "web", csrOpts{dns: []string{"a.web.svc.corp"}}, ""},
+		{"SAN type not in profile", "server", csrOpts{dns: []string{"a.svc.corp"}, emails: []string{"a@corp.example"}}, "a@corp.example"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			before, calls := countCerts(t, tc.CA), tc.signer.calls.Load()
+			got, err := tc.Issue(ctx, ca.IssueRequest{CSR: makeCSR(t, tt.csr), Profile: tt.profile})
+			if tt.refused == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				mustLintClean(t, tc.CA, tt.profile, got.DER)
+				return
+			}
+			var pe *ca.ErrPolicy
+			if !errors.As(err, &pe) || pe.Name != tt.refused {
+				t.Fatalf("err %v, want ErrPolicy naming %q", err, tt.refused)
+			}
+			if countCerts(t, tc.CA) != before || tc.signer.calls.Load() != calls {
+				t.Error("a refused request changed the store or reached the signer")
+			}
+		})
+	}
+	if err := tc.CheckNames("server", []string{"a.svc.corp"}, []net.IP{net.ParseIP("10.0.0.1")}); err != nil {
+		t.Errorf("CheckNames allowed: %v", err)
+	}
+	var pe *ca.ErrPolicy
+	if err := tc.CheckNames("server", []string{"a.svc.corp", "x.example.com"}, nil); !errors.As(err, &pe) || pe.Name != "x.example.com" {
+		t.Errorf("CheckNames refused: %v", err)
+	}
+	if err := tc.CheckNames("nope", nil, nil); !errors.Is(err, ca.ErrUnknownProfile) {
+		t.Errorf("CheckNames unknown profile: %v", err)
+	}
+}

@@ -1,0 +1,109 @@
+package ca_test
+
+import (
+	"context"
+	"crypto"
+	"crypto/x509"
+	"errors"
+	"math/big"
+	"testing"
+
+	"golang.org/x/crypto/ocsp"
+
+	"github.com/hsmca/hsmca/ca"
+)
+
+func ocspRequest(t testing.TB, cert, issuer *x509.Certificate) []byte {
+	t.Helper()
+	der, err := ocsp.CreateRequest(cert, issuer, &ocsp.RequestOptions{Hash: crypto.SHA1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return der
+}
+
+func TestOCSP(t *testing.T) {
+	tc := newTestCA(t, baseConfig(), ca.Options{})
+	ctx := context.Background()
+	issued, err := tc.Issue(ctx, ca.IssueRequest{CSR: makeCSR(t, csrOpts{dns: []string{"a.svc.corp"}}), Profile: "server"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, _ := x509.ParseCertificate(issued.DER)
+	req := ocspRequest(t, cert, tc.pki.inter)
+
+	check := func(wantStatus int) *ocsp.Response {
+		t.Helper()
+		der, err := tc.OCSPResponse(ctx, req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := ocsp.ParseResponseForCert(der, cert, tc.pki.inter)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.Status != wantStatus {
+			t.Fatalf("status %d, want %d", resp.Status, wantStatus)
+		}
+		return resp
+	}
+	check(ocsp.Good)
+	calls := tc.signer.calls.Load()
+	check(ocsp.Good)
+	if tc.signer.calls.Load() != calls {
+		t.Error("a repeated OCSP request reached the signer; want the cached response")
+	}
+	if _, err := tc.Revoke(ctx, issued.Serial, ca.ReasonKeyCompromise); err != nil {
+		t.Fatal(err)
+	}
+	resp := check(ocsp.Revoked)
+	if resp.RevocationReason != ca.ReasonKeyCompromise {
+		t.Errorf("reason %d", resp.RevocationReason)
+	}
+
+	// Unknown serial of a known issuer.
+	other := *cert
+	other.SerialNumber = big.NewInt(12345)
+	der, err := tc.OCSPResponse(ctx, ocspRequest(t, &other, tc.pki.inter))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r, err := ocsp.ParseResponse(der, tc.pki.inter); err != nil || r.Status != ocsp.Unknown {
+		t.Errorf("unknown serial: %v %v", r, err)
+	}
+	// Issuer we do not serve.
+	if _, err := tc.OCSPResponse(ctx, ocspRequest(t, cert, tc.pki.root)); !errors.Is(err, ca.ErrOCSPUnknownIssuer) {
+		t.Errorf("foreign issuer: %v", err)
+	}
+	for _, bad := range [][]byte{nil, []byte("junk"), req[:len(req)-3]} {
+		if _, err := tc.OCSPResponse(ctx, bad); !errors.Is(err, ca.ErrOCSPMalformed) {
+			t.Errorf("malformed request: %v", err)
+		}
+	}
+}
+
+func FuzzOCSPRequest(f *testing.F) {
+	tc := newTestCA(f, baseConfig(), ca.Options{})
+	issued, err := tc.Issue(context.Background(), ca.IssueRequest{CSR: makeCSR(f, csrOpts{dns: []string{"a.svc.corp"}}), Profile: "server"})
+	if err != nil {
+		f.Fatal(err)
+	}
+	cert, _ := x509.ParseCertificate(issued.DER)
+	f.Add(ocspRequest(f, cert, tc.pki.inter))
+	der, _ := ocsp.CreateRequest(cert, tc.pki.inter, &ocsp.RequestOptions{Hash: crypto.SHA256})
+	f.Add(der)
+	f.Add([]byte{0x30, 0x00})
+	f.Add([]byte("junk"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		der, err := tc.OCSPResponse(context.Background(), b)
+		if err != nil {
+			if !errors.Is(err, ca.ErrOCSPMalformed) && !errors.Is(err, ca.ErrOCSPUnknownIssuer) {
+				t.Fatalf("unexpected error class: %v", err)
+			}
+			return
+		}
+		if _, err := ocsp.ParseResponse(der, tc.pki.inter); err != nil {
+			t.Fatalf("response does not parse: %v", err)
+		}
+	})
+}
