@@ -1,0 +1,367 @@
+//go:build cgo
+
+package pkcs11
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ThalesGroup/crypto11"
+	p11 "github.com/miekg/pkcs11"
+
+	"github.com/hsmca/hsmca/hsm"
+	"github.com/hsmca/hsmca/hsm/quorum"
+)
+
+// poolWait bounds how long a signature waits for a free session.
+const poolWait = 30 * time.Second
+
+// Partition is one partition of a pkcs11 module: one token. It is safe for
+// concurrent use.
+type Partition struct {
+	m    *Module
+	name string
+	coll *quorum.Collector
+
+	// mu guards the activation state below. Signatures hold it for
+	// reading; activation and sealing take it for writing, so a seal waits
+	// for signatures in flight and none starts after it.
+	mu     sync.RWMutex
+	cfg    partitionConfig
+	sel    *URI
+	lib    *library
+	slot   uint
+	ctx    *crypto11.Context // nil while sealed
+	pin    []byte            // the token PIN while active; wiped on seal
+	gen    uint64            // counts activations, so a stale failure cannot seal a newer one
+	gone   error             // why the token was found unavailable, until the next activation
+	budget atomic.Int64      // signatures left in a per-operation activation
+	opSigs int               // budget of the next per-operation activation
+
+	smu     sync.Mutex
+	signers map[string]crypto11.Signer // this activation's key handles, by key ID
+
+	keyMu sync.Mutex // serializes key generation and destruction
+}
+
+var _ hsm.Partition = (*Partition)(nil)
+
+func (m *Module) newPartition(pc partitionConfig) (*Partition, error) {
+	sel, err := ParseURI(pc.TokenURI)
+	if err != nil {
+		return nil, err
+	}
+	p := &Partition{m: m, name: pc.Name, cfg: pc, sel: sel, opSigs: 1}
+	p.coll, err = quorum.NewCollector(quorum.Config{
+		Params:          p.params(pc),
+		Window:          pc.CollectWindow,
+		MaxFailures:     pc.MaxFailures,
+		LockoutDuration: pc.LockoutDuration,
+		Store:           m.lockouts,
+		Clock:           m.opts.Clock,
+		OnEvent: func(typ string, fields map[string]string) error {
+			_, err := m.log.Append(typ, pc.Name, fields)
+			return err
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("hsm/pkcs11: partition %s: %w", pc.Name, err)
+	}
+	return p, nil
+}
+
+func (p *Partition) params(pc partitionConfig) quorum.Params {
+	return quorum.Params{
+		Module: p.m.cfg.ModuleID, Partition: pc.Name, Generation: pc.Generation,
+		Threshold: pc.Threshold, Shares: pc.Shares, Commitments: pc.Commitments,
+	}
+}
+
+// Name returns the partition name.
+func (p *Partition) Name() string { return p.name }
+
+// TokenURI returns the URI of the partition's token as recorded at init.
+func (p *Partition) TokenURI() string {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	return p.cfg.TokenURI
+}
+
+// Unavailable returns why the token was last found unavailable (the
+// partition sealed itself then), or nil.
+func (p *Partition) Unavailable() error {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	return p.gone
+}
+
+// Status returns a snapshot of the partition.
+func (p *Partition) Status() (hsm.PartitionStatus, error) {
+	prog := p.coll.Progress()
+	keys, err := p.Keys()
+	if err != nil {
+		return hsm.PartitionStatus{}, err
+	}
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	st := hsm.PartitionStatus{
+		Name: p.name, Policy: p.cfg.Policy, Threshold: p.cfg.Threshold, Shares: p.cfg.Shares,
+		Presented: prog.Presented, CollectingUntil: prog.CollectingUntil,
+		LockedUntil: prog.LockedUntil, FailedShares: prog.FailedShares,
+		Keys: len(keys), SignaturesLeft: -1, Generation: p.cfg.Generation,
+	}
+	switch {
+	case p.ctx != nil:
+		st.State = hsm.StateActive
+		st.Presented = p.cfg.Threshold
+		st.CollectingUntil = time.Time{}
+		if p.cfg.Policy == hsm.PolicyPerOperation {
+			st.SignaturesLeft = int(max(p.budget.Load(), 0))
+		}
+	case prog.Presented > 0:
+		st.State = hsm.StateCollecting
+	default:
+		st.State = hsm.StateSealed
+	}
+	return st, nil
+}
+
+// AddShare presents one custodian share (see hsm.Partition). The share that
+// completes the quorum recovers the secret, derives the PIN and logs in to
+// the token; if the token refuses or cannot be reached the partition stays
+// sealed, the error says why, and the shares must be presented again.
+// A share presented to an active partition is ignored.
+func (p *Partition) AddShare(s hsm.Share) (hsm.PartitionStatus, error) {
+	p.mu.RLock()
+	active := p.ctx != nil
+	p.mu.RUnlock()
+	if active {
+		st, err := p.Status()
+		return st, err
+	}
+	prog, err := p.coll.AddShare(s)
+	if err != nil {
+		st, serr := p.Status()
+		if serr != nil {
+			return st, errors.Join(err, serr)
+		}
+		return st, err
+	}
+	if prog.Secret != nil {
+		err = p.activate(prog.Secret)
+		clear(prog.Secret)
+	}
+	st, serr := p.Status()
+	if err == nil {
+		err = serr
+	}
+	return st, err
+}
+
+// activate logs in to the token with the PIN derived from secret.
+func (p *Partition) activate(secret []byte) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.ctx != nil {
+		return nil
+	}
+	pin, err := derivePIN(secret, p.m.cfg.ModuleID, &p.cfg)
+	if err != nil {
+		return err
+	}
+	lib, err := p.m.library(p.sel)
+	if err != nil {
+		clear(pin)
+		return p.activationFailed(err)
+	}
+	slot, _, err := lib.locate(p.sel)
+	if err != nil {
+		clear(pin)
+		return p.activationFailed(err)
+	}
+	slotNum := int(slot)
+	c11 := &crypto11.Config{
+		Path: lib.path, SlotNumber: &slotNum, Pin: pinString(pin),
+		MaxSessions: p.m.opts.MaxSessions, PoolWaitTimeout: poolWait,
+	}
+	ctx, err := crypto11.Configure(c11)
+	c11.Pin = ""
+	if err != nil {
+		clear(pin)
+		if isCode(err, p11.CKR_PIN_INCORRECT) {
+			err = fmt.Errorf("hsm/pkcs11: partition %s: the token refused the PIN recovered from the shares (was its PIN changed or the token re-initialized outside hsmca?)", p.name)
+		} else {
+			err = fmt.Errorf("hsm/pkcs11: partition %s: log in to the token: %w", p.name, err)
+		}
+		return p.activationFailed(err)
+	}
+	p.lib, p.slot, p.ctx, p.pin = lib, slot, ctx, pin
+	p.gen++
+	p.gone = nil
+	p.signers = nil
+	if p.cfg.Policy == hsm.PolicyPerOperation {
+		p.budget.Store(int64(p.opSigs))
+		p.opSigs = 1
+	}
+	fields := map[string]string{"generation": strconv.Itoa(p.cfg.Generation), "token": p.sel.TokenURI().String()}
+	if p.cfg.Policy == hsm.PolicyPerOperation {
+		fields["signatures"] = strconv.FormatInt(p.budget.Load(), 10)
+	}
+	if _, err := p.m.log.Append("activate", p.name, fields); err != nil {
+		p.sealLocked("audit failed")
+		return fmt.Errorf("hsm/pkcs11: partition %s: activation not audited, sealed again: %w", p.name, err)
+	}
+	return nil
+}
+
+func (p *Partition) activationFailed(err error) error {
+	_, aerr := p.m.log.Append("activate-failed", p.name, map[string]string{"reason": err.Error()})
+	return errors.Join(err, aerr)
+}
+
+// SetOperationSignatures sets the signature budget of the next activation
+// of a per-operation partition (default 1).
+func (p *Partition) SetOperationSignatures(n int) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cfg.Policy != hsm.PolicyPerOperation {
+		return fmt.Errorf("hsm/pkcs11: partition %s is online; only a per-operation partition has a signature budget", p.name)
+	}
+	if n < 1 {
+		return fmt.Errorf("hsm/pkcs11: signature budget %d must be at least 1", n)
+	}
+	p.opSigs = n
+	return nil
+}
+
+// Seal logs out of the token, closes every session, wipes the PIN and drops
+// presented shares. Sealing a sealed partition is not an error.
+func (p *Partition) Seal() error {
+	p.coll.Reset()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.ctx == nil {
+		return nil
+	}
+	return p.sealLocked("requested")
+}
+
+// sealLocked closes the activation; p.mu must be held for writing.
+func (p *Partition) sealLocked(reason string) error {
+	err := p.ctx.Close() // waits for sessions in use, closes them
+	p.lib.logoutAll(p.slot)
+	clear(p.pin)
+	p.pin, p.ctx = nil, nil
+	p.smu.Lock()
+	p.signers = nil
+	p.smu.Unlock()
+	p.budget.Store(0)
+	_, aerr := p.m.log.Append("seal", p.name, map[string]string{"reason": reason})
+	if err != nil {
+		err = fmt.Errorf("hsm/pkcs11: partition %s: close token context: %w", p.name, err)
+	}
+	return errors.Join(err, aerr)
+}
+
+// tokenFailed seals the activation gen after a library error that says the
+// token went away (removed, restarted, sessions invalidated).
+func (p *Partition) tokenFailed(gen uint64, cause error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.ctx == nil || p.gen != gen {
+		return
+	}
+	p.gone = fmt.Errorf("%w: %v", ErrTokenUnavailable, cause)
+	if err := p.sealLocked("token unavailable: " + cause.Error()); err != nil {
+		p.m.opts.Logger.Warn("hsm/pkcs11: sealing after token failure", "partition", p.name, "err", err)
+	}
+}
+
+// sealedErr is the error of an operation refused while sealed; it wraps
+// hsm.ErrSealed and, if the token was lost, ErrTokenUnavailable.
+func (p *Partition) sealedErr() error {
+	if p.gone != nil {
+		return fmt.Errorf("%w (%w)", hsm.ErrSealed, p.gone)
+	}
+	return fmt.Errorf("%w: %s", hsm.ErrSealed, p.name)
+}
+
+// Reshare makes a new share set (n shares, threshold m) and, unlike the soft
+// backend, a new secret: it changes the token PIN to one derived from the
+// new secret, so the previous shares cannot even recompute the old PIN into
+// something that logs in. Requires active.
+func (p *Partition) Reshare(n, m int) ([]hsm.Share, error) {
+	o := hsm.InitOptions{Partition: p.name, Shares: n, Threshold: m, Policy: hsm.PolicyOnline}
+	if err := validateInit(&o); err != nil {
+		return nil, err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.ctx == nil {
+		return nil, p.sealedErr()
+	}
+	dealing, err := quorum.Deal(p.m.opts.Rand, nil, n, m)
+	if err != nil {
+		return nil, fmt.Errorf("hsm/pkcs11: %w", err)
+	}
+	defer clear(dealing.Secret)
+	next := p.cfg
+	next.Shares, next.Threshold, next.Generation, next.Commitments = n, m, p.cfg.Generation+1, dealing.Commitments
+	newPIN, err := derivePIN(dealing.Secret, p.m.cfg.ModuleID, &next)
+	if err != nil {
+		return nil, err
+	}
+	if err := p.lib.setPINLoggedIn(p.slot, p.pin, newPIN); err != nil {
+		clear(newPIN)
+		return nil, err
+	}
+	if err := p.m.savePartition(next); err != nil {
+		if rerr := p.lib.setPINLoggedIn(p.slot, newPIN, p.pin); rerr != nil {
+			p.m.opts.Logger.Error("hsm/pkcs11: reshare: could not restore the previous PIN", "partition", p.name, "err", rerr)
+		}
+		clear(newPIN)
+		return nil, err
+	}
+	clear(p.pin)
+	p.pin = newPIN
+	p.cfg = next
+	if err := p.coll.SetParams(p.params(next)); err != nil {
+		return nil, fmt.Errorf("hsm/pkcs11: %w", err)
+	}
+	shares := make([]hsm.Share, n)
+	for i := range shares {
+		shares[i] = hsm.Share{Module: p.m.cfg.ModuleID, Partition: p.name, Generation: next.Generation,
+			Index: i + 1, Threshold: m, Value: dealing.Values[i]}
+	}
+	if _, err := p.m.log.Append("reshare", p.name, map[string]string{
+		"generation": strconv.Itoa(next.Generation), "shares": strconv.Itoa(n), "threshold": strconv.Itoa(m),
+	}); err != nil {
+		return shares, fmt.Errorf("hsm/pkcs11: reshare of %s done but not audited: %w", p.name, err)
+	}
+	return shares, nil
+}
+
+// TransportKey is not supported: keys on a PKCS#11 token are generated
+// non-extractable and never leave it, wrapped or not.
+func (p *Partition) TransportKey() (string, error) {
+	return "", fmt.Errorf("%w: hsm/pkcs11: keys on a PKCS#11 token are non-extractable, so the token cannot receive or send wrapped keys; back it up with the token vendor's own tools", hsm.ErrUnsupported)
+}
+
+// ExportKey refuses: every key of this backend is non-extractable
+// (CKA_EXTRACTABLE false) and stays on the token.
+func (p *Partition) ExportKey(idOrLabel, transportKey string) ([]byte, error) {
+	info, err := p.Key(idOrLabel)
+	if err != nil {
+		return nil, err
+	}
+	return nil, fmt.Errorf("%w: hsm/pkcs11: key %s was generated on the token with CKA_EXTRACTABLE=false and cannot leave it", hsm.ErrNotExportable, info.ID)
+}
+
+// ImportKey is not supported (see TransportKey).
+func (p *Partition) ImportKey(blob []byte) (hsm.KeyInfo, error) {
+	return hsm.KeyInfo{}, fmt.Errorf("%w: hsm/pkcs11: importing wrapped keys into a PKCS#11 token is not supported; generate the key on the token", hsm.ErrUnsupported)
+}
