@@ -63,8 +63,14 @@ func parseJWS(body []byte) (*parsedJWS, *Problem) {
 	if err := json.Unmarshal(body, &f); err != nil {
 		return nil, malformed("request body is not a JWS in flattened JSON serialization")
 	}
-	if f.Signatures != nil || f.Payload == nil || f.Protected == "" || f.Signature == "" {
+	if f.Signatures != nil || f.Protected == "" || f.Signature == "" {
 		return nil, malformed("JWS must be in flattened JSON serialization with protected, payload and signature")
+	}
+	if f.Payload == nil {
+		// Some JOSE libraries drop an empty payload member; read it as
+		// POST-as-GET, like an explicit "".
+		empty := ""
+		f.Payload = &empty
 	}
 	if len(f.Header) > 0 && !bytes.Equal(bytes.TrimSpace(f.Header), []byte("null")) {
 		return nil, malformed("JWS must not have an unprotected header")
