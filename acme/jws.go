@@ -42,9 +42,9 @@ type flatJWS struct {
 	Protected string          `json:"protected"`
 	Payload   *string         `json:"payload"`
 	Signature string          `json:"signature"`
-	Header    json.RawMessage `json:"header"`
+	Header    json.RawMessage `json:"header,omitempty"`
 	// Present in the general serialization, which ACME forbids.
-	Signatures json.RawMessage `json:"signatures"`
+	Signatures json.RawMessage `json:"signatures,omitempty"`
 }
 
 // parsedJWS is a syntactically valid, not yet verified, ACME JWS.
@@ -71,6 +71,7 @@ func parseJWS(body []byte) (*parsedJWS, *Problem) {
 		// POST-as-GET, like an explicit "".
 		empty := ""
 		f.Payload = &empty
+		body, _ = json.Marshal(flatJWS{Protected: f.Protected, Payload: f.Payload, Signature: f.Signature})
 	}
 	if len(f.Header) > 0 && !bytes.Equal(bytes.TrimSpace(f.Header), []byte("null")) {
 		return nil, malformed("JWS must not have an unprotected header")
