@@ -330,7 +330,8 @@ func (s *Server) authenticate(w http.ResponseWriter, r *http.Request, h postHand
 			return internal()
 		}
 		if !jws.verify(key) {
-			return malformed("JWS signature does not verify with the account key")
+			// Signed by someone else than the account it names.
+			return unauthorized("JWS signature does not verify with the account key")
 		}
 		if acct.Status != StatusValid {
 			return unauthorized("account is " + acct.Status)

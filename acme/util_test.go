@@ -35,3 +35,5 @@ func makeCSR(t testing.TB, names ...string) []byte {
 }
 
 func jsonDecode(r io.Reader, v any) error { return json.NewDecoder(r).Decode(v) }
+
+func jsonMarshal(v any) ([]byte, error) { return json.Marshal(v) }
