@@ -1,0 +1,408 @@
+// Package soft is hsmca's pure-Go HSM backend: a module is one directory
+// holding one bbolt file (module.db, mode 0600) that one process opens at a
+// time.
+//
+// Activation is cryptographic. Each partition's keys are encrypted under a
+// master key, which is stored wrapped under a key-encryption key derived
+// from a secret that exists only while M custodian shares are combined
+// (Feldman VSS, hsm/quorum). The module keeps no copy of the secret; it
+// keeps the unwrapped master key and private keys in memory only while the
+// partition is active and drops them on Seal, Close or exit. Each key's ID
+// and attributes are authenticated as AES-GCM associated data, so editing
+// the file (flipping "exportable", changing a label or the ciphertext) makes
+// that key fail to load with *hsm.KeyLoadError; other keys are unaffected.
+//
+// Every event goes to the module's audit log (hsm/audit) in the same file.
+// Its Ed25519 signing key and the lockout state are not behind the quorum,
+// because a sealed module must record rejected shares and enforce lockouts;
+// they are protected by the file's permissions only (see hsm/audit).
+//
+// What soft does not do: it is not tamper-resistant hardware. Private keys
+// live in this process's memory while active (Go cannot reliably wipe them),
+// and anyone who can write module.db can destroy it or rewrite its audit
+// log. Use hsm/pkcs11 where that matters.
+package soft
+
+import (
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/hsmca/hsmca/hsm"
+	"github.com/hsmca/hsmca/hsm/audit"
+	"github.com/hsmca/hsmca/hsm/quorum"
+	bolt "go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
+)
+
+// FileName is the module's database inside its directory.
+const FileName = "module.db"
+
+var (
+	metaBucket       = []byte("meta")
+	partitionsBucket = []byte("partitions")
+	keysBucket       = []byte("keys")
+	metaKey          = []byte("module")
+	lockoutBucket    = "lockout"
+)
+
+// Options configures Open. Zero values are usable.
+type Options struct {
+	// Clock defaults to time.Now. It stamps audit records, key creation
+	// times, collecting windows and lockouts.
+	Clock func() time.Time
+	// Rand is the randomness source for secrets, nonces and keys; defaults
+	// to crypto/rand.Reader.
+	Rand io.Reader
+	// Logger receives operational warnings; defaults to discarding.
+	Logger *slog.Logger
+	// LockTimeout is how long Open waits for another process to release the
+	// module file before failing with hsm.ErrModuleInUse; default 250ms.
+	LockTimeout time.Duration
+}
+
+// Module is a soft HSM module. It implements hsm.Module and is safe for
+// concurrent use.
+type Module struct {
+	dir    string
+	db     *bolt.DB
+	meta   moduleMeta
+	log    *audit.Log
+	lock   *quorum.BoltLockoutStore
+	clock  func() time.Time
+	rand   io.Reader
+	logger *slog.Logger
+
+	mu         sync.Mutex
+	partitions map[string]*Partition
+	closed     bool
+}
+
+var _ hsm.Module = (*Module)(nil)
+
+type moduleMeta struct {
+	Version  int       `json:"version"`
+	ID       string    `json:"id"`
+	Created  time.Time `json:"created"`
+	AuditKey []byte    `json:"audit_key"` // Ed25519 seed; see the package doc
+}
+
+// Exists reports whether dir holds a soft module.
+func Exists(dir string) bool {
+	st, err := os.Stat(filepath.Join(dir, FileName))
+	return err == nil && st.Mode().IsRegular()
+}
+
+// Open opens the module in dir, creating the directory (0700) and a new
+// module (ID, audit key) if there is none. Every partition starts sealed.
+// If another process has the module open, Open fails with an error wrapping
+// hsm.ErrModuleInUse after opts.LockTimeout.
+func Open(dir string, opts Options) (*Module, error) {
+	if dir == "" {
+		return nil, errors.New("soft: module directory is empty")
+	}
+	if opts.Clock == nil {
+		opts.Clock = time.Now
+	}
+	if opts.Rand == nil {
+		opts.Rand = rand.Reader
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.LockTimeout <= 0 {
+		opts.LockTimeout = 250 * time.Millisecond
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("soft: create module directory: %w", err)
+	}
+	path := filepath.Join(dir, FileName)
+	if st, err := os.Stat(path); err == nil && st.Mode().Perm()&0o077 != 0 {
+		return nil, fmt.Errorf("soft: %s is accessible to other users (mode %04o); it must be 0600", path, st.Mode().Perm())
+	} else if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("soft: %w", err)
+	}
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: opts.LockTimeout})
+	if errors.Is(err, bolterrors.ErrTimeout) {
+		return nil, fmt.Errorf("soft: open %s: %w", path, hsm.ErrModuleInUse)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("soft: open %s: %w", path, err)
+	}
+	m := &Module{dir: dir, db: db, clock: opts.Clock, rand: opts.Rand, logger: opts.Logger, partitions: map[string]*Partition{}}
+	created, err := m.loadOrCreateMeta()
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
+	seed := m.meta.AuditKey
+	if len(seed) != ed25519.SeedSize {
+		db.Close()
+		return nil, errors.New("soft: stored audit key is malformed")
+	}
+	m.log, err = audit.Open(db, ed25519.NewKeyFromSeed(seed), audit.Options{Context: m.meta.ID, Clock: m.clock, Logger: m.logger})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("soft: %w", err)
+	}
+	if m.lock, err = quorum.NewBoltLockoutStore(db, lockoutBucket); err != nil {
+		m.log.Close()
+		db.Close()
+		return nil, fmt.Errorf("soft: %w", err)
+	}
+	if created {
+		fields := map[string]string{"module": m.meta.ID, "audit_key": base64.StdEncoding.EncodeToString(m.log.PublicKey()), "backend": "soft"}
+		if _, err := m.log.Append("init", "", fields); err != nil {
+			m.log.Close()
+			db.Close()
+			return nil, fmt.Errorf("soft: %w", err)
+		}
+	}
+	return m, nil
+}
+
+func (m *Module) loadOrCreateMeta() (created bool, err error) {
+	err = m.db.Update(func(tx *bolt.Tx) error {
+		for _, b := range [][]byte{metaBucket, partitionsBucket, keysBucket} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		if v := tx.Bucket(metaBucket).Get(metaKey); v != nil {
+			return json.Unmarshal(v, &m.meta)
+		}
+		id := make([]byte, 16)
+		seed := make([]byte, ed25519.SeedSize)
+		if _, err := io.ReadFull(m.rand, id); err != nil {
+			return err
+		}
+		if _, err := io.ReadFull(m.rand, seed); err != nil {
+			return err
+		}
+		m.meta = moduleMeta{Version: 1, ID: hex.EncodeToString(id), Created: m.clock().UTC(), AuditKey: seed}
+		v, err := json.Marshal(m.meta)
+		if err != nil {
+			return err
+		}
+		created = true
+		return tx.Bucket(metaBucket).Put(metaKey, v)
+	})
+	if err != nil {
+		return false, fmt.Errorf("soft: module metadata: %w", err)
+	}
+	if m.meta.Version != 1 || m.meta.ID == "" {
+		return false, fmt.Errorf("soft: unsupported module format version %d", m.meta.Version)
+	}
+	return created, nil
+}
+
+// ID returns the module's ID (32 hex digits).
+func (m *Module) ID() string { return m.meta.ID }
+
+// Backend returns "soft".
+func (m *Module) Backend() string { return "soft" }
+
+// Dir returns the module's directory.
+func (m *Module) Dir() string { return m.dir }
+
+// Audit returns the module's audit log.
+func (m *Module) Audit() hsm.AuditLog { return m.log }
+
+// AuditPublicKey returns the key that signs the audit log's head, for
+// auditors to pin.
+func (m *Module) AuditPublicKey() ed25519.PublicKey { return m.log.PublicKey() }
+
+var partitionName = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
+
+// InitPartition creates a partition with a fresh secret split into
+// opts.Shares shares of threshold opts.Threshold, and returns the shares.
+// The partition starts sealed.
+func (m *Module) InitPartition(opts hsm.InitOptions) ([]hsm.Share, error) {
+	if !partitionName.MatchString(opts.Partition) {
+		return nil, fmt.Errorf("soft: partition name %q: use 1-63 lower-case letters, digits, '-' or '_'", opts.Partition)
+	}
+	if opts.Policy == "" {
+		opts.Policy = hsm.PolicyOnline
+	}
+	if _, err := hsm.ParsePolicy(string(opts.Policy)); err != nil {
+		return nil, err
+	}
+	if opts.CollectWindow < 0 || opts.LockoutDuration < 0 || opts.MaxFailures < 0 {
+		return nil, errors.New("soft: negative collect window, lockout duration or failure count")
+	}
+	d, err := quorum.Deal(m.rand, nil, opts.Shares, opts.Threshold)
+	if err != nil {
+		return nil, fmt.Errorf("soft: %w", err)
+	}
+	defer clear(d.Secret)
+	master := make([]byte, keySize)
+	if _, err := io.ReadFull(m.rand, master); err != nil {
+		return nil, fmt.Errorf("soft: random master key: %w", err)
+	}
+	defer clear(master)
+	rec := &partitionRecord{
+		Name:            opts.Partition,
+		Policy:          opts.Policy,
+		Threshold:       opts.Threshold,
+		Shares:          opts.Shares,
+		Generation:      1,
+		CollectWindow:   opts.CollectWindow,
+		MaxFailures:     opts.MaxFailures,
+		LockoutDuration: opts.LockoutDuration,
+		Created:         m.clock().UTC(),
+	}
+	// The transport recipient is bound into the master key's wrapping, so
+	// it is made first.
+	if err := rec.newTransport(m.rand, master); err != nil {
+		return nil, err
+	}
+	if err := rec.wrapMaster(m.rand, m.meta.ID, d, master); err != nil {
+		return nil, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return nil, errClosed
+	}
+	err = m.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(partitionsBucket)
+		if b.Get([]byte(rec.Name)) != nil {
+			return hsm.ErrPartitionExists
+		}
+		rec.Order = b.Stats().KeyN + 1
+		v, err := json.Marshal(rec)
+		if err != nil {
+			return err
+		}
+		return b.Put([]byte(rec.Name), v)
+	})
+	if errors.Is(err, hsm.ErrPartitionExists) {
+		return nil, fmt.Errorf("soft: partition %s: %w", rec.Name, hsm.ErrPartitionExists)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("soft: store partition: %w", err)
+	}
+	_, err = m.log.Append("init", rec.Name, map[string]string{
+		"shares": fmt.Sprint(rec.Shares), "threshold": fmt.Sprint(rec.Threshold),
+		"policy": string(rec.Policy), "generation": "1", "transport_key": rec.TransportRecipient,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("soft: %w", err)
+	}
+	return rec.shares(m.meta.ID, d), nil
+}
+
+// Partition returns an existing partition or hsm.ErrNoPartition. The same
+// *Partition is returned on every call, so shares presented through one
+// value count for all.
+func (m *Module) Partition(name string) (hsm.Partition, error) {
+	p, err := m.partition(name)
+	if err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+func (m *Module) partition(name string) (*Partition, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return nil, errClosed
+	}
+	if p := m.partitions[name]; p != nil {
+		return p, nil
+	}
+	rec, err := m.loadPartition(name)
+	if err != nil {
+		return nil, err
+	}
+	p, err := newPartition(m, rec)
+	if err != nil {
+		return nil, err
+	}
+	m.partitions[name] = p
+	return p, nil
+}
+
+func (m *Module) loadPartition(name string) (*partitionRecord, error) {
+	var rec *partitionRecord
+	err := m.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(partitionsBucket).Get([]byte(name))
+		if v == nil {
+			return hsm.ErrNoPartition
+		}
+		rec = new(partitionRecord)
+		return json.Unmarshal(v, rec)
+	})
+	if errors.Is(err, hsm.ErrNoPartition) {
+		return nil, fmt.Errorf("soft: partition %q: %w", name, hsm.ErrNoPartition)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("soft: load partition %s: %w", name, err)
+	}
+	return rec, nil
+}
+
+// Partitions lists partition names in creation order.
+func (m *Module) Partitions() ([]string, error) {
+	var recs []partitionRecord
+	err := m.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(partitionsBucket).ForEach(func(k, v []byte) error {
+			var r partitionRecord
+			if err := json.Unmarshal(v, &r); err != nil {
+				return fmt.Errorf("partition %s: %w", k, err)
+			}
+			recs = append(recs, r)
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("soft: list partitions: %w", err)
+	}
+	names := make([]string, len(recs))
+	slices.SortFunc(recs, func(a, b partitionRecord) int { return a.Order - b.Order })
+	for i, r := range recs {
+		names[i] = r.Name
+	}
+	return names, nil
+}
+
+var errClosed = errors.New("soft: module is closed")
+
+// Close seals every partition, flushes the audit log and releases the
+// module file.
+func (m *Module) Close() error {
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		return nil
+	}
+	m.closed = true
+	parts := make([]*Partition, 0, len(m.partitions))
+	for _, p := range m.partitions {
+		parts = append(parts, p)
+	}
+	m.mu.Unlock()
+	var errs []error
+	for _, p := range parts {
+		errs = append(errs, p.seal("module closed"))
+	}
+	errs = append(errs, m.log.Close(), m.db.Close())
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("soft: close: %w", err)
+	}
+	return nil
+}
