@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/hsmca/hsmca/hsm"
+	"github.com/hsmca/hsmca/hsm/pkcs11"
 	"github.com/hsmca/hsmca/hsm/soft"
 )
 
@@ -54,6 +55,9 @@ func (o backendOptions) validate() error {
 			return usagef("--token-uri and --pin-file apply only to --backend pkcs11")
 		}
 	case backendPKCS11:
+		if o.TokenURI == "" {
+			return usagef("--backend pkcs11 needs --token-uri pkcs11:token=...?module-path=/path/to/library.so")
+		}
 	default:
 		return usagef("unknown backend %q (want soft or pkcs11)", o.Backend)
 	}
@@ -66,6 +70,9 @@ func moduleBackend(dir string) string {
 	if soft.Exists(dir) {
 		return backendSoft
 	}
+	if pkcs11.IsModuleDir(dir) {
+		return backendPKCS11
+	}
 	return ""
 }
 
@@ -77,6 +84,9 @@ func openModule(dir string) (hsm.Module, error) {
 	switch moduleBackend(dir) {
 	case backendSoft:
 		return openSoft(dir)
+	case backendPKCS11:
+		m, err := pkcs11.OpenModule(dir, pkcs11.Options{})
+		return m, pkcs11Error(moduleOpenError(dir, err))
 	default:
 		return nil, noModuleError(dir)
 	}
@@ -98,8 +108,8 @@ func createModule(dir string, o backendOptions) (hsm.Module, error) {
 		}
 		return openSoft(dir)
 	case backendPKCS11:
-		return nil, withHint(fmt.Errorf("the pkcs11 backend is not available in this build of hsmca"),
-			"use --backend soft, or a build of hsmca with PKCS#11 support")
+		m, err := pkcs11.CreateModule(dir, pkcs11.Options{})
+		return m, pkcs11Error(err)
 	}
 	return nil, usagef("unknown backend %q (want soft or pkcs11)", o.Backend)
 }
@@ -140,8 +150,59 @@ func initPartition(m hsm.Module, opts hsm.InitOptions, o backendOptions) ([]hsm.
 		if o.TokenURI != "" || o.PINFile != "" {
 			return nil, usagef("--token-uri and --pin-file apply only to pkcs11 modules")
 		}
+	case backendPKCS11:
+		return initPKCS11Partition(m, opts, o)
 	}
 	return m.InitPartition(opts)
+}
+
+// initPKCS11Partition maps a new partition to the token --token-uri names,
+// logging in once with the current user PIN from --pin-file (or the URI's
+// pin-source); the module replaces that PIN with one only the shares can
+// rebuild.
+func initPKCS11Partition(m hsm.Module, opts hsm.InitOptions, o backendOptions) ([]hsm.Share, error) {
+	ti, ok := m.(pkcs11.TokenInitializer)
+	if !ok {
+		return nil, pkcs11Error(pkcs11.ErrNotCompiled)
+	}
+	if o.TokenURI == "" {
+		return nil, usagef("a pkcs11 partition needs --token-uri pkcs11:token=...?module-path=/path/to/library.so")
+	}
+	u, err := pkcs11.ParseURI(o.TokenURI)
+	if err != nil {
+		return nil, usageError{err}
+	}
+	pinFile := o.PINFile
+	if pinFile == "" {
+		if pinFile, err = u.PinFile(); err != nil {
+			return nil, usageError{err}
+		}
+	}
+	if pinFile == "" {
+		return nil, usagef("a pkcs11 partition needs --pin-file FILE holding the token's current user PIN")
+	}
+	pin, err := os.ReadFile(pinFile)
+	if err != nil {
+		return nil, usagef("read --pin-file: %v", err)
+	}
+	defer clear(pin)
+	n := len(pin)
+	for n > 0 && (pin[n-1] == '\n' || pin[n-1] == '\r') {
+		n--
+	}
+	shares, err := ti.InitTokenPartition(opts, o.TokenURI, pin[:n])
+	if err != nil {
+		return nil, withHint(err, "check --token-uri (list tokens with `pkcs11-tool --module LIB --list-token-slots`) and that --pin-file holds the token's current user PIN")
+	}
+	return shares, nil
+}
+
+// pkcs11Error adds a hint to the error of a binary built without cgo.
+func pkcs11Error(err error) error {
+	if errors.Is(err, pkcs11.ErrNotCompiled) {
+		return withHint(err, "build hsmca with CGO_ENABLED=1 (and a C compiler) to use PKCS#11 tokens, or use --backend soft")
+	}
+	return err
 }
 
 func moduleOpenError(dir string, err error) error {

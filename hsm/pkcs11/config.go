@@ -203,3 +203,10 @@ func IsModuleDir(dir string) bool {
 	_, err := os.Stat(filepath.Join(dir, ConfigFile))
 	return err == nil
 }
+
+// TokenInitializer is implemented by pkcs11 modules (in cgo builds): a
+// partition needs a token and its current user PIN, which hsm.InitOptions
+// does not carry. Callers holding an hsm.Module type-assert to it.
+type TokenInitializer interface {
+	InitTokenPartition(opts hsm.InitOptions, tokenURI string, currentPIN []byte) ([]hsm.Share, error)
+}

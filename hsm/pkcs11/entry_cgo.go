@@ -16,6 +16,15 @@ func OpenModule(dir string, opts Options) (hsm.Module, error) {
 	return m, nil
 }
 
+// CreateModule creates an empty pkcs11 module in dir (see Create).
+func CreateModule(dir string, opts Options) (hsm.Module, error) {
+	m, err := Create(dir, opts)
+	if err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
 // InitModule initializes partition init.Partition on the token that
 // tokenURI names, in the module in dir: it creates the module if dir holds
 // none, and opens it otherwise. See Module.InitTokenPartition for what

@@ -12,6 +12,11 @@ func OpenModule(dir string, opts Options) (hsm.Module, error) {
 	return nil, ErrNotCompiled
 }
 
+// CreateModule returns ErrNotCompiled: this binary was built without cgo.
+func CreateModule(dir string, opts Options) (hsm.Module, error) {
+	return nil, ErrNotCompiled
+}
+
 // InitModule returns ErrNotCompiled: this binary was built without cgo.
 func InitModule(dir string, opts Options, init hsm.InitOptions, tokenURI string, currentPIN []byte) (hsm.Module, []hsm.Share, error) {
 	return nil, nil, ErrNotCompiled

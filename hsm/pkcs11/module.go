@@ -47,7 +47,10 @@ type Module struct {
 	closed bool
 }
 
-var _ hsm.Module = (*Module)(nil)
+var (
+	_ hsm.Module       = (*Module)(nil)
+	_ TokenInitializer = (*Module)(nil)
+)
 
 // Create makes a new, empty pkcs11 module in dir (created with mode 0700 if
 // needed) and returns it open. It refuses a directory that holds a module
