@@ -34,7 +34,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"slices"
 	"sync"
 	"time"
 
@@ -225,8 +224,8 @@ func (l *Log) Begin(typ, partition string, fields map[string]string) (*Pending, 
 	ev := hsm.AuditEvent{
 		Seq:       l.seq + 1,
 		Time:      now,
-		Type:      typ,
-		Partition: partition,
+		Type:      validUTF8(typ),
+		Partition: validUTF8(partition),
 		Fields:    copyFields(fields),
 		Prev:      hex.EncodeToString(l.prev[:]),
 	}
@@ -235,10 +234,7 @@ func (l *Log) Begin(typ, partition string, fields map[string]string) (*Pending, 
 		return nil, err
 	}
 	ev.Hash = hex.EncodeToString(h[:])
-	raw, err := json.Marshal(&ev)
-	if err != nil {
-		return nil, fmt.Errorf("audit: encode record: %w", err)
-	}
+	raw := appendRecord(make([]byte, 0, 512), &ev)
 	l.seq, l.prev = ev.Seq, h
 	p := &Pending{Event: ev, raw: raw, done: make(chan struct{})}
 	l.pending = append(l.pending, p)
@@ -255,7 +251,7 @@ func copyFields(m map[string]string) map[string]string {
 	}
 	out := make(map[string]string, len(m))
 	for k, v := range m {
-		out[k] = v
+		out[validUTF8(k)] = validUTF8(v)
 	}
 	return out
 }
@@ -366,11 +362,7 @@ func recordHash(ev *hsm.AuditEvent) ([32]byte, error) {
 	b = binary.BigEndian.AppendUint64(b, uint64(ev.Time.UnixNano()))
 	b = appendString(b, ev.Type)
 	b = appendString(b, ev.Partition)
-	keys := make([]string, 0, len(ev.Fields))
-	for k := range ev.Fields {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
+	keys := sortedKeys(ev.Fields)
 	b = binary.BigEndian.AppendUint32(b, uint32(len(keys)))
 	for _, k := range keys {
 		b = appendString(b, k)

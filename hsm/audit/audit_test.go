@@ -273,3 +273,52 @@ func BenchmarkAppend(b *testing.B) {
 		})
 	})
 }
+
+func TestRecordEncodingMatchesJSON(t *testing.T) {
+	tests := []map[string]string{
+		nil,
+		{"key": "abc", "digest": strings.Repeat("0f", 32)},
+		{"quote\"back\\slash": "ctl\x00\x01\n\t\x1f", "html": "<a href='x'>&amp;</a>", "uni": "żółw \u2028 ☃"},
+	}
+	for i, fields := range tests {
+		ev := hsm.AuditEvent{Seq: uint64(i + 1), Time: time.Date(2026, 1, 2, 3, 4, 5, 6789, time.UTC), Type: "sign",
+			Partition: "p\"1", Fields: fields, Prev: strings.Repeat("00", 32), Hash: strings.Repeat("ab", 32)}
+		if i == 0 {
+			ev.Partition = ""
+		}
+		var got hsm.AuditEvent
+		if err := json.Unmarshal(appendRecord(nil, &ev), &got); err != nil {
+			t.Fatalf("case %d: %v\n%s", i, err, appendRecord(nil, &ev))
+		}
+		if !got.Time.Equal(ev.Time) || got.Seq != ev.Seq || got.Type != ev.Type || got.Partition != ev.Partition ||
+			got.Prev != ev.Prev || got.Hash != ev.Hash || fmt.Sprint(got.Fields) != fmt.Sprint(ev.Fields) {
+			t.Fatalf("case %d: decoded %+v, want %+v", i, got, ev)
+		}
+	}
+}
+
+func TestInvalidUTF8StillVerifies(t *testing.T) {
+	e := newEnv(t, 0)
+	if _, err := e.log.Append("sign\xff", "p\xfe", map[string]string{"k\xc3": "v\xc3\x28"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.log.Verify(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func FuzzRecordEncoding(f *testing.F) {
+	f.Add("sign", "issuing", "key", "v")
+	f.Add("a\x00", "\xff", "\"", "\\u0000")
+	f.Fuzz(func(t *testing.T, typ, part, k, v string) {
+		ev := hsm.AuditEvent{Seq: 1, Time: time.Unix(0, 12345).UTC(), Type: validUTF8(typ), Partition: validUTF8(part),
+			Fields: map[string]string{validUTF8(k): validUTF8(v)}, Prev: "00", Hash: "11"}
+		var got hsm.AuditEvent
+		if err := json.Unmarshal(appendRecord(nil, &ev), &got); err != nil {
+			t.Fatal(err)
+		}
+		if got.Type != ev.Type || got.Partition != ev.Partition || got.Fields[validUTF8(k)] != ev.Fields[validUTF8(k)] {
+			t.Fatalf("round trip: %+v vs %+v", got, ev)
+		}
+	})
+}
