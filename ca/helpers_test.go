@@ -69,14 +69,19 @@ func newPKI(t testing.TB) *pki {
 // error (a fake for faults a real module cannot produce on demand).
 type countingSigner struct {
 	crypto.Signer
-	calls atomic.Int64
-	fail  atomic.Pointer[error]
+	calls   atomic.Int64
+	fail    atomic.Pointer[error]
+	corrupt atomic.Bool // return a signature over other bytes
 }
 
 func (s *countingSigner) Sign(r io.Reader, d []byte, o crypto.SignerOpts) ([]byte, error) {
 	s.calls.Add(1)
 	if e := s.fail.Load(); e != nil {
 		return nil, *e
+	}
+	if s.corrupt.Load() {
+		other := make([]byte, len(d))
+		return s.Signer.Sign(r, other, o)
 	}
 	return s.Signer.Sign(r, d, o)
 }

@@ -121,12 +121,14 @@ func (failingStore) StoreIssued(context.Context, string, []byte, []string) error
 
 func TestCrashBetweenPendingAndFinal(t *testing.T) {
 	ctx := context.Background()
-	for _, mode := range []string{"signer fails", "store fails"} {
+	for _, mode := range []string{"signer fails", "bad signature", "store fails"} {
 		t.Run(mode, func(t *testing.T) {
 			tc := newTestCA(t, baseConfig(), ca.Options{})
 			victim := tc
 			if mode == "store fails" {
 				victim = newTestCAWith(t, baseConfig(), ca.Options{}, tc.pki, failingStore{tc.store}, tc.path)
+			} else if mode == "bad signature" {
+				tc.signer.corrupt.Store(true)
 			} else {
 				tc.signer.failWith(errors.New("injected HSM failure"))
 			}
@@ -141,6 +143,7 @@ func TestCrashBetweenPendingAndFinal(t *testing.T) {
 				t.Error("a pending record hands out a certificate")
 			}
 			tc.signer.fail.Store(nil)
+			tc.signer.corrupt.Store(false)
 			rev, err := tc.Revoke(ctx, pend[0].Serial, ca.ReasonSuperseded)
 			if err != nil || rev.Status != ca.StatusRevoked {
 				t.Fatalf("revoke pending: %v", err)

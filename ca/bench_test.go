@@ -1,0 +1,250 @@
+package ca_test
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"fmt"
+	"math/big"
+	"path/filepath"
+	"sort"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hsmca/hsmca/ca"
+	"github.com/hsmca/hsmca/store"
+)
+
+// memStore is an in-memory ca.Store, used only to measure the CPU path of
+// issuance without the disk (the bbolt numbers are measured next to it).
+type memStore struct {
+	mu   sync.Mutex
+	recs map[string]ca.Record
+	crl  map[string][]byte
+	num  map[string]uint64
+}
+
+func newMemStore() *memStore {
+	return &memStore{recs: map[string]ca.Record{}, crl: map[string][]byte{}, num: map[string]uint64{}}
+}
+
+func (m *memStore) ReserveSerial(_ context.Context, r ca.Record) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if _, ok := m.recs[r.Serial]; ok {
+		return ca.ErrSerialExists
+	}
+	m.recs[r.Serial] = r
+	return nil
+}
+
+func (m *memStore) StoreIssued(_ context.Context, s string, der []byte, f []string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	r, ok := m.recs[s]
+	if !ok {
+		return ca.ErrUnknownSerial
+	}
+	r.DER, r.Final, r.CTFailures = der, true, f
+	if r.Status == ca.StatusPending {
+		r.Status = ca.StatusValid
+	}
+	m.recs[s] = r
+	return nil
+}
+
+func (m *memStore) CertBySerial(_ context.Context, s string) (ca.Record, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	r, ok := m.recs[s]
+	if !ok {
+		return ca.Record{}, ca.ErrUnknownSerial
+	}
+	return r, nil
+}
+
+func (m *memStore) ListCerts(context.Context, ca.Query) ([]ca.Record, error) { return nil, nil }
+
+func (m *memStore) UpdateRevocation(_ context.Context, s string, f func(*ca.Record) error) (ca.Record, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	r, ok := m.recs[s]
+	if !ok {
+		return ca.Record{}, ca.ErrUnknownSerial
+	}
+	if err := f(&r); err != nil {
+		return ca.Record{}, err
+	}
+	m.recs[s] = r
+	return r, nil
+}
+
+func (m *memStore) RevokedSerials(_ context.Context, issuer string) ([]ca.RevokedEntry, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []ca.RevokedEntry
+	for _, r := range m.recs {
+		if r.Issuer == issuer && r.Status == ca.StatusRevoked {
+			out = append(out, ca.RevokedEntry{Serial: r.Serial, RevokedAt: r.RevokedAt, Reason: r.Reason, NotAfter: r.NotAfter})
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Serial < out[j].Serial })
+	return out, nil
+}
+
+func (m *memStore) NextCRLNumber(_ context.Context, issuer string) (uint64, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.num[issuer]++
+	return m.num[issuer], nil
+}
+
+func (m *memStore) SaveCRL(_ context.Context, issuer string, _ uint64, der []byte) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.crl[issuer] = der
+	return nil
+}
+
+func (m *memStore) LatestCRL(_ context.Context, issuer string) ([]byte, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if d, ok := m.crl[issuer]; ok {
+		return d, nil
+	}
+	return nil, ca.ErrNoCRL
+}
+
+func benchCA(b *testing.B, storeKind string) *testCA {
+	b.Helper()
+	if storeKind == "memory" {
+		return newTestCAWith(b, baseConfig(), ca.Options{}, newPKI(b), newMemStore(), "")
+	}
+	return newTestCA(b, baseConfig(), ca.Options{})
+}
+
+// BenchmarkIssueP256 measures direct issuance (CSR → linted, stored
+// certificate) with a soft P-256 issuer key, sequentially and with
+// RunParallel at 2 and 8 goroutines per CPU, on the bbolt store (durable,
+// one fsync per commit) and on an in-memory store (CPU path only). Compare
+// with BenchmarkBareCreateCertificate in the same run.
+func BenchmarkIssueP256(b *testing.B) {
+	for _, storeKind := range []string{"bbolt", "memory"} {
+		b.Run("store="+storeKind+"/seq", func(b *testing.B) {
+			tc := benchCA(b, storeKind)
+			req := ca.IssueRequest{CSR: makeCSR(b, csrOpts{dns: []string{"a.svc.corp"}}), Profile: "server"}
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				if _, err := tc.Issue(context.Background(), req); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		for _, par := range []int{2, 8} {
+			b.Run(fmt.Sprintf("store=%s/par%d", storeKind, par), func(b *testing.B) {
+				tc := benchCA(b, storeKind)
+				req := ca.IssueRequest{CSR: makeCSR(b, csrOpts{dns: []string{"a.svc.corp"}}), Profile: "server"}
+				b.SetParallelism(par)
+				b.ResetTimer()
+				b.RunParallel(func(pb *testing.PB) {
+					for pb.Next() {
+						if _, err := tc.Issue(context.Background(), req); err != nil {
+							b.Error(err)
+							return
+						}
+					}
+				})
+			})
+		}
+	}
+}
+
+// BenchmarkBareCreateCertificate is the baseline: x509.CreateCertificate of
+// a comparable leaf with the same P-256 issuer key.
+func BenchmarkBareCreateCertificate(b *testing.B) {
+	p := newPKI(b)
+	leafKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{
+		Subject:               pkix.Name{CommonName: "a.svc.corp"},
+		DNSNames:              []string{"a.svc.corp"},
+		NotBefore:             time.Now(),
+		NotAfter:              time.Now().Add(90 * 24 * time.Hour),
+		KeyUsage:              x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		BasicConstraintsValid: true,
+		CRLDistributionPoints: []string{"http://pki.svc.corp/crl/issuing-1.crl"},
+		IssuingCertificateURL: []string{"http://pki.svc.corp/issuer/issuing-1.crt"},
+	}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		tmpl.SerialNumber = big.NewInt(int64(i) + 1)
+		if _, err := x509.CreateCertificate(rand.Reader, tmpl, p.inter, leafKey.Public(), p.interKey); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkLintOnly measures the zlint pass of the server profile (default
+// lint set) over one issued certificate, parse included.
+func BenchmarkLintOnly(b *testing.B) {
+	tc := newTestCAWith(b, baseConfig(), ca.Options{}, newPKI(b), newMemStore(), "")
+	c, err := tc.Issue(context.Background(), ca.IssueRequest{CSR: makeCSR(b, csrOpts{dns: []string{"a.svc.corp"}}), Profile: "server"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if res, err := ca.LintDER(tc.CA, "server", c.DER); err != nil || len(res) > 0 {
+			b.Fatal(err, res)
+		}
+	}
+}
+
+// BenchmarkGenerateCRL100k measures GenerateCRL for an issuer with 100,000
+// revoked certificates in the bbolt store (read, build, sign, store).
+func BenchmarkGenerateCRL100k(b *testing.B) {
+	const n = 100_000
+	st, err := store.Open(filepath.Join(b.TempDir(), "ca.db"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer st.Close()
+	tc := newTestCAWith(b, baseConfig(), ca.Options{}, newPKI(b), st, "")
+	ctx := context.Background()
+	now := time.Now().UTC().Truncate(time.Second)
+	var wg sync.WaitGroup
+	const workers = 64
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			for i := w; i < n; i += workers {
+				err := st.ReserveSerial(ctx, ca.Record{
+					Serial: fmt.Sprintf("1%036x", i+1), Issuer: "issuing-1", Profile: "server",
+					Status: ca.StatusRevoked, RevokedAt: now, Reason: ca.ReasonKeyCompromise,
+					NotBefore: now, NotAfter: now.Add(24 * time.Hour), DER: []byte{0},
+				})
+				if err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		}(w)
+	}
+	wg.Wait()
+	b.ResetTimer()
+	var size int
+	for i := 0; i < b.N; i++ {
+		der, err := tc.GenerateCRL(ctx, "")
+		if err != nil {
+			b.Fatal(err)
+		}
+		size = len(der)
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(size)/1e6, "MB/crl")
+}
