@@ -21,7 +21,7 @@ const Backend = "pkcs11"
 // File names inside a module directory.
 const (
 	ConfigFile = "pkcs11.json" // token mapping and partition settings
-	DBFile     = "module.db"   // bbolt: lockout state, key metadata, audit log
+	DBFile     = "pkcs11.db"   // bbolt: lockout state, key metadata, audit log
 )
 
 // Errors callers may branch on, besides the hsm package's.

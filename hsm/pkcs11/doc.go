@@ -12,7 +12,7 @@
 // the module directory so that keys stay listable while sealed.
 //
 // The module directory holds pkcs11.json (token URIs, library path,
-// partition settings, share commitments) and module.db (a bbolt file with
+// partition settings, share commitments) and pkcs11.db (a bbolt file with
 // the lockout state and the hash-chained audit log of hsm/audit).
 //
 // PKCS#11 needs cgo. A binary built with CGO_ENABLED=0 still has this

@@ -26,7 +26,7 @@ import (
 	"github.com/hsmca/hsmca/hsm"
 )
 
-// keyRecord is a key's metadata in module.db, kept so that keys are
+// keyRecord is a key's metadata in pkcs11.db, kept so that keys are
 // listable while sealed and so that the key found on the token at signing
 // time can be checked against the public key recorded at generation.
 type keyRecord struct {

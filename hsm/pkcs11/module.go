@@ -23,7 +23,7 @@ import (
 	"github.com/hsmca/hsmca/hsm/quorum"
 )
 
-// Bucket names in module.db.
+// Bucket names in pkcs11.db.
 const (
 	metaBucket    = "pkcs11-meta"
 	keysBucket    = "pkcs11-keys"
