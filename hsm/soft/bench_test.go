@@ -1,0 +1,149 @@
+package soft
+
+import (
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/hsmca/hsmca/hsm"
+)
+
+// Signing benchmarks come in pairs: the partition signer (audit record
+// committed before the signature is returned) next to the same operation
+// on a plain crypto key. "serial" is one caller; "parallel" is 64 callers
+// per core, like a CA under load, where audit records of concurrent
+// signatures share one commit.
+
+func benchSigner(b *testing.B, s crypto.Signer) {
+	digest := sha256.Sum256([]byte("hsmca benchmark"))
+	b.Run("serial", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := s.Sign(rand.Reader, digest[:], crypto.SHA256); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("parallel", func(b *testing.B) {
+		b.SetParallelism(64)
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				if _, err := s.Sign(rand.Reader, digest[:], crypto.SHA256); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
+	})
+}
+
+func partitionSigner(b *testing.B, typ hsm.KeyType) crypto.Signer {
+	f := newFixture(b)
+	shares := f.init(b, "issuing", 1, 1, hsm.PolicyOnline)
+	p := f.part(b, "issuing")
+	activate(b, p, shares)
+	k, err := p.GenerateKey(typ, "bench", false)
+	if err != nil {
+		b.Fatal(err)
+	}
+	s, err := p.Signer(k.ID)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return s
+}
+
+func BenchmarkRawP256(b *testing.B) {
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		b.Fatal(err)
+	}
+	benchSigner(b, k)
+}
+
+func BenchmarkSignP256(b *testing.B) { benchSigner(b, partitionSigner(b, hsm.ECDSAP256)) }
+
+func BenchmarkRawRSA2048(b *testing.B) {
+	k, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		b.Fatal(err)
+	}
+	benchSigner(b, k)
+}
+
+func BenchmarkSignRSA2048(b *testing.B) { benchSigner(b, partitionSigner(b, hsm.RSA2048)) }
+
+// BenchmarkActivate3of5 measures presenting three of five shares until the
+// partition is active (each share is verified and audited durably), then
+// sealing it.
+func BenchmarkActivate3of5(b *testing.B) {
+	f := newFixture(b)
+	shares := f.init(b, "issuing", 5, 3, hsm.PolicyOnline)
+	p := f.part(b, "issuing")
+	for b.Loop() {
+		for _, s := range shares[1:4] {
+			if _, err := p.AddShare(s); err != nil {
+				b.Fatal(err)
+			}
+		}
+		if err := p.Seal(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkSignP256Ratio measures throughput of the partition signer and of
+// the raw key in alternating phases of the same run, so that load from
+// other processes on a shared machine hits both alike. It reports "ratio":
+// audited signatures per second / raw signatures per second, for several
+// numbers of concurrent callers. Each audited signature waits for its
+// record's commit (fsync), so the ratio grows with the callers that share
+// a commit: with one caller it is bounded by the disk's sync latency.
+func BenchmarkSignP256Ratio(b *testing.B) {
+	raw, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		b.Fatal(err)
+	}
+	audited := partitionSigner(b, hsm.ECDSAP256)
+	digest := sha256.Sum256([]byte("hsmca benchmark"))
+	for _, callers := range []int{1, 16, 128, 512} {
+		b.Run(fmt.Sprintf("callers=%d", callers), func(b *testing.B) {
+			phase := int64(min(2000, 25*callers)) // signatures per phase
+			phaseTime := func(s crypto.Signer) time.Duration {
+				var next atomic.Int64
+				var wg sync.WaitGroup
+				start := time.Now()
+				for range callers {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						for next.Add(1) <= phase {
+							if _, err := s.Sign(rand.Reader, digest[:], crypto.SHA256); err != nil {
+								b.Error(err)
+								return
+							}
+						}
+					}()
+				}
+				wg.Wait()
+				return time.Since(start)
+			}
+			var rawTime, auditedTime time.Duration
+			for b.Loop() {
+				rawTime += phaseTime(raw)
+				auditedTime += phaseTime(audited)
+			}
+			n := float64(int64(b.N) * phase)
+			b.ReportMetric(float64(rawTime)/float64(auditedTime), "ratio")
+			b.ReportMetric(float64(rawTime.Nanoseconds())/n, "raw-ns/sig")
+			b.ReportMetric(float64(auditedTime.Nanoseconds())/n, "audited-ns/sig")
+		})
+	}
+}
