@@ -40,7 +40,6 @@ func (s *Server) adminHandler() http.Handler {
 	mux.HandleFunc("GET /admin/cert/show/{serial}", s.handleShow)
 	mux.HandleFunc("POST /admin/crl/generate", s.handleCRLGenerate)
 	mux.HandleFunc("GET /healthz", s.handleHealth)
-	mux.HandleFunc("/", notFound)
 	return mux
 }
 

@@ -40,7 +40,6 @@ func (s *Server) publicRoutes(mux *http.ServeMux) {
 	mux.HandleFunc(s.cfg.OCSPPath+"/", s.handleOCSP)
 	mux.HandleFunc("GET /healthz", s.handleHealth)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.d.Gatherer, promhttp.HandlerOpts{}))
-	mux.HandleFunc("/", notFound)
 }
 
 func notFound(w http.ResponseWriter, r *http.Request) {
