@@ -416,7 +416,7 @@ func checkAllShares(e *env, p hsm.Partition, q quorumFlags) (int, error) {
 			continue
 		}
 		used[all[i].share.Index] = true
-		st, err = presentShare(e, p, all[i].share, all[i].from+" (again)")
+		st, err = presentShare(e, p, all[i].share, all[i].from+", again")
 		if err != nil {
 			return 0, err
 		}

@@ -154,7 +154,7 @@ func shareRefused(partition, from string, s hsm.Share, err error) error {
 		return fmt.Errorf("%s: %w", from, err)
 	}
 	if errors.Is(err, hsm.ErrDuplicateShare) {
-		return withHint(fmt.Errorf("%s: share %d: %w", from, s.Index, err), "each custodian's share counts once; present shares of different custodians")
+		return withHint(fmt.Errorf("%s: %w", from, err), "each custodian's share counts once; present shares of different custodians")
 	}
 	return fmt.Errorf("%s: %w", from, err)
 }
