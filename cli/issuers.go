@@ -36,6 +36,9 @@ func (s caSigner) Sign(rand io.Reader, digest []byte, opts crypto.SignerOpts) ([
 type caDeps struct {
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer // CT metrics; nil: none
+	// WrapSigner, if set, wraps each issuer's signer (after the sealed
+	// error mapping), e.g. to count signatures per key for /metrics.
+	WrapSigner func(issuer string, s crypto.Signer) crypto.Signer
 }
 
 // openCA builds the CA that cfg describes: each issuer's certificate from its
@@ -59,7 +62,11 @@ func openCA(cfg *Config, m hsm.Module, st *store.Store, d caDeps) (*ca.CA, error
 		if err != nil {
 			return nil, fmt.Errorf("issuer %s: key %s: %w", ic.Name, ic.Key, err)
 		}
-		iss, err := ca.LoadIssuer(ic, cfg.Dir(), caSigner{signer})
+		var cs crypto.Signer = caSigner{signer}
+		if d.WrapSigner != nil {
+			cs = d.WrapSigner(ic.Name, cs)
+		}
+		iss, err := ca.LoadIssuer(ic, cfg.Dir(), cs)
 		if err != nil {
 			return nil, err
 		}
