@@ -70,6 +70,25 @@ type ServerConfig struct {
 	// CRLInterval is how often CRLs are regenerated while active (default
 	// 1h). CRLs are also regenerated on every revocation.
 	CRLInterval ca.Duration `yaml:"crl_interval,omitempty"`
+	// CRLFiles and IssuerFiles publish CRLs and CA certificates that this
+	// server does not sign itself (the offline root's, from its ceremonies)
+	// at <crl_base>/<NAME>.crl and <aia_base>/<NAME>.crt: NAME → PEM or DER
+	// file. The server re-reads them on every request.
+	CRLFiles    map[string]string `yaml:"crl_files,omitempty"`
+	IssuerFiles map[string]string `yaml:"issuer_files,omitempty"`
+	// Limits of every listener. Zero values: read_header_timeout 10s,
+	// read_timeout 30s, write_timeout 60s, idle_timeout 120s,
+	// max_header_bytes 64 KiB, max_body_bytes 64 KiB (admin API and OCSP
+	// POST; ACME has its own acme.max_body_bytes).
+	ReadHeaderTimeout ca.Duration `yaml:"read_header_timeout,omitempty"`
+	ReadTimeout       ca.Duration `yaml:"read_timeout,omitempty"`
+	WriteTimeout      ca.Duration `yaml:"write_timeout,omitempty"`
+	IdleTimeout       ca.Duration `yaml:"idle_timeout,omitempty"`
+	MaxHeaderBytes    int         `yaml:"max_header_bytes,omitempty"`
+	MaxBodyBytes      int64       `yaml:"max_body_bytes,omitempty"`
+	// RetryAfter is what 503 answers say while the CA awaits its quorum
+	// (default 10s).
+	RetryAfter ca.Duration `yaml:"retry_after,omitempty"`
 }
 
 // Server defaults.
