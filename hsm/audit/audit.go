@@ -503,3 +503,33 @@ func (l *Log) VerifyWithKey(pub ed25519.PublicKey) (hsm.AuditHead, error) {
 	}
 	return out, nil
 }
+
+// VerifyExtends verifies the log as Verify does and also that it extends a
+// head recorded earlier (one printed by a previous verify or quoted in a
+// ceremony transcript): the log holds at least known.Count records and
+// record known.Count still has hash known.Hash. This catches a log that was
+// rewritten and re-signed with the file-resident audit key. If
+// known.PublicKey is set, it must be the log's audit key.
+func (l *Log) VerifyExtends(known hsm.AuditHead) (hsm.AuditHead, error) {
+	if known.PublicKey != "" && known.PublicKey != base64.StdEncoding.EncodeToString(l.pub) {
+		return hsm.AuditHead{}, &hsm.AuditError{Seq: 0, Reason: "the audit key is not the one pinned"}
+	}
+	h, err := l.Verify()
+	if err != nil {
+		return hsm.AuditHead{}, err
+	}
+	if known.Count == 0 {
+		return h, nil
+	}
+	if known.Count > h.Count {
+		return hsm.AuditHead{}, &hsm.AuditError{Seq: h.Count + 1, Reason: fmt.Sprintf("record missing: a known head counts %d records, the log holds %d (truncated)", known.Count, h.Count)}
+	}
+	evs, err := l.Events(known.Count, 1)
+	if err != nil {
+		return hsm.AuditHead{}, err
+	}
+	if len(evs) != 1 || evs[0].Hash != known.Hash {
+		return hsm.AuditHead{}, &hsm.AuditError{Seq: known.Count, Reason: "record does not match the known head (log rewritten)"}
+	}
+	return h, nil
+}

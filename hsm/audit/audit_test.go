@@ -322,3 +322,61 @@ func FuzzRecordEncoding(f *testing.F) {
 		}
 	})
 }
+
+func TestVerifyExtends(t *testing.T) {
+	e := newEnv(t, 5)
+	known, err := e.log.Head()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if _, err := e.log.Append("seal", "root", nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if h, err := e.log.VerifyExtends(known); err != nil || h.Count != 8 {
+		t.Fatalf("extends: %+v, %v", h, err)
+	}
+	// Rewrite the whole log with the file's own key: Verify passes, the
+	// known head does not.
+	e.log.Close()
+	err = e.db.Update(func(tx *bolt.Tx) error {
+		if err := tx.DeleteBucket(recordsBucket); err != nil {
+			return err
+		}
+		if _, err := tx.CreateBucket(recordsBucket); err != nil {
+			return err
+		}
+		return tx.Bucket(headBucket).Delete(headKey)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := Open(e.db, e.key, Options{Context: "module-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	for range 6 {
+		if _, err := l.Append("sign", "issuing", map[string]string{"forged": "yes"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := l.Verify(); err != nil {
+		t.Fatalf("rewritten log should verify on its own: %v", err)
+	}
+	var aerr *hsm.AuditError
+	if _, err := l.VerifyExtends(known); !errors.As(err, &aerr) || aerr.Seq != 5 {
+		t.Fatalf("rewritten log against the known head: %v", err)
+	}
+	short := known
+	short.Count = 9
+	if _, err := l.VerifyExtends(short); !errors.As(err, &aerr) || !strings.Contains(aerr.Reason, "truncated") {
+		t.Fatalf("longer known head: %v", err)
+	}
+	other := known
+	other.PublicKey = "AAAA"
+	if _, err := l.VerifyExtends(other); err == nil {
+		t.Fatal("accepted another pinned key")
+	}
+}

@@ -365,8 +365,12 @@ func (s *signer) Sign(rnd io.Reader, digest []byte, opts crypto.SignerOpts) ([]b
 	if err != nil {
 		return nil, err
 	}
+	var h crypto.Hash
+	if opts != nil {
+		h = opts.HashFunc()
+	}
 	fields := map[string]string{"key": s.id, "digest": hex.EncodeToString(digest)}
-	if h := opts.HashFunc(); h != 0 {
+	if h != 0 {
 		fields["hash"] = h.String()
 	} else {
 		// Ed25519 signs the message itself; record its SHA-256.

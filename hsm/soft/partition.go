@@ -297,8 +297,13 @@ func (p *Partition) SetOperationSignatures(n int) error {
 	return nil
 }
 
-// Seal forgets the partition's secrets and presented shares at once.
+// Seal forgets the partition's secrets and presented shares. It waits
+// only for a state change in progress (a share being counted, a re-share),
+// so that an activation cannot complete after it; signatures never hold it
+// up.
 func (p *Partition) Seal() error {
+	p.opMu.Lock()
+	defer p.opMu.Unlock()
 	return p.seal("requested")
 }
 
