@@ -368,3 +368,19 @@ func FuzzParseCommitments(f *testing.F) {
 		_ = VerifyShare(c, index, value)
 	})
 }
+
+func TestCollectorAuditFailureRefusesShare(t *testing.T) {
+	f := newFixture(t, 3, 2)
+	boom := errors.New("disk full")
+	c, err := NewCollector(Config{Params: f.params, Store: f.store, Clock: f.clock.Now,
+		OnEvent: func(string, map[string]string) error { return boom }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.AddShare(f.share(1)); !errors.Is(err, boom) {
+		t.Fatalf("got %v", err)
+	}
+	if p := c.Progress(); p.Presented != 0 {
+		t.Fatalf("unaudited share counted: %+v", p)
+	}
+}

@@ -771,3 +771,90 @@ func FuzzParseExport(f *testing.F) {
 		_, _, _ = parseExport(blob, id)
 	})
 }
+
+func TestSealDuringConcurrentSigning(t *testing.T) {
+	f := newFixture(t)
+	shares := f.init(t, "issuing", 1, 1, hsm.PolicyOnline)
+	p := f.part(t, "issuing")
+	activate(t, p, shares)
+	if _, err := p.GenerateKey(hsm.ECDSAP256, "k", false); err != nil {
+		t.Fatal(err)
+	}
+	s, _ := p.Signer("k")
+	d := sha256.Sum256([]byte("x"))
+	var wg sync.WaitGroup
+	errs := make(chan error, 8*50)
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 50 {
+				if _, err := s.Sign(rand.Reader, d[:], crypto.SHA256); err != nil {
+					errs <- err
+				}
+			}
+		}()
+	}
+	if err := p.Seal(); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if !errors.Is(err, hsm.ErrSealed) {
+			t.Fatalf("signing while sealing: %v", err)
+		}
+	}
+	if _, err := s.Sign(rand.Reader, d[:], crypto.SHA256); !errors.Is(err, hsm.ErrSealed) {
+		t.Fatalf("after seal: %v", err)
+	}
+	// Every signature that was returned has its record.
+	if h, err := f.m.Audit().Verify(); err != nil || h.Count == 0 {
+		t.Fatalf("verify: %+v, %v", h, err)
+	}
+}
+
+func TestCollectingWindowExpires(t *testing.T) {
+	f := newFixture(t)
+	shares := f.init(t, "issuing", 3, 2, hsm.PolicyOnline)
+	p := f.part(t, "issuing")
+	st, err := p.AddShare(shares[0])
+	if err != nil || st.State != hsm.StateCollecting || !st.CollectingUntil.Equal(f.clock.Now().Add(15*time.Minute)) {
+		t.Fatalf("first share: %+v, %v", st, err)
+	}
+	f.clock.Add(15 * time.Minute)
+	if st, _ := p.Status(); st.State != hsm.StateSealed || st.Presented != 0 {
+		t.Fatalf("after the window: %+v", st)
+	}
+	if st, err := p.AddShare(shares[1]); err != nil || st.State != hsm.StateCollecting {
+		t.Fatalf("share after the window: %+v, %v", st, err)
+	}
+}
+
+func TestTruncatedAuditLogRefusesShares(t *testing.T) {
+	f := newFixture(t)
+	shares := f.init(t, "issuing", 1, 1, hsm.PolicyOnline)
+	f.m.Close()
+	db, err := bolt.Open(filepath.Join(f.dir, FileName), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket([]byte("audit"))
+		k, _ := b.Cursor().Last()
+		return b.Delete(k)
+	})
+	db.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.open(t)
+	_, err = f.part(t, "issuing").AddShare(shares[0])
+	var aerr *hsm.AuditError
+	if !errors.As(err, &aerr) {
+		t.Fatalf("share on a module with a truncated audit log: %v", err)
+	}
+	if _, err := f.m.Audit().Verify(); !errors.As(err, &aerr) {
+		t.Fatalf("verify: %v", err)
+	}
+}
