@@ -1,0 +1,434 @@
+package cli
+
+import (
+	"context"
+	"crypto"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"sort"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/spf13/cobra"
+
+	"github.com/hsmca/hsmca/acme"
+	"github.com/hsmca/hsmca/ca"
+	"github.com/hsmca/hsmca/hsm"
+	"github.com/hsmca/hsmca/server"
+	"github.com/hsmca/hsmca/store"
+)
+
+func init() { commands = append(commands, newCACmd) }
+
+func newCACmd(e *env) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "ca",
+		Short: "Run the certificate authority (ACME, CRL, OCSP, AIA, admin API)",
+	}
+	cmd.AddCommand(newServeCmd(e))
+	return cmd
+}
+
+// serveFlags override the config's listeners and resolver.
+type serveFlags struct {
+	config    string
+	httpsAddr string
+	httpAddr  string
+	resolver  string
+}
+
+func (f *serveFlags) add(cmd *cobra.Command) {
+	cmd.Flags().StringVar(&f.httpsAddr, "https-addr", "", "HTTPS listen `ADDR` for ACME and the admin API (default: the config's, 127.0.0.1:8443)")
+	cmd.Flags().StringVar(&f.httpAddr, "http-addr", "", "plain HTTP listen `ADDR` for CRL, OCSP and AIA (default: the config's, 127.0.0.1:8080)")
+	cmd.Flags().StringVar(&f.resolver, "resolver", "", "DNS server `HOST:PORT` for every ACME validation lookup (overrides acme.resolver)")
+}
+
+func newServeCmd(e *env) *cobra.Command {
+	var f serveFlags
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Serve ACME, CRLs, OCSP, issuer certificates, health, metrics and the admin API",
+		Long: `Runs the CA. It starts sealed: until custodians present M shares of the
+issuing partition (` + "`hsmca hsm activate --server URL --share FILE`" + ` from
+their own machines, or --socket PATH on this one), anything that needs a
+signature answers 503 "CA awaits quorum (k of M)" with Retry-After, while CRLs
+and OCSP keep serving what was signed last.
+
+Listeners: HTTPS (server.https_addr) with ACME under /acme/ and the admin API
+under /admin/ (mutual TLS with an operator certificate); plain HTTP
+(server.http_addr) with /crl/NAME.crl, /ocsp, /aia/NAME.crt, /healthz and
+/metrics; the admin unix socket (server.admin_socket, mode 0600).
+
+The server's own TLS key (server.tls_key) is a plain 0600 file, outside the
+HSM on purpose, so that it can serve while sealed.
+
+Signals: SIGTERM or SIGINT stop accepting, finish requests in flight, seal and
+close the store; SIGHUP re-reads the config's profiles and name policy and the
+TLS certificate (listeners, ACME settings and issuers need a restart).`,
+		Example: `  hsmca ca serve --config ca.yaml
+  hsmca ca serve --config ca.yaml --https-addr 0.0.0.0:443 --http-addr 0.0.0.0:80
+  hsmca ca serve --config ca.yaml --resolver 127.0.0.1:5353   # validate against a test DNS`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cfg, err := LoadConfig(f.config)
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			r, err := startServe(e, cfg, f.config, f)
+			if err != nil {
+				return err
+			}
+			r.printReady(e)
+			return r.run(ctx)
+		},
+	}
+	addConfigFlag(cmd, &f.config)
+	f.add(cmd)
+	return cmd
+}
+
+// running is a started `ca serve`: what it opened, to close in order.
+type running struct {
+	cfg    *Config
+	log    *slog.Logger
+	m      hsm.Module
+	st     *store.Store
+	acme   *acme.Server
+	srv    *server.Server
+	quorum *partitionQuorum
+	acmeURL,
+	httpURL string
+	socket string
+}
+
+// newLogger makes the server's slog logger per the config.
+func newLogger(e *env, sc ServerConfig) *slog.Logger {
+	var lvl slog.Level
+	_ = lvl.UnmarshalText([]byte(sc.LogLevel))
+	opts := &slog.HandlerOptions{Level: lvl}
+	if sc.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(e.stderr, opts))
+	}
+	return slog.New(slog.NewTextHandler(e.stderr, opts))
+}
+
+// issuingPartition names the partition whose quorum the server reports
+// and activates: server.issuing_partition, else the default issuer's.
+func issuingPartition(cfg *Config) string {
+	if cfg.Server.IssuingPartition != "" {
+		return cfg.Server.IssuingPartition
+	}
+	def := cfg.CA.DefaultIssuer
+	for _, ic := range cfg.CA.Issuers {
+		if def == "" || ic.Name == def {
+			return ic.Partition
+		}
+	}
+	return ""
+}
+
+// startServe opens the module (sealed), the store, the CA, ACME and the
+// listeners. On error everything opened so far is closed again.
+func startServe(e *env, cfg *Config, configPath string, f serveFlags) (_ *running, err error) {
+	if f.httpsAddr != "" {
+		cfg.Server.HTTPSAddr = f.httpsAddr
+	}
+	if f.httpAddr != "" {
+		cfg.Server.HTTPAddr = f.httpAddr
+	}
+	log := newLogger(e, cfg.Server)
+	r := &running{cfg: cfg, log: log}
+	defer func() {
+		if err != nil {
+			r.close()
+		}
+	}()
+	if r.m, err = openModule(cfg.Path(cfg.Module)); err != nil {
+		return nil, err
+	}
+	pname := issuingPartition(cfg)
+	p, err := r.m.Partition(pname)
+	if err != nil {
+		return nil, fmt.Errorf("issuing partition %q: %w", pname, err)
+	}
+	r.quorum = &partitionQuorum{p: p}
+	if r.st, err = openStore(cfg); err != nil {
+		return nil, err
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics, err := server.NewMetrics(reg)
+	if err != nil {
+		return nil, err
+	}
+	wrap := func(name string, s crypto.Signer) crypto.Signer { return metrics.CountingSigner(name, s) }
+	c, err := openCA(cfg, r.m, r.st, caDeps{Logger: log, Registerer: reg, WrapSigner: wrap})
+	if err != nil {
+		return nil, err
+	}
+	cur := &atomic.Pointer[ca.CA]{}
+	cur.Store(c)
+
+	sc := cfg.Server
+	retry := sc.RetryAfter.D()
+	if retry == 0 {
+		retry = 10 * time.Second
+	}
+	adapter := &acmeCA{cur: cur, quorum: r.quorum, metrics: metrics, retryAfter: retry}
+	acfg, err := acmeConfig(cfg, c)
+	if err != nil {
+		return nil, err
+	}
+	r.acmeURL = acfg.BaseURL + "directory"
+	if r.acme, err = acme.New(acfg, adapter, r.st, acme.Options{Logger: log, Resolver: f.resolver}); err != nil {
+		return nil, err
+	}
+
+	scfg := server.Config{
+		HTTPSAddr:         sc.HTTPSAddr,
+		HTTPAddr:          sc.HTTPAddr,
+		TLSCertFile:       cfg.Path(sc.TLSCert),
+		TLSKeyFile:        cfg.Path(sc.TLSKey),
+		ACMEPrefix:        acfg.Prefix,
+		CRLInterval:       sc.CRLInterval.D(),
+		RetryAfter:        retry,
+		ReadHeaderTimeout: sc.ReadHeaderTimeout.D(),
+		ReadTimeout:       sc.ReadTimeout.D(),
+		WriteTimeout:      sc.WriteTimeout.D(),
+		IdleTimeout:       sc.IdleTimeout.D(),
+		MaxHeaderBytes:    sc.MaxHeaderBytes,
+		MaxBodyBytes:      sc.MaxBodyBytes,
+		CRLFiles:          resolvePaths(cfg, sc.CRLFiles),
+		IssuerFiles:       resolvePaths(cfg, sc.IssuerFiles),
+	}
+	if sc.AdminSocket != "-" {
+		scfg.AdminSocket = cfg.Path(sc.AdminSocket)
+		r.socket = scfg.AdminSocket
+	}
+	if sc.TLSCert == "" || sc.TLSKey == "" {
+		return nil, withHint(errors.New("config: server.tls_cert and server.tls_key are required"),
+			"issue the server a certificate with the server profile (quickstart does) and name the files in ca.yaml")
+	}
+	if sc.OperatorCA != "" {
+		b, err := os.ReadFile(cfg.Path(sc.OperatorCA))
+		if err != nil {
+			return nil, fmt.Errorf("config: server.operator_ca: %w", err)
+		}
+		if scfg.OperatorRoots, err = ca.ParsePEMCertificates(b); err != nil {
+			return nil, fmt.Errorf("config: server.operator_ca: %w", err)
+		}
+	}
+	reload := func() (*ca.CA, error) {
+		ncfg, err := LoadConfig(configPath)
+		if err != nil {
+			return nil, err
+		}
+		nc, err := openCA(ncfg, r.m, r.st, caDeps{Logger: log, WrapSigner: wrap})
+		if err != nil {
+			return nil, err
+		}
+		cur.Store(nc)
+		return nc, nil
+	}
+	r.srv, err = server.New(scfg, server.Deps{
+		CA: c, ACME: r.acme.Handler(), Quorum: r.quorum, Store: r.st, Logger: log,
+		Metrics: metrics, Gatherer: reg, Reload: reload,
+	})
+	if err != nil {
+		return nil, err
+	}
+	adapter.revoked = r.srv.Revoked
+	if err := r.srv.Start(); err != nil {
+		r.srv = nil
+		return nil, err
+	}
+	r.httpURL = "http://" + r.srv.HTTPAddr()
+	return r, nil
+}
+
+func resolvePaths(cfg *Config, m map[string]string) map[string]string {
+	if len(m) == 0 {
+		return nil
+	}
+	out := make(map[string]string, len(m))
+	for k, v := range m {
+		out[k] = cfg.Path(v)
+	}
+	return out
+}
+
+// acmeConfig completes the config's acme section: the base URL from the
+// HTTPS address when none is set, and the CA's serverAuth profiles as ACME
+// profiles (default "server") when none are listed.
+func acmeConfig(cfg *Config, c *ca.CA) (acme.Config, error) {
+	acfg := cfg.ACME
+	if acfg.BaseURL == "" {
+		host, port, err := net.SplitHostPort(cfg.Server.HTTPSAddr)
+		if err != nil {
+			return acfg, fmt.Errorf("config: server.https_addr %q: %w", cfg.Server.HTTPSAddr, err)
+		}
+		if port == "0" {
+			return acfg, errors.New("config: server.https_addr needs an explicit port to derive acme.base_url")
+		}
+		if host == "" || host == "0.0.0.0" || host == "::" {
+			host = "localhost"
+		}
+		acfg.BaseURL = "https://" + net.JoinHostPort(host, port) + "/acme/"
+	}
+	if !strings.HasSuffix(acfg.BaseURL, "/") {
+		acfg.BaseURL += "/"
+	}
+	if len(acfg.Profiles) == 0 {
+		acfg.Profiles = map[string]string{}
+		names := []string{}
+		for name, p := range c.Profiles() {
+			for _, eku := range p.ExtKeyUsages {
+				if eku == "serverAuth" {
+					acfg.Profiles[name] = p.Description
+					names = append(names, name)
+				}
+			}
+		}
+		sort.Strings(names)
+		if acfg.DefaultProfile == "" {
+			if _, ok := acfg.Profiles[defaultACMEProfile]; ok {
+				acfg.DefaultProfile = defaultACMEProfile
+			} else if len(names) > 0 {
+				acfg.DefaultProfile = names[0]
+			}
+		}
+	}
+	return acfg, nil
+}
+
+// printReady tells the operator where the CA listens and that it is sealed.
+func (r *running) printReady(e *env) {
+	q, _ := r.quorum.Status()
+	fmt.Fprintf(e.stdout, "hsmca ca serve: ACME directory %s\n", r.acmeURL)
+	fmt.Fprintf(e.stdout, "hsmca ca serve: CRL, OCSP, AIA, /healthz, /metrics on %s\n", r.httpURL)
+	if r.socket != "" {
+		fmt.Fprintf(e.stdout, "hsmca ca serve: admin socket %s\n", r.socket)
+	}
+	fmt.Fprintf(e.stdout, "hsmca ca serve: partition %s is %s: %s\n", q.Partition, q.State, server.SealedDetail(q))
+}
+
+// run serves until ctx ends (SIGTERM/SIGINT) or a listener fails; SIGHUP
+// reloads. Then it shuts down in order.
+func (r *running) run(ctx context.Context) error {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	var runErr error
+loop:
+	for {
+		select {
+		case <-ctx.Done():
+			r.log.Info("hsmca: shutting down")
+			break loop
+		case <-hup:
+			if err := r.srv.Reload(); err != nil {
+				r.log.Error("hsmca: reload failed; keeping the running configuration", "err", err)
+			}
+		case err := <-r.srv.Errors():
+			runErr = err
+			break loop
+		}
+	}
+	if err := r.shutdown(); err != nil && runErr == nil {
+		runErr = err
+	}
+	return runErr
+}
+
+// shutdown stops the listeners (finishing requests in flight), seals,
+// stops ACME's workers and closes the module and the store.
+func (r *running) shutdown() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var errs []error
+	if r.srv != nil {
+		errs = append(errs, r.srv.Shutdown(ctx))
+		r.srv = nil
+	}
+	r.close()
+	return errors.Join(errs...)
+}
+
+// close releases what startServe opened (after the listeners stopped).
+func (r *running) close() {
+	if r.srv != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		r.srv.Shutdown(ctx)
+		cancel()
+		r.srv = nil
+	}
+	if r.acme != nil {
+		r.acme.Close()
+		r.acme = nil
+	}
+	if r.m != nil {
+		r.m.Close()
+		r.m = nil
+	}
+	if r.st != nil {
+		r.st.Close()
+		r.st = nil
+	}
+}
+
+// partitionQuorum implements server.Quorum over an hsm.Partition, mapping
+// the module's errors onto the server's.
+type partitionQuorum struct{ p hsm.Partition }
+
+var _ server.Quorum = (*partitionQuorum)(nil)
+
+func toQuorumStatus(st hsm.PartitionStatus) server.QuorumStatus {
+	return server.QuorumStatus{Partition: st.Name, State: string(st.State), Presented: st.Presented,
+		Threshold: st.Threshold, Shares: st.Shares, LockedUntil: st.LockedUntil}
+}
+
+func (q *partitionQuorum) Status() (server.QuorumStatus, error) {
+	st, err := q.p.Status()
+	return toQuorumStatus(st), err
+}
+
+func (q *partitionQuorum) AddShare(text []byte) (server.QuorumStatus, error) {
+	s, err := hsm.DecodeText(string(text))
+	if err != nil {
+		// DecodeText's errors name lines and fields, never the value.
+		return server.QuorumStatus{}, fmt.Errorf("%w: %v", server.ErrShareRefused, err)
+	}
+	st, err := q.p.AddShare(s)
+	var (
+		se     *hsm.ShareError
+		locked *hsm.LockedError
+	)
+	switch {
+	case err == nil:
+		return toQuorumStatus(st), nil
+	case errors.As(err, &se):
+		return toQuorumStatus(st), fmt.Errorf("%w: %v", server.ErrShareRefused, err)
+	case errors.Is(err, hsm.ErrDuplicateShare):
+		return toQuorumStatus(st), fmt.Errorf("%w: share %d was presented already", server.ErrShareDuplicate, s.Index)
+	case errors.As(err, &locked):
+		return toQuorumStatus(st), fmt.Errorf("%w: %v", server.ErrLocked, err)
+	}
+	return toQuorumStatus(st), err
+}
+
+func (q *partitionQuorum) Seal() error { return q.p.Seal() }
+
+// parseCertsPEM is a small helper for quickstart and tests.
+func parseCertsPEM(b []byte) ([]*x509.Certificate, error) { return ca.ParsePEMCertificates(b) }
