@@ -14,7 +14,9 @@ import (
 	"math/big"
 	"net"
 	"net/http"
+	"log/slog"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -327,7 +329,7 @@ func (e *env) start() {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	srv, err := acme.New(e.cfg, e.ca, st, acme.Options{})
+	srv, err := acme.New(e.cfg, e.ca, st, acme.Options{Logger: testLogger})
 	if err != nil {
 		st.Close()
 		e.t.Fatal(err)
@@ -394,3 +396,5 @@ func waitFor(t testing.TB, what string, cond func() bool) {
 }
 
 var _ = netip.Addr{}
+
+var testLogger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))

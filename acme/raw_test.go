@@ -22,6 +22,8 @@ type rawClient struct {
 	key crypto.Signer
 	alg jose.SignatureAlgorithm
 	kid string
+	// next is the Replay-Nonce of the last answer, used by the next request.
+	next string
 }
 
 func newRaw(t testing.TB, e *env) *rawClient {
@@ -31,6 +33,10 @@ func newRaw(t testing.TB, e *env) *rawClient {
 
 func (c *rawClient) nonce() string {
 	c.t.Helper()
+	if n := c.next; n != "" {
+		c.next = ""
+		return n
+	}
 	resp, err := c.e.client.Head(c.e.base + "new-nonce")
 	if err != nil {
 		c.t.Fatal(err)
@@ -112,6 +118,7 @@ func (c *rawClient) postBody(url string, body []byte) rawResp {
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
+	c.next = resp.Header.Get("Replay-Nonce")
 	return rawResp{resp.StatusCode, resp.Header, b}
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 
 	"github.com/hsmca/hsmca/acme"
@@ -56,4 +57,28 @@ func TestACMEOrdersList(t *testing.T) {
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Fatalf("listed %v, want %v", got, want)
 	}
+}
+
+// BenchmarkACMEUpdateOrderParallel measures durable order writes from
+// concurrent requests (grouped by bbolt's Batch).
+func BenchmarkACMEUpdateOrderParallel(b *testing.B) {
+	p := filepath.Join(b.TempDir(), "s.db")
+	s, err := store.Open(p)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	ctx := context.Background()
+	b.SetParallelism(8)
+	var n atomic.Int64
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			o := &acme.Order{ID: fmt.Sprintf("o%d", n.Add(1)), AccountID: "a", Status: acme.StatusPending,
+				Identifiers: []acme.Identifier{{Type: "dns", Value: "a.example.test"}}, Authzs: []string{"z1"}}
+			if err := s.UpdateOrder(ctx, o, "", false); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 }

@@ -1,0 +1,124 @@
+package acme_test
+
+import (
+	"fmt"
+	"net/http"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	hacme "github.com/hsmca/hsmca/acme"
+)
+
+func benchEnv(b *testing.B) *env {
+	return newEnv(b, func(c *hacme.Config) {
+		c.RateLimits = hacme.RateLimits{AccountRate: -1, IPRate: -1, NewOrderRate: -1}
+		c.ValidationWorkers = 32
+	})
+}
+
+// fullOrder runs newOrder -> http-01 -> finalize -> download for one new
+// name, polling with a short pause as a real client would (with a much
+// shorter Retry-After).
+func (c *rawClient) fullOrder(name string) {
+	c.t.Helper()
+	orderURL, o := c.newOrder(name)
+	z := decode[authzResp](c.t, c.post(o.Authorizations[0], nil, signOpts{}))
+	for _, ch := range z.Challenges {
+		if ch.Type == "http-01" {
+			c.e.chal.setToken(ch.Token, c.keyAuth(ch.Token))
+			if r := c.post(ch.URL, map[string]any{}, signOpts{}); r.code != 200 {
+				c.t.Fatalf("challenge: %d %s", r.code, r.body)
+			}
+		}
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		o = decode[orderResp](c.t, c.post(orderURL, nil, signOpts{}))
+		if o.Status == "ready" {
+			break
+		}
+		if o.Status != "pending" || time.Now().After(deadline) {
+			c.t.Fatalf("order %s", o.Status)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	r := c.finalize(o, makeCSR(c.t, name))
+	if r.code != 200 {
+		c.t.Fatalf("finalize: %d %s", r.code, r.body)
+	}
+	o = decode[orderResp](c.t, r)
+	for o.Status == "processing" {
+		if time.Now().After(deadline) {
+			c.t.Fatal("still processing")
+		}
+		time.Sleep(2 * time.Millisecond)
+		o = decode[orderResp](c.t, c.post(orderURL, nil, signOpts{}))
+	}
+	if r := c.post(o.Certificate, nil, signOpts{}); r.code != http.StatusOK || len(r.body) == 0 {
+		c.t.Fatalf("download: %d", r.code)
+	}
+}
+
+// BenchmarkFullOrder measures one client doing complete orders over real
+// HTTPS on loopback (client work, including signing and CSR generation, is
+// in the figure too).
+func BenchmarkFullOrder(b *testing.B) {
+	e := benchEnv(b)
+	c := newRaw(b, e)
+	c.register()
+	b.ReportAllocs()
+	start := time.Now()
+	i := 0
+	for b.Loop() {
+		i++
+		c.fullOrder(fmt.Sprintf("b%d.bench.test", i))
+	}
+	b.ReportMetric(float64(i)/time.Since(start).Seconds(), "orders/s")
+}
+
+// BenchmarkFullOrderParallel: 16 clients, one account each, sharing b.N
+// orders; reports orders/s and the p50/p99 latency of one order.
+func BenchmarkFullOrderParallel(b *testing.B) {
+	e := benchEnv(b)
+	const clients = 16
+	cs := make([]*rawClient, clients)
+	for i := range cs {
+		cs[i] = newRaw(b, e)
+		cs[i].register()
+	}
+	var n atomic.Int64
+	lat := make([][]time.Duration, clients)
+	b.ReportAllocs()
+	b.ResetTimer()
+	start := time.Now()
+	var wg sync.WaitGroup
+	for i := range cs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				k := n.Add(1)
+				if k > int64(b.N) {
+					return
+				}
+				t0 := time.Now()
+				cs[i].fullOrder(fmt.Sprintf("p%d.bench.test", k))
+				lat[i] = append(lat[i], time.Since(t0))
+			}
+		}()
+	}
+	wg.Wait()
+	el := time.Since(start)
+	b.StopTimer()
+	var all []time.Duration
+	for _, l := range lat {
+		all = append(all, l...)
+	}
+	slices.Sort(all)
+	b.ReportMetric(float64(len(all))/el.Seconds(), "orders/s")
+	b.ReportMetric(float64(all[len(all)/2].Microseconds())/1000, "p50-ms")
+	b.ReportMetric(float64(all[len(all)*99/100].Microseconds())/1000, "p99-ms")
+}
