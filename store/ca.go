@@ -20,7 +20,7 @@ var _ ca.Store = (*Store)(nil)
 // Buckets behind ca.Store:
 //
 //	ca_certs        serial (lower-case hex) → record: 4-byte length, JSON metadata, raw DER
-//	ca_revoked      issuer \x00 serial → JSON {revoked_at, reason, not_after}
+//	ca_revoked      issuer \x00 serial → revoked at (8 bytes, Unix ns), not after (8 bytes, Unix ns), reason (1 byte)
 //	ca_crl_numbers  issuer → last CRL number handed out (8 bytes, big-endian)
 //	ca_crls         issuer → CRL number (8 bytes) + latest CRL DER
 var (
@@ -49,10 +49,40 @@ type caRecordMeta struct {
 	CTFailures []string  `json:"ct,omitempty"`
 }
 
-type caRevokedValue struct {
-	RevokedAt time.Time `json:"ra"`
-	Reason    int       `json:"r"`
-	NotAfter  time.Time `json:"na"`
+// caRevokedValue encodes a revoked-index entry compactly: a CRL of 100,000
+// entries reads them all.
+func caRevokedValue(r ca.Record) []byte {
+	v := binary.BigEndian.AppendUint64(nil, caNanos(r.RevokedAt))
+	v = binary.BigEndian.AppendUint64(v, caNanos(r.NotAfter))
+	return append(v, byte(r.Reason))
+}
+
+// caNanos and caTime map a time to Unix nanoseconds and back, the zero
+// time to 0.
+func caNanos(t time.Time) uint64 {
+	if t.IsZero() {
+		return 0
+	}
+	return uint64(t.UnixNano())
+}
+
+func caTime(n uint64) time.Time {
+	if n == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, int64(n)).UTC()
+}
+
+func caDecodeRevoked(k, v []byte, prefixLen int) (ca.RevokedEntry, error) {
+	if len(v) != 17 {
+		return ca.RevokedEntry{}, fmt.Errorf("store: revoked entry %q is corrupt", k)
+	}
+	return ca.RevokedEntry{
+		Serial:    string(k[prefixLen:]),
+		RevokedAt: caTime(binary.BigEndian.Uint64(v)),
+		NotAfter:  caTime(binary.BigEndian.Uint64(v[8:])),
+		Reason:    int(v[16]),
+	}, nil
 }
 
 func caEncodeRecord(r ca.Record) ([]byte, error) {
@@ -112,11 +142,7 @@ func caPutRecord(tx *bolt.Tx, r ca.Record) error {
 	if r.Status != ca.StatusRevoked {
 		return rb.Delete(key)
 	}
-	rv, err := json.Marshal(caRevokedValue{RevokedAt: r.RevokedAt, Reason: r.Reason, NotAfter: r.NotAfter})
-	if err != nil {
-		return err
-	}
-	return rb.Put(key, rv)
+	return rb.Put(key, caRevokedValue(r))
 }
 
 // caWritesInFlight counts CA writes under way in this process. It only
@@ -297,11 +323,11 @@ func (s *Store) RevokedSerials(ctx context.Context, issuer string) ([]ca.Revoked
 	err := s.db.View(func(tx *bolt.Tx) error {
 		cur := tx.Bucket(bucketCARevoked).Cursor()
 		for k, v := cur.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = cur.Next() {
-			var rv caRevokedValue
-			if err := json.Unmarshal(v, &rv); err != nil {
-				return fmt.Errorf("store: revoked entry %q: %w", k, err)
+			e, err := caDecodeRevoked(k, v, len(prefix))
+			if err != nil {
+				return err
 			}
-			out = append(out, ca.RevokedEntry{Serial: string(k[len(prefix):]), RevokedAt: rv.RevokedAt, Reason: rv.Reason, NotAfter: rv.NotAfter})
+			out = append(out, e)
 		}
 		return nil
 	})
