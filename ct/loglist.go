@@ -2,6 +2,7 @@ package ct
 
 import (
 	"bytes"
+	"encoding/base64"
 	"fmt"
 	"strings"
 
@@ -63,6 +64,9 @@ func listedLog(operator, desc, url string, key, logID []byte, state *loglist3.Lo
 		if err := checkLogURL(url); err != nil {
 			return Log{}, fmt.Errorf("ct: log list entry %q: %w", name, err)
 		}
+	}
+	if name == "" {
+		name = "log " + base64.StdEncoding.EncodeToString(id[:])
 	}
 	if operator == "" {
 		operator = name
