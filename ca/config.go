@@ -75,7 +75,7 @@ type IssuerConfig struct {
 
 // Profile is a certificate profile. Zero fields take defaults: Validity
 // 90d, Backdate 1h, KeyUsages [digitalSignature], AllowedKeyTypes
-// DefaultKeyTypes, MaxSANs 100, SANTypes [dns, ip], Lints the RFC 5280 and
+// DefaultKeyTypes (no Ed25519), MaxSANs 100, SANTypes [dns, ip], Lints the RFC 5280 and
 // CA/B BR sources minus the public-web lints (see docs/lints.md).
 type Profile struct {
 	// Description is shown in ACME meta.profiles and help texts.
@@ -255,8 +255,13 @@ func (d Duration) MarshalYAML() (any, error) {
 }
 
 // DefaultKeyTypes are the subject key types allowed when a profile lists
-// none.
-var DefaultKeyTypes = []string{"ecdsa-p256", "ecdsa-p384", "rsa-2048", "rsa-3072", "rsa-4096", "ed25519"}
+// none. Ed25519 is not among them because the Baseline Requirements (and
+// so the default lint set) do not allow it; the client and operator
+// profiles, which are linted against the RFCs only, add it.
+var DefaultKeyTypes = []string{"ecdsa-p256", "ecdsa-p384", "rsa-2048", "rsa-3072", "rsa-4096"}
+
+// rfcOnlyKeyTypes are the defaults of the RFC-linted client profiles.
+var rfcOnlyKeyTypes = []string{"ecdsa-p256", "ecdsa-p384", "rsa-2048", "rsa-3072", "rsa-4096", "ed25519"}
 
 // knownKeyTypes are all key types a profile may list.
 var knownKeyTypes = map[string]bool{
@@ -282,26 +287,28 @@ func DefaultProfiles() map[string]Profile {
 			AllowNotBeforeNotAfter: true,
 		},
 		"client": {
-			Description:  "TLS client: clientAuth, DNS, email and URI names",
-			Validity:     Duration(90 * 24 * time.Hour),
-			Backdate:     Duration(time.Hour),
-			KeyUsages:    []string{"digitalSignature"},
-			ExtKeyUsages: []string{"clientAuth"},
-			SANTypes:     []string{"dns", "email", "uri"},
-			MaxSANs:      10,
-			KeepCN:       true,
-			Lints:        LintConfig{Sources: []string{"RFC5280", "RFC5480", "RFC3279", "RFC8813"}},
+			Description:     "TLS client: clientAuth, DNS, email and URI names",
+			Validity:        Duration(90 * 24 * time.Hour),
+			Backdate:        Duration(time.Hour),
+			KeyUsages:       []string{"digitalSignature"},
+			ExtKeyUsages:    []string{"clientAuth"},
+			SANTypes:        []string{"dns", "email", "uri"},
+			AllowedKeyTypes: rfcOnlyKeyTypes,
+			MaxSANs:         10,
+			KeepCN:          true,
+			Lints:           LintConfig{Sources: []string{"RFC5280", "RFC5480", "RFC3279", "RFC8813"}},
 		},
 		"operator": {
-			Description:  "hsmca operator: clientAuth for the admin API",
-			Validity:     Duration(30 * 24 * time.Hour),
-			Backdate:     Duration(time.Hour),
-			KeyUsages:    []string{"digitalSignature"},
-			ExtKeyUsages: []string{"clientAuth"},
-			SANTypes:     []string{"email", "uri"},
-			MaxSANs:      4,
-			KeepCN:       true,
-			Lints:        LintConfig{Sources: []string{"RFC5280", "RFC5480", "RFC3279", "RFC8813"}},
+			Description:     "hsmca operator: clientAuth for the admin API",
+			Validity:        Duration(30 * 24 * time.Hour),
+			Backdate:        Duration(time.Hour),
+			KeyUsages:       []string{"digitalSignature"},
+			ExtKeyUsages:    []string{"clientAuth"},
+			SANTypes:        []string{"email", "uri"},
+			AllowedKeyTypes: rfcOnlyKeyTypes,
+			MaxSANs:         4,
+			KeepCN:          true,
+			Lints:           LintConfig{Sources: []string{"RFC5280", "RFC5480", "RFC3279", "RFC8813"}},
 		},
 	}
 }
