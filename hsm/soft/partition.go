@@ -2,6 +2,7 @@ package soft
 
 import (
 	"crypto"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -9,7 +10,6 @@ import (
 	"sync"
 	"time"
 
-	"encoding/json"
 	"filippo.io/age"
 	"github.com/hsmca/hsmca/hsm"
 	"github.com/hsmca/hsmca/hsm/quorum"
