@@ -11,10 +11,10 @@ import (
 	"crypto/x509/pkix"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/big"
 	"net"
 	"net/http"
-	"log/slog"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -288,7 +288,7 @@ type env struct {
 	base   string // .../acme/
 	tlsCfg *tls.Config
 	client *http.Client // trusts the server's certificate
-	dir    string // directory URL
+	dir    string       // directory URL
 }
 
 func newEnv(t testing.TB, mod func(*acme.Config)) *env {

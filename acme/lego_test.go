@@ -30,7 +30,7 @@ type legoUser struct {
 	reg *acme.ExtendedAccount
 }
 
-func (u *legoUser) GetEmail() string                        { return "ops@example.test" }
+func (u *legoUser) GetEmail() string                       { return "ops@example.test" }
 func (u *legoUser) GetRegistration() *acme.ExtendedAccount { return u.reg }
 func (u *legoUser) GetPrivateKey() crypto.Signer           { return u.key }
 

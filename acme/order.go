@@ -323,12 +323,15 @@ func (s *Server) writeOrder(w http.ResponseWriter, q *request, o *Order, code in
 // "processing" (RFC 8555 §7.4: the client then polls the order).
 const finalizeWait = 2 * time.Second
 
-// handleFinalize implements RFC 8555 §7.4. The order moves to processing
-// (durably, with a work record) and issuance starts at once; if the CA
-// answers within finalizeWait the reply already carries the final state,
-// otherwise "processing" with Retry-After and issuance completes in the
-// background. If the CA is unavailable (sealed), the order goes back to
-// ready and the client gets 503 with Retry-After.
+// handleFinalize implements RFC 8555 §7.4. Issuance starts at once. If the
+// CA answers within finalizeWait, the reply carries the final state and the
+// order costs one durable write (the certificate and the valid order
+// together); a crash before that write leaves the order ready, and the
+// client, which got no answer, finalizes again. Otherwise the order is
+// written as processing (with a work record) before the reply says so,
+// and issuance completes in the background. If the CA is unavailable
+// (sealed) the order stays ready and the client gets 503 with
+// Retry-After.
 func (s *Server) handleFinalize(w http.ResponseWriter, q *request) *Problem {
 	var req struct {
 		CSR string `json:"csr"`
@@ -341,7 +344,8 @@ func (s *Server) handleFinalize(w http.ResponseWriter, q *request) *Problem {
 		return malformed("csr is not base64url DER")
 	}
 	ctx := q.r.Context()
-	unlock := s.lock(q.r.PathValue("id"))
+	id := q.r.PathValue("id")
+	unlock := s.lock(id)
 	o, p := s.loadOwnOrder(q)
 	if p != nil {
 		unlock()
@@ -360,45 +364,72 @@ func (s *Server) handleFinalize(w http.ResponseWriter, q *request) *Problem {
 		unlock()
 		return p
 	}
-	o.Status, o.CSR = StatusProcessing, der
-	if err := s.st.UpdateOrder(ctx, o, WorkFinalize+o.ID, true); err != nil {
+	if _, busy := s.finalizing.LoadOrStore(o.ID, struct{}{}); busy {
 		unlock()
-		return s.internalErr("update order", err)
+		return prob(ProbOrderNotReady, 403, "order is being finalized")
 	}
 	unlock()
+	o.CSR = der
 
-	// 0: running, 1: handed to the request, 2: left to the background.
+	// state: 0 issuing, 1 result handed to this request, 2 left to the
+	// background. Transitions happen under the order's lock, so the
+	// background never writes before the processing state is stored.
 	var state atomic.Int32
-	done := make(chan error, 1)
+	type result struct {
+		c   *Cert
+		err error
+	}
+	done := make(chan result, 1)
 	s.bg.Add(1)
 	go func() {
 		defer s.bg.Done()
-		err := s.issue(o)
+		c, err := s.issueCert(o)
+		unlock := s.lock(o.ID)
+		defer unlock()
 		if state.CompareAndSwap(0, 1) {
-			done <- err
+			done <- result{c, err}
 			return
 		}
-		s.issueDone(o, err, false)
+		defer s.finalizing.Delete(o.ID)
+		if err == nil {
+			err = s.finishLocked(o, c)
+		}
+		if err != nil {
+			s.failLocked(o, err)
+		}
 	}()
 	t := time.NewTimer(finalizeWait)
 	defer t.Stop()
+	var res result
 	select {
-	case err := <-done:
-		if p := s.issueDone(o, err, true); p != nil {
-			return p
-		}
+	case res = <-done:
+		defer s.lock(o.ID)()
 	case <-t.C:
-		if !state.CompareAndSwap(0, 2) {
-			if p := s.issueDone(o, <-done, true); p != nil {
-				return p
+		defer s.lock(o.ID)()
+		if state.CompareAndSwap(0, 2) {
+			o.Status = StatusProcessing
+			if err := s.st.UpdateOrder(ctx, o, WorkFinalize+o.ID, true); err != nil {
+				// The background attempt still settles the order.
+				return s.internalErr("update order", err)
 			}
+			retryAfter(w, s.cfg.RetryAfter)
+			return s.writeJSON(w, http.StatusOK, s.url(pOrder+o.ID), s.orderJSON(o, StatusProcessing))
 		}
+		res = <-done
 	}
-	o2, err := s.st.GetOrder(ctx, o.ID)
-	if err != nil {
-		return s.internalErr("get order", err)
+	defer s.finalizing.Delete(o.ID)
+	if res.err == nil {
+		res.err = s.finishLocked(o, res.c)
 	}
-	return s.writeOrder(w, q, o2, http.StatusOK)
+	if res.err != nil {
+		p := toProblem(res.err)
+		if p.Status == http.StatusServiceUnavailable {
+			return p // the order stays ready
+		}
+		s.failLocked(o, res.err)
+		return p
+	}
+	return s.writeJSON(w, http.StatusOK, s.url(pOrder+o.ID), s.orderJSON(o, StatusValid))
 }
 
 // checkCSR checks the CSR against the order (RFC 8555 §7.4): valid
@@ -454,12 +485,12 @@ func (s *Server) checkCSR(q *request, o *Order, der []byte) *Problem {
 	return nil
 }
 
-// issue asks the CA to sign the order's CSR.
-func (s *Server) issue(o *Order) error {
+// issueCert asks the CA to sign the order's CSR.
+func (s *Server) issueCert(o *Order) (*Cert, error) {
 	select {
 	case s.issueCh <- struct{}{}:
 	case <-s.ctx.Done():
-		return s.ctx.Err()
+		return nil, s.ctx.Err()
 	}
 	defer func() { <-s.issueCh }()
 	ctx, cancel := context.WithTimeout(s.ctx, time.Minute)
@@ -467,17 +498,21 @@ func (s *Server) issue(o *Order) error {
 	iss, err := s.ca.Issue(ctx, IssueRequest{CSR: o.CSR, Profile: o.Profile, Identifiers: o.Identifiers,
 		NotBefore: o.NotBefore, NotAfter: o.NotAfter})
 	if err != nil {
-		return err
+		return nil, err
 	}
 	leaf, err := x509.ParseCertificate(iss.DER)
 	if err != nil {
-		return errors.New("acme: CA returned a certificate that does not parse")
+		return nil, errors.New("acme: CA returned a certificate that does not parse")
 	}
-	c := &Cert{Serial: serialHex(leaf), CASerial: iss.Serial, AccountID: o.AccountID, OrderID: o.ID,
-		DER: iss.DER, Chain: iss.Chain, NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter}
-	unlock := s.lock(o.ID)
-	defer unlock()
-	o.Status, o.CertSerial, o.CSR = StatusValid, c.Serial, nil
+	return &Cert{Serial: serialHex(leaf), CASerial: iss.Serial, AccountID: o.AccountID, OrderID: o.ID,
+		DER: iss.DER, Chain: iss.Chain, NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter}, nil
+}
+
+// finishLocked stores the certificate with the now valid order (one
+// transaction) and marks the certificate it replaces. The caller holds
+// the order's lock.
+func (s *Server) finishLocked(o *Order, c *Cert) error {
+	o.Status, o.CertSerial, o.CSR, o.Error = StatusValid, c.Serial, nil, nil
 	if err := s.st.FinishOrder(s.ctx, o, c); err != nil {
 		return err
 	}
@@ -492,42 +527,19 @@ func (s *Server) issue(o *Order) error {
 	return nil
 }
 
-// issueDone settles an order whose issuance ended with err. In the
-// foreground (the finalize request is waiting) an unavailable CA sends the
-// order back to ready and the client gets 503; in the background, or for
-// any other failure, the order becomes invalid with the problem.
-func (s *Server) issueDone(o *Order, err error, fg bool) *Problem {
-	if err == nil {
-		return nil
-	}
+// failLocked makes the order invalid with the problem err maps to; the
+// caller holds the order's lock.
+func (s *Server) failLocked(o *Order, err error) {
 	p := toProblem(err)
 	if p.Type == ProbServerInternal {
 		s.log.Error("acme: issuance failed", "order", o.ID, "err", err)
 	}
-	unlock := s.lock(o.ID)
-	defer unlock()
-	cur, gerr := s.st.GetOrder(s.ctx, o.ID)
-	if gerr != nil {
-		return s.internalErr("get order", gerr)
+	e := *p
+	e.retryAfter = 0
+	o.Status, o.CSR, o.Error = StatusInvalid, nil, &e
+	if err := s.st.UpdateOrder(s.ctx, o, WorkFinalize+o.ID, false); err != nil {
+		s.log.Error("acme: store failed order", "order", o.ID, "err", err)
 	}
-	if cur.Status != StatusProcessing {
-		return nil
-	}
-	if fg && p.Status == http.StatusServiceUnavailable {
-		cur.Status, cur.CSR = StatusPending, nil
-	} else {
-		cur.Status, cur.CSR = StatusInvalid, nil
-		e := *p
-		e.retryAfter = 0
-		cur.Error = &e
-	}
-	if err := s.st.UpdateOrder(s.ctx, cur, WorkFinalize+cur.ID, false); err != nil {
-		return s.internalErr("update order", err)
-	}
-	if fg {
-		return p
-	}
-	return nil
 }
 
 func serialHex(c *x509.Certificate) string { return c.SerialNumber.Text(16) }

@@ -34,8 +34,9 @@ type Server struct {
 	dirJSON []byte
 	mux     *http.ServeMux
 
-	locks    [256]sync.Mutex
-	lockSeed maphash.Seed
+	locks      [256]sync.Mutex
+	finalizing sync.Map // order IDs being finalized in this process
+	lockSeed   maphash.Seed
 
 	val *validator
 
