@@ -24,9 +24,15 @@ type e2eBackend struct {
 	initFlags func(t *testing.T, module, partition string) []string
 	// keyTypes are the key types the backend must generate (one key each).
 	keyTypes []string
-	// tamperAudit alters one audit record in the module directory, so that
-	// audit verify must fail. nil skips the tamper step.
+	// tamperAudit alters the audit log in a module directory the way an
+	// attacker with write access would; audit verify must then fail. nil
+	// skips the step. tamperBoltAudit does it for a log kept in a bbolt file
+	// in the module directory.
 	tamperAudit func(t *testing.T, module string)
+	// auditTampers are more such alterations by name (boltAuditTampers:
+	// change, delete, truncate records). Each of these and tamperAudit runs
+	// on its own copy of the module directory.
+	auditTampers map[string]func(t *testing.T, module string)
 }
 
 // e2eStatus mirrors `hsm status --json`.
@@ -549,18 +555,57 @@ func runHSMEndToEnd(t *testing.T, b e2eBackend) {
 		}
 	})
 
+	tampers := map[string]func(t *testing.T, module string){}
+	for name, f := range b.auditTampers {
+		tampers[name] = f
+	}
 	if b.tamperAudit != nil {
-		step("audit tampering is detected", func(t *testing.T) {
-			b.tamperAudit(t, mod)
-			r := mustFail(t, work, 1, []string{"audit", "hint:"}, m("audit", "verify", "--module", mod)...)
+		tampers["tamperAudit"] = b.tamperAudit
+	}
+	for name, tamper := range tampers {
+		step("audit tampering is detected: "+name, func(t *testing.T) {
+			copyMod := filepath.Join(t.TempDir(), "module")
+			copyDir(t, mod, copyMod)
+			mustRun(t, work, m("audit", "verify", "--module", copyMod)...)
+			tamper(t, copyMod)
+			r := mustFail(t, work, 1, []string{"audit", "hint:"}, m("audit", "verify", "--module", copyMod)...)
 			if strings.Contains(r.stdout, "audit log OK") {
 				t.Errorf("tampered log reported OK:\n%s", r)
 			}
-			r = runCLI(t, work, m("audit", "verify", "--module", mod, "--json")...)
+			r = runCLI(t, work, m("audit", "verify", "--module", copyMod, "--json")...)
 			a := decodeJSON[e2eAudit](t, r)
 			if r.code != 1 || a.OK || a.Error == "" {
 				t.Errorf("tampered log, --json: %+v\n%s", a, r)
 			}
 		})
+	}
+}
+
+// copyDir copies the regular files of a module directory tree.
+func copyDir(t *testing.T, from, to string) {
+	t.Helper()
+	err := filepath.WalkDir(from, func(path string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, err := filepath.Rel(from, path)
+		if err != nil {
+			return err
+		}
+		dst := filepath.Join(to, rel)
+		switch {
+		case d.IsDir():
+			return os.MkdirAll(dst, 0o700)
+		case d.Type().IsRegular():
+			data, err := os.ReadFile(path)
+			if err != nil {
+				return err
+			}
+			return os.WriteFile(dst, data, 0o600)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("copy module: %v", err)
 	}
 }

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"bytes"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -19,20 +20,18 @@ func TestHSMEndToEndSoft(t *testing.T) {
 		t.Skip("end-to-end: builds and runs the hsmca binary")
 	}
 	runHSMEndToEnd(t, e2eBackend{
-		name:        "soft",
-		initFlags:   func(*testing.T, string, string) []string { return nil },
-		keyTypes:    []string{"ecdsa-p256", "ecdsa-p384", "rsa-2048", "ed25519"},
-		tamperAudit: tamperBoltAudit,
+		name:         "soft",
+		initFlags:    func(*testing.T, string, string) []string { return nil },
+		keyTypes:     []string{"ecdsa-p256", "ecdsa-p384", "rsa-2048", "ed25519"},
+		auditTampers: boltAuditTampers,
 	})
 }
 
-// tamperBoltAudit alters one audit record the way an attacker with write
-// access to the module directory would: it opens every bbolt file in the
-// module directory, finds the bucket whose name contains "audit" (at any
-// depth), and changes one character of the second record's value. The
-// record stays well-formed where it can (a letter becomes another letter),
-// so that only the hash chain can tell.
-func tamperBoltAudit(t *testing.T, module string) {
+// The audit tampers edit the module's bbolt file directly, as an attacker
+// with write access to the module directory could: editBoltAudit opens every
+// bbolt file in the directory and hands the first bucket whose name is
+// "audit" (the records, one per sequence number, in order) to edit.
+func editBoltAudit(t *testing.T, module string, edit func(b *bolt.Bucket) error) {
 	t.Helper()
 	entries, err := os.ReadDir(module)
 	if err != nil {
@@ -47,64 +46,98 @@ func tamperBoltAudit(t *testing.T, module string) {
 		if err != nil {
 			continue // not a bbolt file
 		}
-		done := false
+		found := false
 		err = db.Update(func(tx *bolt.Tx) error {
-			return tx.ForEach(func(name []byte, b *bolt.Bucket) error {
-				if !done {
-					done = tamperBucket(name, b)
-				}
+			b := tx.Bucket([]byte("audit"))
+			if b == nil {
 				return nil
-			})
+			}
+			found = true
+			return edit(b)
 		})
 		db.Close()
 		if err != nil {
 			t.Fatalf("tamper %s: %v", path, err)
 		}
-		if done {
+		if found {
 			return
 		}
 	}
-	t.Fatalf("no audit bucket found in the bbolt files of %s", module)
+	t.Fatalf("no audit bucket in the bbolt files of %s", module)
 }
 
-// tamperBucket changes the second value of the first bucket (this one or
-// nested) named like "audit" and reports whether it did.
-func tamperBucket(name []byte, b *bolt.Bucket) bool {
-	if bytes.Contains(bytes.ToLower(name), []byte("audit")) {
-		c := b.Cursor()
-		n := 0
-		for k, v := c.First(); k != nil && n < 10000; k, v = c.Next() {
-			if v == nil {
-				continue // nested bucket
-			}
-			n++
-			if n < 2 {
-				continue
-			}
-			nv := append([]byte(nil), v...)
-			changed := false
-			// Prefer a lower-case letter inside a JSON string value.
-			for i := len(nv) / 2; i < len(nv) && !changed; i++ {
-				if nv[i] >= 'a' && nv[i] <= 'y' {
-					nv[i]++
-					changed = true
-				}
-			}
-			for i := 0; i < len(nv) && !changed; i++ {
-				nv[i] ^= 0x01
-				changed = true
-			}
-			return changed && b.Put(append([]byte(nil), k...), nv) == nil
+// nthRecord returns the key and value of the n-th record (1-based) of b, or
+// of the last one when n is 0.
+func nthRecord(b *bolt.Bucket, n int) (k, v []byte, err error) {
+	c := b.Cursor()
+	if n == 0 {
+		k, v = c.Last()
+	} else {
+		k, v = c.First()
+		for i := 1; i < n && k != nil; i++ {
+			k, v = c.Next()
 		}
 	}
-	done := false
-	_ = b.ForEachBucket(func(k []byte) error {
-		if !done {
-			done = tamperBucket(k, b.Bucket(k))
+	if k == nil {
+		return nil, nil, errors.New("audit bucket has too few records")
+	}
+	return append([]byte(nil), k...), append([]byte(nil), v...), nil
+}
+
+// tamperBoltAudit changes one character of the third audit record; the
+// record stays well-formed JSON, so only the hash chain can tell.
+func tamperBoltAudit(t *testing.T, module string) {
+	t.Helper()
+	editBoltAudit(t, module, func(b *bolt.Bucket) error {
+		k, v, err := nthRecord(b, 3)
+		if err != nil {
+			return err
 		}
-		return nil
+		i := bytes.Index(v, []byte(`"type":"`))
+		if i < 0 {
+			return errors.New("record has no type field")
+		}
+		v[i+len(`"type":"`)] ^= 0x01 // still a letter: a different event type
+		return b.Put(k, v)
 	})
-	return done
+}
+
+// boltAuditTampers change, delete and truncate records of an audit log kept
+// in a bbolt file in the module directory.
+var boltAuditTampers = map[string]func(t *testing.T, module string){
+	"change a record": tamperBoltAudit,
+	"change the last record": func(t *testing.T, module string) {
+		editBoltAudit(t, module, func(b *bolt.Bucket) error {
+			k, v, err := nthRecord(b, 0)
+			if err != nil {
+				return err
+			}
+			i := bytes.Index(v, []byte(`"type":"`))
+			if i < 0 {
+				return errors.New("record has no type field")
+			}
+			v[i+len(`"type":"`)] ^= 0x01
+			return b.Put(k, v)
+		})
+	},
+	"delete a record": func(t *testing.T, module string) {
+		editBoltAudit(t, module, func(b *bolt.Bucket) error {
+			k, _, err := nthRecord(b, 2)
+			if err != nil {
+				return err
+			}
+			return b.Delete(k)
+		})
+	},
+	"truncate the log": func(t *testing.T, module string) {
+		editBoltAudit(t, module, func(b *bolt.Bucket) error {
+			k, _, err := nthRecord(b, 0)
+			if err != nil {
+				return err
+			}
+			return b.Delete(k)
+		})
+	},
 }
 
 // TestHSMModuleInUse: a module held by another process is refused at once
