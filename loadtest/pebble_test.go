@@ -16,6 +16,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -124,7 +125,7 @@ type pebble struct {
 // startPebble runs bin/peers/pebble with testdata/pebble-config.json
 // rewritten to free loopback ports, validating against a stub DNS at
 // p.dnsAddr (which the load generator starts).
-func startPebble(t *testing.T) *pebble {
+func startPebble(t *testing.T, env ...string) *pebble {
 	t.Helper()
 	bin := pebbleBinary(t)
 	dir := t.TempDir()
@@ -157,6 +158,7 @@ func startPebble(t *testing.T) *pebble {
 	}
 	cmd := exec.Command(bin, "-config", cfgPath, "-dnsserver", p.dnsAddr)
 	cmd.Env = append(os.Environ(), "PEBBLE_VA_NOSLEEP=1", "PEBBLE_WFE_NONCEREJECT=0", "PEBBLE_AUTHZREUSE=0")
+	cmd.Env = append(cmd.Env, env...)
 	cmd.Stdout, cmd.Stderr = p.log, p.log
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -246,6 +248,65 @@ func TestPebble(t *testing.T) {
 			}
 			checkJSONKeys(t, rep)
 		})
+	}
+}
+
+// TestPebbleBadNonce has Pebble reject a share of nonces (a fault a real
+// server produces on demand) and checks that the client retries once and
+// counts what still fails under the badNonce problem type only.
+func TestPebbleBadNonce(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts Pebble")
+	}
+	p := startPebble(t, "PEBBLE_WFE_NONCEREJECT=40")
+	const orders = 20
+	rep, err := Run(context.Background(), Config{
+		URL: p.url, Clients: 2, Orders: orders, HTTPPort: p.httpPort, DNSAddr: p.dnsAddr,
+		CABundle: p.caBundle, MaxTime: 2 * time.Minute,
+	}, nil)
+	if err != nil {
+		// Registration itself may lose both tries on every account.
+		if strings.Contains(err.Error(), "badNonce") {
+			t.Skipf("every account lost to badNonce: %v", err)
+		}
+		t.Fatal(err)
+	}
+	t.Logf("%d ok, %d failed, errors %v, %d requests", rep.Orders, rep.FailedOrders, rep.Errors, rep.Requests)
+	if rep.Orders+rep.FailedOrders != orders {
+		t.Errorf("%d ok + %d failed, want %d orders in all", rep.Orders, rep.FailedOrders, orders)
+	}
+	if rep.Orders == 0 {
+		t.Errorf("no order succeeded despite the retry: %v", rep.Errors)
+	}
+	for k := range rep.Errors {
+		if k != problemBadNonce {
+			t.Errorf("unexpected error type %q (%s)", k, rep.FirstError)
+		}
+	}
+	if rep.FailedOrders != rep.Errors[problemBadNonce]-(rep.Clients-rep.Accounts) {
+		t.Errorf("failed orders %d, badNonce errors %v", rep.FailedOrders, rep.Errors)
+	}
+}
+
+// TestPebbleDuration checks that --duration ends the run on its own.
+func TestPebbleDuration(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts Pebble")
+	}
+	p := startPebble(t)
+	var progress lockedBuffer
+	rep, err := Run(context.Background(), Config{
+		URL: p.url, Clients: 2, Duration: 1500 * time.Millisecond, HTTPPort: p.httpPort, DNSAddr: p.dnsAddr,
+		CABundle: p.caBundle, MaxTime: 2 * time.Minute,
+	}, &progress)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Stopped != "duration" || rep.Orders == 0 || rep.FailedOrders != 0 {
+		t.Errorf("stopped by %q with %d ok, %d failed (%v); want duration, >0, 0", rep.Stopped, rep.Orders, rep.FailedOrders, rep.Errors)
+	}
+	if !strings.Contains(progress.String(), "loadtest:") || !strings.Contains(progress.String(), "in flight") {
+		t.Errorf("no progress line written: %q", progress.String())
 	}
 }
 
