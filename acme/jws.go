@@ -6,9 +6,12 @@ import (
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/sha512"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"math/big"
 	"strings"
 	"sync"
 
@@ -52,7 +55,8 @@ type parsedJWS struct {
 	hdr     protectedHeader
 	jwk     *jose.JSONWebKey // when the header carries "jwk"
 	payload []byte
-	raw     string
+	signed  string // protected "." payload, as received: the signing input
+	sig     []byte
 }
 
 // parseJWS checks the outer form of an ACME request body (RFC 8555 §6.2):
@@ -71,7 +75,6 @@ func parseJWS(body []byte) (*parsedJWS, *Problem) {
 		// POST-as-GET, like an explicit "".
 		empty := ""
 		f.Payload = &empty
-		body, _ = json.Marshal(flatJWS{Protected: f.Protected, Payload: f.Payload, Signature: f.Signature})
 	}
 	if len(f.Header) > 0 && !bytes.Equal(bytes.TrimSpace(f.Header), []byte("null")) {
 		return nil, malformed("JWS must not have an unprotected header")
@@ -80,7 +83,10 @@ func parseJWS(body []byte) (*parsedJWS, *Problem) {
 	if err != nil {
 		return nil, malformed("JWS protected header is not base64url")
 	}
-	p := &parsedJWS{raw: string(body)}
+	p := &parsedJWS{signed: f.Protected + "." + *f.Payload}
+	if p.sig, err = base64.RawURLEncoding.DecodeString(f.Signature); err != nil {
+		return nil, malformed("JWS signature is not base64url")
+	}
 	if err := json.Unmarshal(hb, &p.hdr); err != nil {
 		return nil, malformed("JWS protected header is not a JSON object")
 	}
@@ -130,14 +136,37 @@ func checkKey(k any) error {
 	return errors.New("acme: unsupported key type")
 }
 
-// verify checks the signature with key and that the algorithm fits it.
+// verify checks the signature with key (RFC 7515 §5.2, RFC 7518 §3.4 for
+// the ECDSA r||s form) and that the algorithm fits the key type. It works
+// on the signing input as received, without re-parsing the JWS.
 func (p *parsedJWS) verify(key *jose.JSONWebKey) bool {
-	sig, err := jose.ParseSignedJSON(p.raw, allowedAlgs)
-	if err != nil || len(sig.Signatures) != 1 {
-		return false
+	switch k := key.Key.(type) {
+	case *ecdsa.PublicKey:
+		var h []byte
+		switch {
+		case p.hdr.Alg == "ES256" && k.Curve.Params().Name == "P-256" && len(p.sig) == 64:
+			sum := sha256.Sum256([]byte(p.signed))
+			h = sum[:]
+		case p.hdr.Alg == "ES384" && k.Curve.Params().Name == "P-384" && len(p.sig) == 96:
+			sum := sha512.Sum384([]byte(p.signed))
+			h = sum[:]
+		default:
+			return false
+		}
+		n := len(p.sig) / 2
+		r := new(big.Int).SetBytes(p.sig[:n])
+		sv := new(big.Int).SetBytes(p.sig[n:])
+		return ecdsa.Verify(k, h, r, sv)
+	case *rsa.PublicKey:
+		if p.hdr.Alg != "RS256" {
+			return false
+		}
+		sum := sha256.Sum256([]byte(p.signed))
+		return rsa.VerifyPKCS1v15(k, crypto.SHA256, sum[:], p.sig) == nil
+	case ed25519.PublicKey:
+		return p.hdr.Alg == "EdDSA" && ed25519.Verify(k, []byte(p.signed), p.sig)
 	}
-	_, err = sig.Verify(key)
-	return err == nil
+	return false
 }
 
 // keyCache keeps parsed account keys, bounded, keyed by their JSON.
