@@ -39,6 +39,7 @@ const (
 )
 
 var (
+	testRoot     string // temporary directory of the whole test binary
 	softhsmLib   string // path of libsofthsm2.so, "" when unavailable
 	softhsmSkip  string // why SoftHSM tests skip
 	softhsmError string // why SoftHSM tests fail (setup broke)
@@ -58,8 +59,10 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
+	testRoot = dir
 	setupSoftHSM(dir)
 	code := m.Run()
+	closeBenchFixture()
 	os.RemoveAll(dir)
 	os.Exit(code)
 }
