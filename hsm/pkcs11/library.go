@@ -122,6 +122,38 @@ func (l *library) release() {
 	l.raw.Destroy()
 }
 
+// claims records which partition is logged in to which token in this
+// process. PKCS#11 login state is per process and token, so two
+// activations on one token (two module directories naming the same token)
+// would share a login and one's seal would log the other out.
+var claims = struct {
+	sync.Mutex
+	m map[string]string // library path + slot → "module/partition"
+}{m: map[string]string{}}
+
+func claimKey(lib string, slot uint) string { return fmt.Sprintf("%s\x00%d", lib, slot) }
+
+// claimToken reserves the token in slot for owner until unclaimToken.
+func claimToken(lib string, slot uint, owner string) error {
+	claims.Lock()
+	defer claims.Unlock()
+	k := claimKey(lib, slot)
+	if cur, ok := claims.m[k]; ok && cur != owner {
+		return fmt.Errorf("hsm/pkcs11: the token is active for partition %s in this process already; seal it first", cur)
+	}
+	claims.m[k] = owner
+	return nil
+}
+
+func unclaimToken(lib string, slot uint, owner string) {
+	claims.Lock()
+	defer claims.Unlock()
+	k := claimKey(lib, slot)
+	if claims.m[k] == owner {
+		delete(claims.m, k)
+	}
+}
+
 // tokenInfo is what findToken reports about the token it matched.
 type tokenInfo struct {
 	Label, Manufacturer, Model, Serial string

@@ -10,6 +10,8 @@ import (
 	"crypto/sha512"
 	"encoding/hex"
 	"errors"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -552,5 +554,33 @@ func TestDerivePIN(t *testing.T) {
 	pc.PINLength = 17
 	if d, _ := derivePIN(secret, "m1", pc); len(d) != 17 {
 		t.Fatalf("odd length: %d", len(d))
+	}
+}
+
+func TestOneActivationPerToken(t *testing.T) {
+	needSoftHSM(t)
+	mod, shares, dir := initModule(t, tokDirect, hsm.InitOptions{Partition: "issuing", Shares: 2, Threshold: 1}, Options{})
+	defer mod.Close()
+	// A copy of the module directory names the same token.
+	copyDir := filepath.Join(t.TempDir(), "copy")
+	if out, err := exec.Command("cp", "-r", dir, copyDir).CombinedOutput(); err != nil {
+		t.Fatalf("cp: %v %s", err, out)
+	}
+	twin, err := Open(copyDir, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer twin.Close()
+	p1, _ := mod.Partition("issuing")
+	p2, _ := twin.Partition("issuing")
+	activate(t, p1, shares[0])
+	if _, err := p2.AddShare(shares[1]); err == nil || !strings.Contains(err.Error(), "active for partition issuing") {
+		t.Fatalf("second activation on the same token: %v", err)
+	}
+	if err := p1.Seal(); err != nil {
+		t.Fatal(err)
+	}
+	if st := activate(t, p2, shares[1]); st.State != hsm.StateActive {
+		t.Fatalf("twin after seal: %+v", st)
 	}
 }

@@ -183,6 +183,11 @@ func (p *Partition) activate(secret []byte) error {
 		clear(pin)
 		return p.activationFailed(err)
 	}
+	owner := p.owner()
+	if err := claimToken(lib.path, slot, owner); err != nil {
+		clear(pin)
+		return p.activationFailed(err)
+	}
 	slotNum := int(slot)
 	c11 := &crypto11.Config{
 		Path: lib.path, SlotNumber: &slotNum, Pin: pinString(pin),
@@ -192,6 +197,7 @@ func (p *Partition) activate(secret []byte) error {
 	c11.Pin = ""
 	if err != nil {
 		clear(pin)
+		unclaimToken(lib.path, slot, owner)
 		if isCode(err, p11.CKR_PIN_INCORRECT) {
 			err = fmt.Errorf("hsm/pkcs11: partition %s: the token refused the PIN recovered from the shares (was its PIN changed or the token re-initialized outside hsmca?)", p.name)
 		} else {
@@ -221,6 +227,11 @@ func (p *Partition) activate(secret []byte) error {
 func (p *Partition) activationFailed(err error) error {
 	_, aerr := p.m.log.Append("activate-failed", p.name, map[string]string{"reason": err.Error()})
 	return errors.Join(err, aerr)
+}
+
+// owner names this partition object for token claims.
+func (p *Partition) owner() string {
+	return fmt.Sprintf("%s of module %s (%s)", p.name, p.m.cfg.ModuleID, p.m.dir)
 }
 
 // SetOperationSignatures sets the signature budget of the next activation
@@ -254,6 +265,7 @@ func (p *Partition) Seal() error {
 func (p *Partition) sealLocked(reason string) error {
 	err := p.ctx.Close() // waits for sessions in use, closes them
 	p.lib.logoutAll(p.slot)
+	unclaimToken(p.lib.path, p.slot, p.owner())
 	clear(p.pin)
 	p.pin, p.ctx = nil, nil
 	p.smu.Lock()
