@@ -41,9 +41,12 @@ type Config struct {
 	// DefaultIssuer names the issuer used when a request names none; empty
 	// means the first of Issuers.
 	DefaultIssuer string `yaml:"default_issuer,omitempty"`
-	// Profiles are merged over DefaultProfiles: a profile named here
-	// replaces the default of the same name, zero fields taking the
-	// defaults described on Profile.
+	// Profiles are added to DefaultProfiles. A profile named like a
+	// default (server, client, operator) starts from it: fields left empty
+	// keep the default's values, except the booleans keep_cn and
+	// allow_not_before_not_after, which are taken as written (false when
+	// absent). Other profiles' empty fields take the defaults described on
+	// Profile.
 	Profiles map[string]Profile `yaml:"profiles,omitempty"`
 	// Policy is the CA-wide name policy. A name must pass both this and the
 	// profile's policy.
@@ -345,17 +348,52 @@ func (p Profile) withDefaults() Profile {
 	return p
 }
 
-// EffectiveProfiles returns DefaultProfiles overlaid with c.Profiles, every
-// zero field filled with its default.
+// EffectiveProfiles returns DefaultProfiles overlaid with c.Profiles (see
+// Config.Profiles), every zero field filled with its default.
 func (c Config) EffectiveProfiles() map[string]Profile {
 	out := DefaultProfiles()
 	for name, p := range c.Profiles {
+		if base, ok := out[name]; ok {
+			p = overlay(base, p)
+		}
 		out[name] = p
 	}
 	for name, p := range out {
 		out[name] = p.withDefaults()
 	}
 	return out
+}
+
+// overlay fills p's empty non-boolean fields from base.
+func overlay(base, p Profile) Profile {
+	if p.Description == "" {
+		p.Description = base.Description
+	}
+	if p.Validity == 0 {
+		p.Validity = base.Validity
+	}
+	if p.Backdate == 0 {
+		p.Backdate = base.Backdate
+	}
+	if len(p.KeyUsages) == 0 {
+		p.KeyUsages = base.KeyUsages
+	}
+	if len(p.ExtKeyUsages) == 0 {
+		p.ExtKeyUsages = base.ExtKeyUsages
+	}
+	if len(p.AllowedKeyTypes) == 0 {
+		p.AllowedKeyTypes = base.AllowedKeyTypes
+	}
+	if len(p.SANTypes) == 0 {
+		p.SANTypes = base.SANTypes
+	}
+	if p.MaxSANs == 0 {
+		p.MaxSANs = base.MaxSANs
+	}
+	if len(p.Lints.Sources) == 0 {
+		p.Lints.Sources = base.Lints.Sources
+	}
+	return p
 }
 
 // DecodeConfig decodes a Config from YAML, refusing unknown fields, and
@@ -421,8 +459,9 @@ func (c Config) Validate() error {
 	if c.CRL.Validity < 0 || c.CRL.Backdate < 0 || c.OCSP.Validity < 0 {
 		return errors.New("ca: config: crl/ocsp durations must not be negative")
 	}
-	names := make([]string, 0, len(c.Profiles))
-	for name := range c.Profiles {
+	profiles := c.EffectiveProfiles()
+	names := make([]string, 0, len(profiles))
+	for name := range profiles {
 		names = append(names, name)
 	}
 	sort.Strings(names)
@@ -430,7 +469,7 @@ func (c Config) Validate() error {
 		if !validToken(name) {
 			return fmt.Errorf("ca: config: profile name %q: want letters, digits, '.', '_' or '-'", name)
 		}
-		if err := c.Profiles[name].withDefaults().validate("profiles." + name); err != nil {
+		if err := profiles[name].validate("profiles." + name); err != nil {
 			return err
 		}
 	}

@@ -31,6 +31,14 @@ func TestDecodeExampleConfig(t *testing.T) {
 	if _, ok := profs["operator"]; !ok {
 		t.Error("default operator profile missing")
 	}
+	over, err := ca.DecodeConfig(strings.NewReader("issuers: [{name: i1, certificate: i1.pem}]\nprofiles:\n  client: {validity: 7d}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl := over.EffectiveProfiles()["client"]
+	if cl.Validity.D() != 7*24*time.Hour || len(cl.ExtKeyUsages) != 1 || cl.ExtKeyUsages[0] != "clientAuth" || cl.KeepCN {
+		t.Errorf("client overlaid on the default: %+v", cl)
+	}
 	if profs["public-ct"].CT.Mode != ca.CTBestEffort || profs["client"].CT.Mode != ca.CTOff {
 		t.Error("CT modes not decoded or defaulted")
 	}
