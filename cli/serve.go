@@ -3,7 +3,6 @@ package cli
 import (
 	"context"
 	"crypto"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -321,7 +320,12 @@ func (r *running) printReady(e *env) {
 	if r.socket != "" {
 		fmt.Fprintf(e.stdout, "hsmca ca serve: admin socket %s\n", r.socket)
 	}
-	fmt.Fprintf(e.stdout, "hsmca ca serve: partition %s is %s: %s\n", q.Partition, q.State, server.SealedDetail(q))
+	if q.Active() {
+		fmt.Fprintf(e.stdout, "hsmca ca serve: partition %s is active (%d of %d shares presented)\n", q.Partition, q.Presented, q.Threshold)
+	} else {
+		fmt.Fprintf(e.stdout, "hsmca ca serve: partition %s is %s: %s; custodians activate it with `hsmca hsm activate --socket PATH|--server URL --share FILE`\n",
+			q.Partition, q.State, server.SealedDetail(q))
+	}
 }
 
 // run serves until ctx ends (SIGTERM/SIGINT) or a listener fails; SIGHUP
@@ -429,6 +433,3 @@ func (q *partitionQuorum) AddShare(text []byte) (server.QuorumStatus, error) {
 }
 
 func (q *partitionQuorum) Seal() error { return q.p.Seal() }
-
-// parseCertsPEM is a small helper for quickstart and tests.
-func parseCertsPEM(b []byte) ([]*x509.Certificate, error) { return ca.ParsePEMCertificates(b) }
