@@ -5,6 +5,8 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -116,4 +118,38 @@ func VerifyEmbedded(cert, issuer *x509.Certificate, logs []Log) ([]VerifiedSCT, 
 		return ok, &VerifyError{Failures: failed}
 	}
 	return ok, nil
+}
+
+// LoadVerificationLogs gathers the logs whose SCTs VerifyEmbedded should
+// accept: every log in the loglist3 file at listPath (whatever its state:
+// a certificate may carry SCTs from logs retired since) and one log per
+// public key file in keyPaths, named after the file (without extension).
+// Either may be empty, not both.
+func LoadVerificationLogs(listPath string, keyPaths []string) ([]Log, error) {
+	if listPath == "" && len(keyPaths) == 0 {
+		return nil, errors.New("ct: no logs to verify against (give a log list or log keys)")
+	}
+	var logs []Log
+	if listPath != "" {
+		data, err := os.ReadFile(listPath)
+		if err != nil {
+			return nil, fmt.Errorf("ct: read log list: %w", err)
+		}
+		if logs, err = ParseLogList(data); err != nil {
+			return nil, err
+		}
+	}
+	for _, p := range keyPaths {
+		data, err := os.ReadFile(p)
+		if err != nil {
+			return nil, fmt.Errorf("ct: read log key: %w", err)
+		}
+		pub, id, err := ParsePublicKey(data)
+		if err != nil {
+			return nil, fmt.Errorf("%w (%s)", err, p)
+		}
+		name := strings.TrimSuffix(filepath.Base(p), filepath.Ext(p))
+		logs = append(logs, Log{Name: name, Operator: name, ID: id, PublicKey: pub})
+	}
+	return logs, nil
 }
