@@ -5,6 +5,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/x509"
 	"net/http"
 	"strings"
 	"testing"
@@ -160,6 +161,11 @@ func TestProtocolAbuse(t *testing.T) {
 		r = a.finalize(order, makeCSR(t, "other.example.test"))
 		check(t, r, 400, hacme.ProbBadCSR)
 		// Signed with the account key itself.
+		der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{DNSNames: []string{"abuse.example.test"}}, a.key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		check(t, a.finalize(order, der), 400, hacme.ProbBadCSR)
 		if o := decode[orderResp](t, a.post(orderURL, nil, signOpts{})); o.Status != "ready" {
 			t.Fatalf("order is %s after bad CSRs", o.Status)
 		}

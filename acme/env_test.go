@@ -281,6 +281,7 @@ type env struct {
 	chal   *challengeServers
 	dbPath string
 	cfg    acme.Config
+	opts   acme.Options
 	st     *store.Store
 	srv    *acme.Server
 	http   *http.Server
@@ -292,9 +293,13 @@ type env struct {
 }
 
 func newEnv(t testing.TB, mod func(*acme.Config)) *env {
+	return newEnvOpts(t, mod, acme.Options{})
+}
+
+func newEnvOpts(t testing.TB, mod func(*acme.Config), opts acme.Options) *env {
 	t.Helper()
 	e := &env{t: t, ca: newFakeCA(t), dns: newTestDNS(t), chal: newChallengeServers(t),
-		dbPath: filepath.Join(t.TempDir(), "hsmca.db")}
+		dbPath: filepath.Join(t.TempDir(), "hsmca.db"), opts: opts}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -329,7 +334,11 @@ func (e *env) start() {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	srv, err := acme.New(e.cfg, e.ca, st, acme.Options{Logger: testLogger})
+	opts := e.opts
+	if opts.Logger == nil {
+		opts.Logger = testLogger
+	}
+	srv, err := acme.New(e.cfg, e.ca, st, opts)
 	if err != nil {
 		st.Close()
 		e.t.Fatal(err)

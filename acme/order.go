@@ -2,6 +2,7 @@ package acme
 
 import (
 	"context"
+	"crypto"
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/pem"
@@ -478,7 +479,7 @@ func (s *Server) checkCSR(q *request, o *Order, der []byte) *Problem {
 		}
 	}
 	if key, err := s.keys.get(q.acct.Key); err == nil {
-		if eq, ok := key.Key.(interface{ Equal(any) bool }); ok && eq.Equal(csr.PublicKey) {
+		if eq, ok := key.Key.(interface{ Equal(crypto.PublicKey) bool }); ok && eq.Equal(csr.PublicKey) {
 			return prob(ProbBadCSR, 400, "the certificate key must not be the account key")
 		}
 	}

@@ -3,6 +3,7 @@ package acme
 import (
 	"bytes"
 	"context"
+	"crypto"
 	"crypto/x509"
 	"encoding/base64"
 	"errors"
@@ -76,6 +77,6 @@ func (s *Server) handleRevoke(w http.ResponseWriter, q *request) *Problem {
 }
 
 func sameKey(k *jose.JSONWebKey, pub any) bool {
-	eq, ok := k.Key.(interface{ Equal(any) bool })
+	eq, ok := k.Key.(interface{ Equal(crypto.PublicKey) bool })
 	return ok && eq.Equal(pub)
 }

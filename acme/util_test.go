@@ -18,6 +18,13 @@ func b64(b []byte) string { return base64.RawURLEncoding.EncodeToString(b) }
 // makeCSR returns a P-256 CSR for DNS names and IP addresses.
 func makeCSR(t testing.TB, names ...string) []byte {
 	t.Helper()
+	csr, _ := makeCSRKey(t, names...)
+	return csr
+}
+
+// makeCSRKey is makeCSR that also returns the certificate key.
+func makeCSRKey(t testing.TB, names ...string) ([]byte, *ecdsa.PrivateKey) {
+	t.Helper()
 	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	tpl := &x509.CertificateRequest{Subject: pkix.Name{}}
 	for _, n := range names {
@@ -31,7 +38,7 @@ func makeCSR(t testing.TB, names ...string) []byte {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return der
+	return der, k
 }
 
 func jsonDecode(r io.Reader, v any) error { return json.NewDecoder(r).Decode(v) }

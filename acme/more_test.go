@@ -1,0 +1,177 @@
+package acme_test
+
+import (
+	"crypto/x509"
+	"encoding/pem"
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+
+	jose "github.com/go-jose/go-jose/v4"
+	hacme "github.com/hsmca/hsmca/acme"
+)
+
+func TestRateLimits(t *testing.T) {
+	var mu sync.Mutex
+	now := time.Now()
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	e := newEnvOpts(t, func(c *hacme.Config) {
+		c.RateLimits = hacme.RateLimits{AccountRate: 1, AccountBurst: 3, IPRate: 1, IPBurst: 1000, NewOrderRate: -1}
+	}, hacme.Options{Clock: clock})
+	a := newRaw(t, e)
+	a.register()
+	limited := 0
+	for i := 0; i < 5; i++ {
+		r := a.post(a.kid, nil, signOpts{})
+		if r.code == http.StatusTooManyRequests {
+			if r.problemType() != hacme.ProbRateLimited || r.hdr.Get("Retry-After") == "" {
+				t.Fatalf("limited answer: %d %s %v", r.code, r.body, r.hdr)
+			}
+			limited++
+		}
+	}
+	if limited != 2 {
+		t.Fatalf("%d of 5 requests limited, want 2 (burst 3, frozen clock)", limited)
+	}
+	// Time passes: the bucket refills.
+	mu.Lock()
+	now = now.Add(2 * time.Second)
+	mu.Unlock()
+	if r := a.post(a.kid, nil, signOpts{}); r.code != 200 {
+		t.Fatalf("after refill: %d %s", r.code, r.body)
+	}
+	// Another account is not affected.
+	b := newRaw(t, e)
+	b.register()
+	if r := b.post(b.kid, nil, signOpts{}); r.code != 200 {
+		t.Fatalf("other account: %d %s", r.code, r.body)
+	}
+}
+
+func TestIPRateLimit(t *testing.T) {
+	e := newEnvOpts(t, func(c *hacme.Config) {
+		c.RateLimits = hacme.RateLimits{IPRate: 0.001, IPBurst: 3}
+	}, hacme.Options{Clock: func() time.Time { return time.Unix(1e9, 0) }})
+	codes := []int{}
+	for i := 0; i < 4; i++ {
+		resp, err := e.client.Get(e.dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		codes = append(codes, resp.StatusCode)
+	}
+	if codes[2] != 200 || codes[3] != http.StatusTooManyRequests {
+		t.Fatalf("codes %v", codes)
+	}
+}
+
+func TestRevokeByCertificateKey(t *testing.T) {
+	e := newEnv(t, nil)
+	a := newRaw(t, e)
+	a.register()
+	u, o := a.newOrder("rk.example.test")
+	a.solveHTTP(u, o)
+	csr, certKey := makeCSRKey(t, "rk.example.test")
+	if r := a.finalize(o, csr); r.code != 200 {
+		t.Fatalf("finalize: %d %s", r.code, r.body)
+	}
+	o = a.waitOrder(u, "valid")
+	blk, _ := pem.Decode(a.post(o.Certificate, nil, signOpts{}).body)
+	leaf, err := x509.ParseCertificate(blk.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := map[string]any{"certificate": b64(leaf.Raw), "reason": 1}
+	// Another account may not revoke it.
+	b := newRaw(t, e)
+	b.register()
+	if r := b.post(e.base+"revoke-cert", body, signOpts{}); r.code != 403 || r.problemType() != hacme.ProbUnauthorized {
+		t.Fatalf("foreign revoke: %d %s", r.code, r.body)
+	}
+	// A jwk that is not the certificate key may not either.
+	if r := b.post(e.base+"revoke-cert", body, signOpts{jwk: true}); r.code != 403 {
+		t.Fatalf("revoke with a wrong jwk: %d %s", r.code, r.body)
+	}
+	// Bad reason.
+	if r := a.post(e.base+"revoke-cert", map[string]any{"certificate": b64(leaf.Raw), "reason": 7}, signOpts{}); r.problemType() != hacme.ProbBadRevocationReason {
+		t.Fatalf("reason 7: %d %s", r.code, r.body)
+	}
+	if e.ca.isRevoked(leaf.SerialNumber.Text(16)) {
+		t.Fatal("revoked by a refused request")
+	}
+	// The certificate key, with no account at all.
+	ck := &rawClient{t: t, e: e, key: certKey, alg: jose.ES256}
+	if r := ck.post(e.base+"revoke-cert", body, signOpts{jwk: true}); r.code != 200 {
+		t.Fatalf("revoke by certificate key: %d %s", r.code, r.body)
+	}
+	if !e.ca.isRevoked(leaf.SerialNumber.Text(16)) {
+		t.Fatal("CA not asked to revoke")
+	}
+	if r := a.post(e.base+"revoke-cert", body, signOpts{}); r.problemType() != hacme.ProbAlreadyRevoked {
+		t.Fatalf("second revoke: %d %s", r.code, r.body)
+	}
+}
+
+func TestAuthzReuseAndDeactivation(t *testing.T) {
+	e := newEnv(t, nil)
+	a := newRaw(t, e)
+	a.register()
+	u, o := a.newOrder("reuse.example.test")
+	a.solveHTTP(u, o)
+	_, o2 := a.newOrder("reuse.example.test")
+	if o2.Status != "ready" || o2.Authorizations[0] != o.Authorizations[0] {
+		t.Fatalf("valid authorization not reused: %+v", o2)
+	}
+	// Another account does not get it.
+	b := newRaw(t, e)
+	b.register()
+	if _, o3 := b.newOrder("reuse.example.test"); o3.Status != "pending" || o3.Authorizations[0] == o.Authorizations[0] {
+		t.Fatalf("authorization shared across accounts: %+v", o3)
+	}
+	r := a.post(o.Authorizations[0], map[string]string{"status": "deactivated"}, signOpts{})
+	if z := decode[authzResp](t, r); r.code != 200 || z.Status != "deactivated" {
+		t.Fatalf("deactivate: %d %s", r.code, r.body)
+	}
+	if o := decode[orderResp](t, a.post(u, nil, signOpts{})); o.Status != "invalid" {
+		t.Fatalf("order with a deactivated authorization is %s", o.Status)
+	}
+	if _, o4 := a.newOrder("reuse.example.test"); o4.Status != "pending" || o4.Authorizations[0] == o.Authorizations[0] {
+		t.Fatalf("deactivated authorization reused: %+v", o4)
+	}
+}
+
+func TestAccountUpdate(t *testing.T) {
+	e := newEnv(t, nil)
+	a := newRaw(t, e)
+	a.register()
+	r := a.post(a.kid, map[string]any{"contact": []string{"mailto:new@example.test"}}, signOpts{})
+	acct := decode[struct {
+		Status  string
+		Contact []string
+	}](t, r)
+	if r.code != 200 || len(acct.Contact) != 1 || acct.Contact[0] != "mailto:new@example.test" {
+		t.Fatalf("update: %d %s", r.code, r.body)
+	}
+	if r := a.post(a.kid, map[string]any{"contact": []string{"tel:+1555"}}, signOpts{}); r.problemType() != hacme.ProbUnsupportedContact {
+		t.Fatalf("tel contact: %d %s", r.code, r.body)
+	}
+	if r := a.post(a.kid, map[string]any{"contact": []string{"mailto:not an address"}}, signOpts{}); r.problemType() != hacme.ProbInvalidContact {
+		t.Fatalf("bad contact: %d %s", r.code, r.body)
+	}
+	// onlyReturnExisting with the same key finds it; with another, not.
+	if r := a.post(e.base+"new-account", map[string]any{"onlyReturnExisting": true}, signOpts{jwk: true}); r.code != 200 || r.hdr.Get("Location") != a.kid {
+		t.Fatalf("onlyReturnExisting: %d %s", r.code, r.body)
+	}
+	n := newRaw(t, e)
+	if r := n.post(e.base+"new-account", map[string]any{"onlyReturnExisting": true}, signOpts{jwk: true}); r.problemType() != hacme.ProbAccountDoesNotExist {
+		t.Fatalf("onlyReturnExisting for a new key: %d %s", r.code, r.body)
+	}
+	if r := a.post(a.kid, map[string]any{"status": "deactivated"}, signOpts{}); r.code != 200 {
+		t.Fatalf("deactivate: %d %s", r.code, r.body)
+	}
+	if r := a.post(a.kid, nil, signOpts{}); r.problemType() != hacme.ProbUnauthorized {
+		t.Fatalf("deactivated account used: %d %s", r.code, r.body)
+	}
+}
