@@ -82,7 +82,7 @@ func (c *CA) issueWithCT(ctx context.Context, prof *profileState, iss *issuerSta
 	if err != nil {
 		return nil, err
 	}
-	if err := c.store.StoreIssued(ctx, serial, cert.Raw, failures); err != nil {
+	if err := c.store.StoreIssued(context.WithoutCancel(ctx), serial, cert.Raw, failures); err != nil {
 		return nil, fmt.Errorf("ca: store issued certificate %s: %w", serial, err)
 	}
 	c.log.Info("ca: certificate issued", "serial", serial, "issuer", iss.Name, "profile", prof.name, "scts", len(scts))

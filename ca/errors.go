@@ -59,9 +59,9 @@ func (e *ErrBadCSR) Unwrap() error { return e.Err }
 
 // LintResult is one zlint (or hsmca) finding.
 type LintResult struct {
-	Lint    string // zlint lint name, or "hsmca_..." for our own checks
-	Status  string // "error", "fatal" or "warn"
-	Details string
+	Lint    string `json:"lint"`   // zlint lint name, or "hsmca_..." for our own checks
+	Status  string `json:"status"` // "error", "fatal" or "warn"
+	Details string `json:"details,omitempty"`
 }
 
 // ErrLint says that the linted copy of a certificate failed; no real

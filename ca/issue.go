@@ -114,12 +114,14 @@ func (c *CA) Issue(ctx context.Context, req IssueRequest) (*Certificate, error) 
 	serial := SerialString(tmpl.SerialNumber)
 	c.log.Info("ca: serial recorded", "serial", serial, "issuer", iss.Name, "profile", prof.name)
 
+	// From here on a real signature may exist: a cancelled request must
+	// not keep the signed certificate out of the store.
 	final, err := c.signFinal(iss, tmpl, csr.PublicKey, linted)
 	if err != nil {
 		c.log.Warn("ca: signing failed; pending record kept", "serial", serial, "err", err)
 		return nil, err
 	}
-	if err := c.store.StoreIssued(ctx, serial, final.Raw, nil); err != nil {
+	if err := c.store.StoreIssued(context.WithoutCancel(ctx), serial, final.Raw, nil); err != nil {
 		return nil, fmt.Errorf("ca: store issued certificate %s: %w", serial, err)
 	}
 	c.log.Info("ca: certificate issued", "serial", serial, "issuer", iss.Name, "profile", prof.name)
