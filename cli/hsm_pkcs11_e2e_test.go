@@ -55,10 +55,11 @@ func TestHSMEndToEndPKCS11(t *testing.T) {
 		return []string{"--backend", "pkcs11", "--token-uri", "pkcs11:token=" + label + "?module-path=" + lib, "--pin-file", pinFile}
 	}
 	runHSMEndToEnd(t, e2eBackend{
-		name:        "pkcs11",
-		initFlags:   initFlags,
-		keyTypes:    []string{"ecdsa-p256", "ecdsa-p384", "rsa-2048"},
-		tamperAudit: tamperBoltAudit,
+		name:         "pkcs11",
+		initFlags:    initFlags,
+		keyTypes:     []string{"ecdsa-p256", "ecdsa-p384", "rsa-2048"},
+		tamperAudit:  tamperBoltAudit,
+		auditTampers: boltAuditTampers,
 	})
 }
 
