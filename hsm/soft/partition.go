@@ -246,40 +246,43 @@ func (p *Partition) isActive() bool {
 }
 
 // activate opens the master key and transport identity with the recovered
-// secret. Called with opMu held.
+// secret. The activation is recorded before any key can be used. Called
+// with opMu held.
 func (p *Partition) activate(secret []byte) error {
 	p.mu.Lock()
-	rec := p.rec
+	rec, signatures := p.rec, p.opSignatures
 	p.mu.Unlock()
 	master, err := rec.unwrapMaster(p.m.meta.ID, secret)
+	var tr *age.X25519Identity
 	if err == nil {
-		var tr *age.X25519Identity
-		if tr, err = rec.unwrapTransport(master); err == nil {
-			p.mu.Lock()
-			p.active, p.master, p.transport = true, master, tr
-			p.keys = map[string]crypto.Signer{}
-			p.left = -1
-			if rec.Policy == hsm.PolicyPerOperation {
-				p.left, p.opSignatures = p.opSignatures, 1
-			}
-			left := p.left
-			p.mu.Unlock()
-			fields := map[string]string{"generation": fmt.Sprint(rec.Generation), "threshold": fmt.Sprint(rec.Threshold)}
-			if left >= 0 {
-				fields["signatures"] = fmt.Sprint(left)
-			}
-			if _, aerr := p.m.log.Append("activate", p.name, fields); aerr != nil {
-				p.seal("")
-				return fmt.Errorf("soft: %w", aerr)
-			}
-			return nil
+		if tr, err = rec.unwrapTransport(master); err != nil {
+			clear(master)
 		}
-		clear(master)
 	}
-	// Each share matched the commitments, so the stored partition record
-	// itself is wrong: say so rather than blame a custodian.
-	_, _ = p.m.log.Append("activate", p.name, map[string]string{"result": "failed", "reason": err.Error()})
-	return fmt.Errorf("soft: activate partition %s: %w", p.name, err)
+	if err != nil {
+		// Each share matched the commitments, so the stored partition
+		// record itself is wrong: say so rather than blame a custodian.
+		_, _ = p.m.log.Append("activate", p.name, map[string]string{"result": "failed", "reason": err.Error()})
+		return fmt.Errorf("soft: activate partition %s: %w", p.name, err)
+	}
+	left := -1
+	fields := map[string]string{"generation": fmt.Sprint(rec.Generation), "threshold": fmt.Sprint(rec.Threshold)}
+	if rec.Policy == hsm.PolicyPerOperation {
+		left = signatures
+		fields["signatures"] = fmt.Sprint(left)
+	}
+	if _, err := p.m.log.Append("activate", p.name, fields); err != nil {
+		clear(master)
+		return fmt.Errorf("soft: %w", err)
+	}
+	p.mu.Lock()
+	p.active, p.master, p.transport, p.left = true, master, tr, left
+	p.keys = map[string]crypto.Signer{}
+	if rec.Policy == hsm.PolicyPerOperation {
+		p.opSignatures = 1 // the allowance is for this activation only
+	}
+	p.mu.Unlock()
+	return nil
 }
 
 // SetOperationSignatures sets how many signatures the next activation of a
