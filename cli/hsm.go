@@ -113,7 +113,10 @@ custodian and delete it here: nobody should hold more than one share.
 init refuses a partition that exists already and never overwrites a file.`,
 		Example: `  hsmca hsm init --module ./module --partition issuing --shares 5 --threshold 3 --out ./shares
   hsmca hsm init --module ./module --partition root --policy per-operation --shares 3 --threshold 2 \
-      --out ./root-shares --custodian alice=age1... --custodian bob=age1... --custodian carol=age1...`,
+      --out ./root-shares --custodian alice=age1... --custodian bob=age1... --custodian carol=age1...
+  # a PKCS#11 token: its current user PIN (read once from the file) is replaced by one only the shares rebuild
+  hsmca hsm init --module ./hsm11 --partition issuing --shares 5 --threshold 3 --out ./shares \
+      --backend pkcs11 --token-uri 'pkcs11:token=issuing?module-path=/usr/lib/softhsm/libsofthsm2.so' --pin-file ./user.pin`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			pol, err := hsm.ParsePolicy(policy)
