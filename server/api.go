@@ -110,6 +110,7 @@ type CRLEntry struct {
 	NextUpdate time.Time `json:"next_update"`
 	Entries    int       `json:"entries"`
 	URL        string    `json:"url,omitempty"`
+	PEM        string    `json:"pem"` // the CRL, PEM "X509 CRL"
 }
 
 // Health is the /healthz document.

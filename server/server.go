@@ -25,6 +25,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -568,7 +569,8 @@ func (s *Server) generateCRLs(ctx context.Context, issuer string) ([]CRLEntry, e
 			}
 			return out, err
 		}
-		e := CRLEntry{Issuer: name, URL: c.Config().URLs.CRLURL(name)}
+		e := CRLEntry{Issuer: name, URL: c.Config().URLs.CRLURL(name),
+			PEM: string(pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: der}))}
 		if rl, err := x509.ParseRevocationList(der); err == nil {
 			e.Number = rl.Number.String()
 			e.ThisUpdate, e.NextUpdate = rl.ThisUpdate, rl.NextUpdate
