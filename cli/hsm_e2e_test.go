@@ -24,6 +24,11 @@ type e2eBackend struct {
 	initFlags func(t *testing.T, module, partition string) []string
 	// keyTypes are the key types the backend must generate (one key each).
 	keyTypes []string
+	// exportableKeys says the backend makes exportable keys, so the script
+	// moves one to a second module (export, import). When false (PKCS#11
+	// keys are generated non-extractable) the script checks instead that
+	// --exportable is refused as not supported.
+	exportableKeys bool
 	// tamperAudit alters the audit log in a module directory the way an
 	// attacker with write access would; audit verify must then fail. nil
 	// skips the step. tamperBoltAudit does it for a log kept in a bbolt file
@@ -411,7 +416,12 @@ func runHSMEndToEnd(t *testing.T, b e2eBackend) {
 				t.Fatalf("keys generate prints no id:\n%s", r)
 			}
 		}
-		mustRun(t, work, m("keys", "generate", "--module", mod, "--partition", "issuing", "--type", "ecdsa-p256", "--label", "exp1", "--exportable", quorum)...)
+		if b.exportableKeys {
+			mustRun(t, work, m("keys", "generate", "--module", mod, "--partition", "issuing", "--type", "ecdsa-p256", "--label", "exp1", "--exportable", quorum)...)
+		} else {
+			mustFail(t, work, 1, []string{"not supported"}, m("keys", "generate", "--module", mod, "--partition", "issuing", "--type", "ecdsa-p256", "--label", "exp1", "--exportable", quorum)...)
+			mustRun(t, work, m("keys", "generate", "--module", mod, "--partition", "issuing", "--type", "ecdsa-p256", "--label", "exp1", quorum)...)
+		}
 		mustRun(t, work, m("keys", "generate", "--module", mod, "--partition", "issuing", "--type", "ecdsa-p256", "--label", "doomed", quorum)...)
 		mustFail(t, work, 1, []string{"exp1"}, m("keys", "generate", "--module", mod, "--partition", "issuing", "--type", "ecdsa-p256", "--label", "exp1", quorum)...)
 		mustFail(t, work, 2, []string{"key type"}, m("keys", "generate", "--module", mod, "--partition", "issuing", "--type", "dsa-1024", "--label", "x", quorum)...)
@@ -434,15 +444,15 @@ func runHSMEndToEnd(t *testing.T, b e2eBackend) {
 				t.Errorf("key k-%s: %+v", kt, k)
 			}
 		}
-		if !byLabel["exp1"].Exportable {
-			t.Errorf("exp1 not exportable: %+v", byLabel["exp1"])
+		if byLabel["exp1"].Exportable != b.exportableKeys {
+			t.Errorf("exp1 exportable %t, want %t", byLabel["exp1"].Exportable, b.exportableKeys)
 		}
 		exportedPK = byLabel["exp1"].PublicKey
 		if !strings.Contains(exportedPK, "BEGIN PUBLIC KEY") {
 			t.Errorf("keys list --json has no public key: %+v", byLabel["exp1"])
 		}
 		r := mustRun(t, work, m("keys", "list", "--module", mod, "--partition", "issuing")...)
-		for _, w := range []string{"ID", "LABEL", "TYPE", "EXPORTABLE", "CREATED", "exp1", "true"} {
+		for _, w := range []string{"ID", "LABEL", "TYPE", "EXPORTABLE", "CREATED", "exp1", "false", keyIDs["k-"+b.keyTypes[0]]} {
 			if !strings.Contains(r.stdout, w) {
 				t.Errorf("keys list lacks %q:\n%s", w, r)
 			}
@@ -465,6 +475,19 @@ func runHSMEndToEnd(t *testing.T, b e2eBackend) {
 	})
 
 	step("export and import between modules", func(t *testing.T) {
+		if !b.exportableKeys {
+			id, err := age.GenerateX25519Identity()
+			if err != nil {
+				t.Fatal(err)
+			}
+			wrapped := filepath.Join(work, "k.wrapped")
+			mustFail(t, work, 1, []string{"not exportable"}, m("export", "--module", mod, "--partition", "issuing", "--key", "exp1",
+				"--to", id.Recipient().String(), "--out", wrapped, shareArgs(share("shares", 1), share("shares", 2), share("shares", 3)))...)
+			if _, err := os.Stat(wrapped); err == nil {
+				t.Fatal("a refused export wrote a file")
+			}
+			return
+		}
 		mustRun(t, work, m("init", "--module", mod2, "--partition", "issuing", "--shares", "3", "--threshold", "2",
 			"--out", filepath.Join(work, "shares-m2"), b.initFlags(t, mod2, "issuing"))...)
 		tk := strings.TrimSpace(mustRun(t, work, m("keys", "transport-key", "--module", mod2, "--partition", "issuing")...).stdout)

@@ -20,10 +20,11 @@ func TestHSMEndToEndSoft(t *testing.T) {
 		t.Skip("end-to-end: builds and runs the hsmca binary")
 	}
 	runHSMEndToEnd(t, e2eBackend{
-		name:         "soft",
-		initFlags:    func(*testing.T, string, string) []string { return nil },
-		keyTypes:     []string{"ecdsa-p256", "ecdsa-p384", "rsa-2048", "ed25519"},
-		auditTampers: boltAuditTampers,
+		name:           "soft",
+		initFlags:      func(*testing.T, string, string) []string { return nil },
+		keyTypes:       []string{"ecdsa-p256", "ecdsa-p384", "rsa-2048", "ed25519"},
+		exportableKeys: true,
+		auditTampers:   boltAuditTampers,
 	})
 }
 
