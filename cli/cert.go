@@ -117,6 +117,7 @@ func newCertIssueCmd(e *env) *cobra.Command {
 		configPath, csrPath, profile, issuer, out string
 		asJSON                                    bool
 		q                                         quorumFlags
+		t                                         adminTarget
 	)
 	cmd := &cobra.Command{
 		Use:   "issue --csr FILE --profile NAME",
@@ -136,6 +137,13 @@ prompts. Output: the certificate followed by its issuer chain, PEM.`,
 			csr, err := readCSR(csrPath)
 			if err != nil {
 				return err
+			}
+			if t.remote() {
+				c, err := t.issue(csr, profile, issuer)
+				if err != nil {
+					return err
+				}
+				return printIssued(e, c, out, asJSON)
 			}
 			l, err := openLocalCA(configPath)
 			if err != nil {
@@ -162,6 +170,7 @@ prompts. Output: the certificate followed by its issuer chain, PEM.`,
 	cmd.Flags().StringVar(&out, "out", "", "write the certificate chain to `FILE` instead of stdout (refuses to overwrite)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the certificate record as JSON")
 	addQuorumFlags(cmd, &q)
+	addAdminFlags(cmd, &t)
 	return cmd
 }
 
@@ -258,6 +267,7 @@ func newCertRevokeCmd(e *env) *cobra.Command {
 	var (
 		configPath, reason string
 		asJSON             bool
+		t                  adminTarget
 	)
 	cmd := &cobra.Command{
 		Use:   "revoke SERIAL --reason REASON",
@@ -279,6 +289,17 @@ next 'crl generate' lists it.`,
 			serial, err := ca.ParseSerial(args[0])
 			if err != nil {
 				return usageError{err}
+			}
+			if t.remote() {
+				c, err := t.revoke(serial, ca.ReasonString(code))
+				if err != nil {
+					return err
+				}
+				if asJSON {
+					return writeJSON(e.stdout, toCertJSON(c, false))
+				}
+				fmt.Fprintf(e.stdout, "revoked %s (%s); the running CA publishes new CRLs\n", c.Serial, ca.ReasonString(c.Reason))
+				return nil
 			}
 			l, err := openLocalCA(configPath)
 			if err != nil {
@@ -303,6 +324,7 @@ next 'crl generate' lists it.`,
 	addConfigFlag(cmd, &configPath)
 	cmd.Flags().StringVar(&reason, "reason", "unspecified", "RFC 5280 revocation `REASON`")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the record as JSON")
+	addAdminFlags(cmd, &t)
 	return cmd
 }
 
@@ -311,6 +333,7 @@ func newCertListCmd(e *env) *cobra.Command {
 		configPath, expiring string
 		revoked, pending     bool
 		asJSON               bool
+		t                    adminTarget
 	)
 	cmd := &cobra.Command{
 		Use:   "list",
@@ -328,6 +351,13 @@ func newCertListCmd(e *env) *cobra.Command {
 				}
 				f.ExpiringWithin = d.D()
 			}
+			if t.remote() {
+				certs, err := t.list(f)
+				if err != nil {
+					return err
+				}
+				return printCertList(e, certs, asJSON)
+			}
 			l, err := openLocalCA(configPath)
 			if err != nil {
 				return err
@@ -337,23 +367,7 @@ func newCertListCmd(e *env) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if asJSON {
-				out := make([]certJSON, 0, len(certs))
-				for _, c := range certs {
-					out = append(out, toCertJSON(c, false))
-				}
-				return writeJSON(e.stdout, out)
-			}
-			tw := newTable(e.stdout)
-			fmt.Fprintln(tw, "SERIAL\tSTATUS\tPROFILE\tNOT AFTER\tNAMES")
-			for _, c := range certs {
-				status := string(c.Status)
-				if !c.RevokedAt.IsZero() {
-					status += " (" + ca.ReasonString(c.Reason) + ")"
-				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", c.Serial, status, c.Profile, c.NotAfter.UTC().Format("2006-01-02"), strings.Join(c.Names, ","))
-			}
-			return tw.Flush()
+			return printCertList(e, certs, asJSON)
 		},
 	}
 	addConfigFlag(cmd, &configPath)
@@ -361,13 +375,36 @@ func newCertListCmd(e *env) *cobra.Command {
 	cmd.Flags().BoolVar(&pending, "pending", false, "only pending records (serials that may have been signed before a crash)")
 	cmd.Flags().StringVar(&expiring, "expiring", "", "only certificates expiring within `DURATION` (e.g. 30d)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	addAdminFlags(cmd, &t)
 	return cmd
+}
+
+// printCertList prints certificate records as a table or JSON.
+func printCertList(e *env, certs []*ca.Certificate, asJSON bool) error {
+	if asJSON {
+		out := make([]certJSON, 0, len(certs))
+		for _, c := range certs {
+			out = append(out, toCertJSON(c, false))
+		}
+		return writeJSON(e.stdout, out)
+	}
+	tw := newTable(e.stdout)
+	fmt.Fprintln(tw, "SERIAL\tSTATUS\tPROFILE\tNOT AFTER\tNAMES")
+	for _, c := range certs {
+		status := string(c.Status)
+		if !c.RevokedAt.IsZero() {
+			status += " (" + ca.ReasonString(c.Reason) + ")"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", c.Serial, status, c.Profile, c.NotAfter.UTC().Format("2006-01-02"), strings.Join(c.Names, ","))
+	}
+	return tw.Flush()
 }
 
 func newCertShowCmd(e *env) *cobra.Command {
 	var (
 		configPath string
 		asJSON     bool
+		t          adminTarget
 	)
 	cmd := &cobra.Command{
 		Use:     "show SERIAL",
@@ -379,17 +416,24 @@ func newCertShowCmd(e *env) *cobra.Command {
 			if err != nil {
 				return usageError{err}
 			}
-			l, err := openLocalCA(configPath)
-			if err != nil {
-				return err
-			}
-			defer l.Close()
-			c, err := l.ca.Get(context.Background(), serial)
-			if err != nil {
-				if errors.Is(err, ca.ErrUnknownSerial) {
-					return usageError{withHint(err, "list serials with `hsmca cert list`")}
+			var c *ca.Certificate
+			if t.remote() {
+				if c, err = t.show(serial); err != nil {
+					return err
 				}
-				return err
+			} else {
+				l, err := openLocalCA(configPath)
+				if err != nil {
+					return err
+				}
+				defer l.Close()
+				c, err = l.ca.Get(context.Background(), serial)
+				if err != nil {
+					if errors.Is(err, ca.ErrUnknownSerial) {
+						return usageError{withHint(err, "list serials with `hsmca cert list`")}
+					}
+					return err
+				}
 			}
 			if asJSON {
 				return writeJSON(e.stdout, toCertJSON(c, true))
@@ -410,5 +454,6 @@ func newCertShowCmd(e *env) *cobra.Command {
 	}
 	addConfigFlag(cmd, &configPath)
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON (with the PEM chain)")
+	addAdminFlags(cmd, &t)
 	return cmd
 }

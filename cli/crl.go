@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
+	"io"
 	"os"
 	"time"
 
@@ -26,6 +27,7 @@ func newCRLGenerateCmd(e *env) *cobra.Command {
 	var (
 		configPath, issuer, out string
 		q                       quorumFlags
+		t                       adminTarget
 	)
 	cmd := &cobra.Command{
 		Use:   "generate",
@@ -34,6 +36,21 @@ func newCRLGenerateCmd(e *env) *cobra.Command {
       --share shares/issuing/share-1.txt --share shares/issuing/share-2.txt --share shares/issuing/share-3.txt`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if t.remote() {
+				c, err := t.generateCRL(issuer)
+				if err != nil {
+					return err
+				}
+				if out == "" {
+					_, err = io.WriteString(e.stdout, c.PEM)
+					return err
+				}
+				if err := writeNewFile(out, []byte(c.PEM)); err != nil {
+					return err
+				}
+				fmt.Fprintf(e.stderr, "CRL number %s for %s with %d entries written to %s (served at %s)\n", c.Number, c.Issuer, c.Entries, out, c.URL)
+				return nil
+			}
 			l, err := openLocalCA(configPath)
 			if err != nil {
 				return err
@@ -70,6 +87,7 @@ func newCRLGenerateCmd(e *env) *cobra.Command {
 	cmd.Flags().StringVar(&issuer, "issuer", "", "issuer `NAME` (default: the config's default issuer)")
 	cmd.Flags().StringVar(&out, "out", "", "write the CRL (PEM) to `FILE` instead of stdout (refuses to overwrite)")
 	addQuorumFlags(cmd, &q)
+	addAdminFlags(cmd, &t)
 	return cmd
 }
 

@@ -462,4 +462,3 @@ func httpPort(cfg *Config) int {
 	}
 	return 80
 }
-
