@@ -16,6 +16,7 @@ import (
 	"sync"
 	"time"
 
+	p11 "github.com/miekg/pkcs11"
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/hsmca/hsmca/hsm"
@@ -53,8 +54,7 @@ var (
 )
 
 // Create makes a new, empty pkcs11 module in dir (created with mode 0700 if
-// needed) and returns it open. It refuses a directory that holds a module
-// already. Partitions are added with InitTokenPartition.
+// needed) and returns it open. It refuses a directory that is not empty. Partitions are added with InitTokenPartition.
 func Create(dir string, opts Options) (*Module, error) {
 	opts.defaults()
 	if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -62,6 +62,11 @@ func Create(dir string, opts Options) (*Module, error) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, ConfigFile)); err == nil {
 		return nil, fmt.Errorf("hsm/pkcs11: %s holds a module already", dir)
+	}
+	if entries, err := os.ReadDir(dir); err != nil {
+		return nil, fmt.Errorf("hsm/pkcs11: read module directory: %w", err)
+	} else if len(entries) > 0 {
+		return nil, fmt.Errorf("hsm/pkcs11: %s is not empty; a new module needs an empty directory", dir)
 	}
 	idb := make([]byte, 16)
 	if _, err := io.ReadFull(opts.Rand, idb); err != nil {
@@ -280,7 +285,7 @@ func (m *Module) InitTokenPartition(opts hsm.InitOptions, tokenURI string, curre
 			return nil, fmt.Errorf("hsm/pkcs11: token %s is already partition %s of this module", canon, p.Name)
 		}
 	}
-	if info.Flags&0x00000004 == 0 { // CKF_LOGIN_REQUIRED
+	if info.Flags&p11.CKF_LOGIN_REQUIRED == 0 {
 		return nil, fmt.Errorf("hsm/pkcs11: token %s does not require a login; a PIN cannot protect its keys", canon)
 	}
 	pinLen, err := pinLength(info)

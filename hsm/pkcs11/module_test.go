@@ -10,6 +10,7 @@ import (
 	"crypto/sha512"
 	"encoding/hex"
 	"errors"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -582,5 +583,44 @@ func TestOneActivationPerToken(t *testing.T) {
 	}
 	if st := activate(t, p2, shares[1]); st.State != hsm.StateActive {
 		t.Fatalf("twin after seal: %+v", st)
+	}
+}
+
+func TestCreateRefusesUsedDirectory(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "module.db"), []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Create(dir, Options{}); err == nil || !strings.Contains(err.Error(), "not empty") {
+		t.Fatalf("Create in a used directory: %v", err)
+	}
+	empty := t.TempDir()
+	m, err := Create(empty, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Close()
+	if _, err := Create(empty, Options{}); err == nil || !strings.Contains(err.Error(), "holds a module") {
+		t.Fatalf("Create over a module: %v", err)
+	}
+	for _, f := range []string{ConfigFile, DBFile} {
+		fi, err := os.Stat(filepath.Join(empty, f))
+		if err != nil || fi.Mode().Perm() != 0o600 {
+			t.Fatalf("%s: %v %v", f, fi.Mode(), err)
+		}
+	}
+	m2, err := Open(empty, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m2.Close()
+	if _, err := Open(empty, Options{}); !errors.Is(err, hsm.ErrModuleInUse) {
+		t.Fatalf("second Open: %v", err)
+	}
+	if _, err := m2.Partition("x"); !errors.Is(err, hsm.ErrNoPartition) {
+		t.Fatalf("Partition(x): %v", err)
+	}
+	if _, err := m2.InitPartition(hsm.InitOptions{Partition: "x", Shares: 1, Threshold: 1}); err == nil || !strings.Contains(err.Error(), "InitTokenPartition") {
+		t.Fatalf("InitPartition: %v", err)
 	}
 }
