@@ -159,17 +159,24 @@ func parseRetryAfter(v string, now time.Time) time.Duration {
 
 // acmeClient is one ACME account. It is used by one goroutine at a time.
 type acmeClient struct {
-	hc       *http.Client
-	dir      directory
-	key      *ecdsa.PrivateKey // account key
-	kid      string
-	thumb    string // base64url JWK thumbprint (RFC 7638)
-	nonce    string
-	requests *atomic.Int64
-	poll     time.Duration
+	hc    *http.Client
+	dir   directory
+	key   *ecdsa.PrivateKey // account key
+	kid   string
+	thumb string // base64url JWK thumbprint (RFC 7638)
+	nonce string
+	stats *counters
+	poll  time.Duration
 }
 
-func newACMEClient(hc *http.Client, dir directory, poll time.Duration, requests *atomic.Int64) (*acmeClient, error) {
+// counters are shared by every client of a run.
+type counters struct {
+	requests    atomic.Int64 // HTTP requests sent
+	retryWaits  atomic.Int64 // waits imposed by a Retry-After header
+	retryWaitNs atomic.Int64 // their total length
+}
+
+func newACMEClient(hc *http.Client, dir directory, poll time.Duration, stats *counters) (*acmeClient, error) {
 	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, fmt.Errorf("loadtest: account key: %w", err)
@@ -179,7 +186,7 @@ func newACMEClient(hc *http.Client, dir directory, poll time.Duration, requests 
 	if err != nil {
 		return nil, fmt.Errorf("loadtest: thumbprint: %w", err)
 	}
-	return &acmeClient{hc: hc, dir: dir, key: k, thumb: base64.RawURLEncoding.EncodeToString(tp), poll: poll, requests: requests}, nil
+	return &acmeClient{hc: hc, dir: dir, key: k, thumb: base64.RawURLEncoding.EncodeToString(tp), poll: poll, stats: stats}, nil
 }
 
 // fetchDirectory reads the directory at url (RFC 8555 §7.1.1).
@@ -215,7 +222,7 @@ func (c *acmeClient) fetchNonce(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("loadtest: newNonce: %w", err)
 	}
-	c.requests.Add(1)
+	c.stats.requests.Add(1)
 	resp, err := c.hc.Do(req)
 	if err != nil {
 		return &clientError{kind: "transport", err: err}
@@ -280,7 +287,7 @@ func (c *acmeClient) post(ctx context.Context, url string, payload []byte, accep
 		if accept != "" {
 			req.Header.Set("Accept", accept)
 		}
-		c.requests.Add(1)
+		c.stats.requests.Add(1)
 		resp, err := c.hc.Do(req)
 		if err != nil {
 			return nil, &clientError{kind: "transport", err: err}
@@ -331,6 +338,8 @@ func (c *acmeClient) wait(ctx context.Context, r *response) error {
 	d := c.poll
 	if r != nil && r.retryAfter > 0 {
 		d = r.retryAfter
+		c.stats.retryWaits.Add(1)
+		c.stats.retryWaitNs.Add(int64(d))
 	}
 	t := time.NewTimer(d)
 	defer t.Stop()

@@ -223,7 +223,7 @@ type run struct {
 	ok       atomic.Int64
 	failed   atomic.Int64
 	inFlight atomic.Int64
-	requests atomic.Int64
+	stats    counters
 
 	mu       sync.Mutex
 	lat      []time.Duration
@@ -298,7 +298,7 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (*Report, error) {
 	var wg sync.WaitGroup
 	for i := range clients {
 		wg.Go(func() {
-			c, err := newACMEClient(hc, dir, cfg.Poll, &r.requests)
+			c, err := newACMEClient(hc, dir, cfg.Poll, &r.stats)
 			if err == nil {
 				keys[i], err = newCertKey(cfg.KeyType)
 			}
@@ -353,7 +353,9 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (*Report, error) {
 		Errors:        r.errs,
 		Accounts:      registered,
 		AccountsS:     round3(accountsS),
-		Requests:      r.requests.Load(),
+		Requests:      r.stats.requests.Load(),
+		RetryAfter:    r.stats.retryWaits.Load(),
+		RetryAfterS:   round3(time.Duration(r.stats.retryWaitNs.Load()).Seconds()),
 		FirstError:    r.firstErr,
 	}
 	end := r.lastEnd

@@ -51,11 +51,16 @@ type Report struct {
 	MeanMs        float64 `json:"mean_ms"`
 	// Errors counts failures by ACME problem type (RFC 8555 §6.7), or by a
 	// "client:..." label for failures that carried no problem document.
-	Errors     map[string]int `json:"errors"`
-	Accounts   int            `json:"accounts"`
-	AccountsS  float64        `json:"accounts_s"` // time to register every account
-	Requests   int64          `json:"requests"`   // HTTP requests sent to the server
-	ClientCPUs float64        `json:"client_cpu_s"`
+	Errors    map[string]int `json:"errors"`
+	Accounts  int            `json:"accounts"`
+	AccountsS float64        `json:"accounts_s"` // time to register every account
+	Requests  int64          `json:"requests"`   // HTTP requests sent to the server
+	// RetryAfter counts the waits the server imposed with Retry-After
+	// (instead of the --poll interval) and RetryAfterS their total length,
+	// summed over all clients.
+	RetryAfter  int64   `json:"retry_after_waits"`
+	RetryAfterS float64 `json:"retry_after_s"`
+	ClientCPUs  float64 `json:"client_cpu_s"`
 	// Stopped says why the run ended: "orders", "duration", "max-time" or
 	// "canceled".
 	Stopped string `json:"stopped"`
@@ -91,7 +96,7 @@ func (r *Report) WriteText(w io.Writer) error {
 	fmt.Fprintf(&b, "  orders     %d ok, %d failed, %d unfinished in %.2fs (stopped by %s)\n", r.Orders, r.FailedOrders, r.Unfinished, r.WallS, r.Stopped)
 	fmt.Fprintf(&b, "  throughput %.2f orders/s\n", r.OrdersPerSec)
 	fmt.Fprintf(&b, "  latency    p50 %.1fms  p90 %.1fms  p99 %.1fms  max %.1fms  mean %.1fms\n", r.P50ms, r.P90ms, r.P99ms, r.MaxMs, r.MeanMs)
-	fmt.Fprintf(&b, "  requests   %d\n", r.Requests)
+	fmt.Fprintf(&b, "  requests   %d (%d Retry-After waits, %.1fs in all)\n", r.Requests, r.RetryAfter, r.RetryAfterS)
 	fmt.Fprintf(&b, "  client cpu %.2fs\n", r.ClientCPUs)
 	if len(r.Errors) == 0 {
 		b.WriteString("  errors     none\n")
