@@ -3,6 +3,9 @@ package cli
 import (
 	"errors"
 	"fmt"
+	"sort"
+	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -15,7 +18,69 @@ func newHSMAuditCmd(e *env, f *hsmFlags) *cobra.Command {
 		Short:   "Verify the module's hash-chained audit log",
 		Example: `  hsmca hsm audit verify --module ./module`,
 	}
-	cmd.AddCommand(newHSMAuditVerifyCmd(e, f))
+	cmd.AddCommand(newHSMAuditVerifyCmd(e, f), newHSMAuditListCmd(e, f))
+	return cmd
+}
+
+func newHSMAuditListCmd(e *env, f *hsmFlags) *cobra.Command {
+	var (
+		from   uint64
+		limit  int
+		asJSON bool
+	)
+	cmd := &cobra.Command{
+		Use:   "list",
+		Short: "Print audit records (init, shares, activation, keys, signatures, exports)",
+		Long: `Print the module's audit records from --from on, oldest first: sequence number,
+time, event type, partition and the event's fields (key IDs, digests, share
+indexes, reasons; never a secret). This does not verify the chain; run
+` + "`hsmca hsm audit verify`" + ` for that.`,
+		Example: `  hsmca hsm audit list --module ./module --from 1 --limit 50
+  hsmca hsm audit list --module ./module --json | jq -c 'select(.type == "sign")'`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if limit < 0 {
+				return usagef("--limit must not be negative")
+			}
+			m, err := openModule(f.module)
+			if err != nil {
+				return err
+			}
+			defer m.Close()
+			events, err := m.Audit().Events(from, limit)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				if events == nil {
+					events = []hsm.AuditEvent{}
+				}
+				return writeJSON(e.stdout, events)
+			}
+			tw := newTable(e.stdout)
+			fmt.Fprintln(tw, "SEQ\tTIME\tTYPE\tPARTITION\tFIELDS")
+			for _, ev := range events {
+				keys := make([]string, 0, len(ev.Fields))
+				for k := range ev.Fields {
+					keys = append(keys, k)
+				}
+				sort.Strings(keys)
+				var fields []string
+				for _, k := range keys {
+					fields = append(fields, k+"="+ev.Fields[k])
+				}
+				part := ev.Partition
+				if part == "" {
+					part = "-"
+				}
+				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\n", ev.Seq, ev.Time.UTC().Format(time.RFC3339), ev.Type, part, strings.Join(fields, " "))
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().Uint64Var(&from, "from", 1, "first record `SEQ` to print")
+	cmd.Flags().IntVar(&limit, "limit", 0, "print at most `N` records (0: all)")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON for scripts")
 	return cmd
 }
 

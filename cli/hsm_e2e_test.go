@@ -84,6 +84,14 @@ type e2eAudit struct {
 	Error     string  `json:"error"`
 }
 
+// e2eEvent mirrors one element of `hsm audit list --json`.
+type e2eEvent struct {
+	Seq       uint64            `json:"seq"`
+	Type      string            `json:"type"`
+	Partition string            `json:"partition"`
+	Fields    map[string]string `json:"fields"`
+}
+
 func decodeJSON[T any](t *testing.T, r cliResult) T {
 	t.Helper()
 	var v T
@@ -423,6 +431,15 @@ func runHSMEndToEnd(t *testing.T, b e2eBackend) {
 			mustRun(t, work, m("keys", "generate", "--module", mod, "--partition", "issuing", "--type", "ecdsa-p256", "--label", "exp1", quorum)...)
 		}
 		mustRun(t, work, m("keys", "generate", "--module", mod, "--partition", "issuing", "--type", "ecdsa-p256", "--label", "doomed", quorum)...)
+		// A root key, with two custodians' age-encrypted shares, JSON out.
+		r := mustRun(t, work, m("keys", "generate", "--module", mod, "--partition", "root", "--type", "ecdsa-p384", "--label", "root-1", "--json",
+			shareArgs(filepath.Join(work, "root-shares", "carol.age"), filepath.Join(work, "root-shares", "alice.age")),
+			"--identity", idFiles["alice"], "--identity", idFiles["carol"])...)
+		rk := decodeJSON[e2eKey](t, r)
+		if rk.Partition != "root" || rk.Label != "root-1" || rk.Type != "ecdsa-p384" || rk.ID == "" || !strings.Contains(rk.PublicKey, "BEGIN PUBLIC KEY") {
+			t.Errorf("keys generate --json: %+v", rk)
+		}
+		keyIDs["root-1"] = rk.ID
 		mustFail(t, work, 1, []string{"exp1"}, m("keys", "generate", "--module", mod, "--partition", "issuing", "--type", "ecdsa-p256", "--label", "exp1", quorum)...)
 		mustFail(t, work, 2, []string{"key type"}, m("keys", "generate", "--module", mod, "--partition", "issuing", "--type", "dsa-1024", "--label", "x", quorum)...)
 		mustFail(t, work, 2, []string{"--share"}, m("keys", "generate", "--module", mod, "--partition", "issuing", "--type", "ecdsa-p256", "--label", "noquorum")...)
@@ -435,8 +452,11 @@ func runHSMEndToEnd(t *testing.T, b e2eBackend) {
 		for _, k := range keys {
 			byLabel[k.Label] = k
 		}
-		if len(keys) != len(b.keyTypes)+2 {
-			t.Errorf("keys list has %d keys, want %d: %+v", len(keys), len(b.keyTypes)+2, keys)
+		if len(keys) != len(b.keyTypes)+3 {
+			t.Errorf("keys list has %d keys, want %d: %+v", len(keys), len(b.keyTypes)+3, keys)
+		}
+		if k := byLabel["root-1"]; k.Partition != "root" || k.ID != keyIDs["root-1"] {
+			t.Errorf("root key listed as %+v", k)
 		}
 		for _, kt := range b.keyTypes {
 			k := byLabel["k-"+kt]
@@ -563,13 +583,35 @@ func runHSMEndToEnd(t *testing.T, b e2eBackend) {
 			t.Errorf("audit verify --json %+v, status audit %+v", a, st.Audit)
 		}
 		mustFail(t, work, 1, []string{"pinned"}, m("audit", "verify", "--module", mod, "--audit-key", "AAAA")...)
+
+		events := decodeJSON[[]e2eEvent](t, mustRun(t, work, m("audit", "list", "--module", mod, "--json")...))
+		if len(events) == 0 || uint64(len(events)) != a.Records || events[0].Seq != 1 {
+			t.Fatalf("audit list has %d records, verify counted %d: %+v", len(events), a.Records, events)
+		}
+		types := map[string]bool{}
+		for _, ev := range events {
+			types[ev.Type] = true
+		}
+		for _, want := range []string{"init", "share-accepted", "share-rejected", "activate", "key-generate", "key-destroy", "reshare"} {
+			if !types[want] {
+				t.Errorf("audit list has no %q event; types %v", want, types)
+			}
+		}
+		page := decodeJSON[[]e2eEvent](t, mustRun(t, work, m("audit", "list", "--module", mod, "--json", "--from", "3", "--limit", "2")...))
+		if len(page) != 2 || page[0].Seq != 3 || page[1].Seq != 4 {
+			t.Errorf("audit list --from 3 --limit 2: %+v", page)
+		}
+		r = mustRun(t, work, m("audit", "list", "--module", mod, "--limit", "3")...)
+		if !strings.Contains(r.stdout, "SEQ") || !strings.Contains(r.stdout, "init") {
+			t.Errorf("audit list:\n%s", r)
+		}
 	})
 
 	step("help has examples", func(t *testing.T) {
 		for _, c := range [][]string{
 			{"hsm"}, {"hsm", "init"}, {"hsm", "status"}, {"hsm", "activate"}, {"hsm", "seal"}, {"hsm", "keys"},
 			{"hsm", "keys", "list"}, {"hsm", "keys", "generate"}, {"hsm", "keys", "destroy"}, {"hsm", "keys", "transport-key"},
-			{"hsm", "reshare"}, {"hsm", "export"}, {"hsm", "import"}, {"hsm", "audit"}, {"hsm", "audit", "verify"},
+			{"hsm", "reshare"}, {"hsm", "export"}, {"hsm", "import"}, {"hsm", "audit"}, {"hsm", "audit", "verify"}, {"hsm", "audit", "list"},
 		} {
 			r := mustRun(t, work, append(c, "--help")...)
 			if !strings.Contains(r.stdout, "Examples:") || !strings.Contains(r.stdout, "hsmca hsm") {
