@@ -24,4 +24,16 @@ fi
   fi
 )
 # --- end TesseraCT ---
+# --- begin Pebble (issue 7, loadtest/) ---
+# Pebble is the real RFC 8555 server the loadtest integration test runs on
+# loopback (Debian's package is the old 2.4).
+(
+  cd "$(dirname "$0")/.."
+  if [ ! -x bin/peers/pebble ]; then
+    echo "deps: installing Pebble v2.10.3 into bin/peers"
+    mkdir -p bin/peers
+    GOBIN="$PWD/bin/peers" go install github.com/letsencrypt/pebble/v2/cmd/pebble@v2.10.3
+  fi
+)
+# --- end Pebble ---
 echo "deps: ok (softhsm2, pkcs11-tool, certbot, openssl)"
