@@ -85,6 +85,7 @@ type CA struct {
 	scts          SCTSource
 	ocsp          ocspCache
 	caPolicy      compiledPolicy
+	crlRegistry   lint.Registry
 }
 
 type profileState struct {
@@ -140,6 +141,9 @@ func New(cfg Config, issuers []Issuer, st Store, opts Options) (*CA, error) {
 	c.ocsp.init()
 	var err error
 	if c.caPolicy, err = compilePolicy(cfg.Policy); err != nil {
+		return nil, err
+	}
+	if c.crlRegistry, err = buildCRLRegistry(); err != nil {
 		return nil, err
 	}
 

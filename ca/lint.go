@@ -183,3 +183,41 @@ func ownChecks(ps *profileState, iss *issuerState, cert *x509.Certificate, ids i
 	}
 	return out
 }
+
+// crlLintExclusions are CRL lints hsmca does not run: BR 7.2.2 forbids
+// certificateHold (and aACompromise, privilegeWithdrawn for some versions)
+// in public TLS CRLs, but hsmca supports RFC 5280 §5.3.1 holds.
+var crlLintExclusions = map[string]bool{"e_cab_crl_has_valid_reason_code": true}
+
+// buildCRLRegistry selects zlint's CRL lints from the RFC 5280 and BR
+// sources; built once in New.
+func buildCRLRegistry() (lint.Registry, error) {
+	global := lint.GlobalRegistry()
+	crlLints := global.RevocationListLints()
+	var names []string
+	for _, n := range global.Names() {
+		if l := crlLints.ByName(n); l != nil && !crlLintExclusions[n] && (l.Source == lint.RFC5280 || l.Source == lint.CABFBaselineRequirements) {
+			names = append(names, n)
+		}
+	}
+	if len(names) == 0 {
+		return nil, fmt.Errorf("ca: no CRL lints found in zlint")
+	}
+	return global.Filter(lint.FilterOptions{IncludeNames: names})
+}
+
+// lintCRL runs the CRL lints over a CRL signed by the throwaway key.
+func (c *CA) lintCRL(der []byte) []LintResult {
+	zl, err := zx509.ParseRevocationList(der)
+	if err != nil {
+		return []LintResult{{Lint: "hsmca_zcrypto_parse_crl", Status: "fatal", Details: err.Error()}}
+	}
+	var out []LintResult
+	for name, r := range zlint.LintRevocationListEx(zl, c.crlRegistry).Results {
+		if r.Status >= lint.Warn {
+			out = append(out, LintResult{Lint: name, Status: r.Status.String(), Details: r.Details})
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Lint < out[j].Lint })
+	return out
+}
