@@ -85,6 +85,11 @@ func (q *quorumFlags) gather(e *env, p hsm.Partition) error {
 // module, partition or generation, a duplicate, a share that fails its
 // commitments, a locked-out partition, or too few shares for the quorum.
 // Without shares and without a terminal it returns a usage error.
+//
+// For a per-operation partition, call p.SetOperationSignatures(n) before
+// gatherQuorum when the operation needs more than one signature: the count
+// applies to the next activation. If p is active already (a long-running
+// process), gatherQuorum returns nil at once without reading any share.
 func gatherQuorum(e *env, p hsm.Partition, shares, identities []string) error {
 	st, err := p.Status()
 	if err != nil {
