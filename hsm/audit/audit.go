@@ -256,10 +256,18 @@ func copyFields(m map[string]string) map[string]string {
 	return out
 }
 
+// commitDelay caps how long the committer waits, after a commit, for the
+// callers it just released to queue their next records (see committer).
+const commitDelay = 500 * time.Microsecond
+
 // committer writes queued records, as many as have accumulated, in one
-// transaction each time.
+// transaction each time. After a commit of n records it waits (at most
+// commitDelay) until n records are queued again: the callers it has just
+// released usually come straight back, and without the wait their records
+// would miss the next commit and wait for two.
 func (l *Log) committer() {
 	defer close(l.done)
+	released := 0
 	for {
 		select {
 		case <-l.kick:
@@ -267,18 +275,44 @@ func (l *Log) committer() {
 			l.flush()
 			return
 		}
-		l.flush()
+		if released > 1 {
+			l.gather(released)
+		}
+		released = l.flush()
 	}
 }
 
-func (l *Log) flush() {
+// gather waits until n records are queued, commitDelay has passed or the
+// log is closing.
+func (l *Log) gather(n int) {
+	timer := time.NewTimer(commitDelay)
+	defer timer.Stop()
+	for {
+		l.mu.Lock()
+		queued := len(l.pending)
+		l.mu.Unlock()
+		if queued >= n {
+			return
+		}
+		select {
+		case <-l.kick:
+		case <-timer.C:
+			return
+		case <-l.stop:
+			return
+		}
+	}
+}
+
+// flush commits what is queued and returns how many records it released.
+func (l *Log) flush() int {
 	l.mu.Lock()
 	batch := l.pending
 	l.pending = nil
 	broken := l.broken
 	l.mu.Unlock()
 	if len(batch) == 0 {
-		return
+		return 0
 	}
 	err := broken
 	if err == nil {
@@ -297,6 +331,7 @@ func (l *Log) flush() {
 		p.err = err
 		close(p.done)
 	}
+	return len(batch)
 }
 
 func (l *Log) commit(batch []*Pending) error {
