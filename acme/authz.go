@@ -1,6 +1,7 @@
 package acme
 
 import (
+	"context"
 	"net/http"
 	"time"
 )
@@ -152,6 +153,7 @@ func (s *Server) handleChallenge(w http.ResponseWriter, q *request) *Problem {
 	if p := decodePayload(q.payload, &req); p != nil {
 		return p
 	}
+	ctx := q.r.Context()
 	unlock := s.lock(id)
 	a, p := s.loadOwnAuthz(q, id)
 	if p != nil {
@@ -163,18 +165,16 @@ func (s *Server) handleChallenge(w http.ResponseWriter, q *request) *Problem {
 		unlock()
 		return notFound()
 	}
-	start := false
-	if s.authzStatus(a) == StatusPending && c.Status == StatusPending && !s.pendingValidation(a) {
-		c.Status = StatusProcessing
-		if err := s.st.UpdateAuthz(q.r.Context(), a, WorkValidate+a.ID+"/"+c.Type, true); err != nil {
-			unlock()
-			return s.internalErr("update authz", err)
+	start := s.authzStatus(a) == StatusPending && c.Status == StatusPending && !s.pendingValidation(a)
+	if start {
+		if _, busy := s.validating.LoadOrStore(a.ID, struct{}{}); busy {
+			start = false
+			c.Status = StatusProcessing // an attempt of this request's twin is running
 		}
-		start = true
 	}
 	unlock()
 	if start {
-		s.val.enqueue(a.ID, c.Type, 0)
+		c = s.validateInline(ctx, a, c)
 	}
 	up()
 	if c.Status == StatusProcessing {
@@ -183,4 +183,63 @@ func (s *Server) handleChallenge(w http.ResponseWriter, q *request) *Problem {
 	return s.writeJSON(w, http.StatusOK, "", s.challengeJSON(a, c))
 }
 
-var _ = time.Second
+// inlineWait bounds the first validation attempt, which runs while the
+// client waits.
+const inlineWait = 3 * time.Second
+
+// validateInline runs the first attempt in the request. Success is stored
+// in one write (a crash before it leaves the challenge pending, and the
+// client, which got no answer, answers it again). Otherwise the challenge is
+// stored as processing with a work record and the retries go to the pool.
+// The caller has claimed a.ID in s.validating.
+func (s *Server) validateInline(ctx context.Context, a *Authz, c *Challenge) *Challenge {
+	defer s.validating.Delete(a.ID)
+	wait := min(s.cfg.ValidationTimeout, inlineWait)
+	p, ok := s.val.attempt(ctx, a, c.Type, wait)
+	if ok && (p == nil || s.cfg.ValidationRetries == 0) {
+		if s.val.settle(a.ID, c.Type, p, StatusPending) {
+			return s.reloadChallenge(ctx, a, c)
+		}
+	}
+	unlock := s.lock(a.ID)
+	cur, err := s.st.GetAuthz(s.ctx, a.ID)
+	if err != nil {
+		unlock()
+		s.log.Error("acme: get authz", "err", err)
+		return c
+	}
+	cc := findChallenge(cur, c.Type)
+	queued := false
+	if cc.Status == StatusPending && s.authzStatus(cur) == StatusPending {
+		cc.Status = StatusProcessing
+		if err := s.st.UpdateAuthz(s.ctx, cur, WorkValidate+cur.ID+"/"+cc.Type, true); err != nil {
+			unlock()
+			s.log.Error("acme: update authz", "err", err)
+			cc.Status = StatusPending
+			return cc
+		}
+		queued = true
+	}
+	unlock()
+	if queued {
+		next := 1
+		if !ok {
+			next = 0
+		}
+		s.val.enqueue(cur.ID, cc.Type, next)
+	}
+	*a = *cur
+	return cc
+}
+
+func (s *Server) reloadChallenge(ctx context.Context, a *Authz, c *Challenge) *Challenge {
+	cur, err := s.st.GetAuthz(ctx, a.ID)
+	if err != nil {
+		return c
+	}
+	*a = *cur
+	if cc := findChallenge(cur, c.Type); cc != nil {
+		return cc
+	}
+	return c
+}

@@ -175,3 +175,60 @@ func TestAccountUpdate(t *testing.T) {
 		t.Fatalf("deactivated account used: %d %s", r.code, r.body)
 	}
 }
+
+func TestValidationFailure(t *testing.T) {
+	e := newEnv(t, nil)
+	a := newRaw(t, e)
+	a.register()
+	for _, typ := range []string{"http-01", "dns-01", "tls-alpn-01"} {
+		t.Run(typ, func(t *testing.T) {
+			u, o := a.newOrder("fail-" + typ + ".example.test")
+			z := decode[authzResp](t, a.post(o.Authorizations[0], nil, signOpts{}))
+			for _, ch := range z.Challenges {
+				if ch.Type != typ {
+					continue
+				}
+				if typ == "http-01" {
+					e.chal.setToken(ch.Token, "wrong")
+				}
+				r := a.post(ch.URL, map[string]any{}, signOpts{})
+				if r.code != 200 {
+					t.Fatalf("challenge: %d %s", r.code, r.body)
+				}
+			}
+			var zr struct {
+				Status     string
+				Challenges []struct {
+					Type  string
+					Error *struct{ Type string }
+				}
+			}
+			waitFor(t, "invalid authorization", func() bool {
+				zr = decode[struct {
+					Status     string
+					Challenges []struct {
+						Type  string
+						Error *struct{ Type string }
+					}
+				}](t, a.post(o.Authorizations[0], nil, signOpts{}))
+				return zr.Status != "pending"
+			})
+			if zr.Status != "invalid" {
+				t.Fatalf("authz %s", zr.Status)
+			}
+			var errType string
+			for _, c := range zr.Challenges {
+				if c.Type == typ && c.Error != nil {
+					errType = c.Error.Type
+				}
+			}
+			want := map[string]string{"http-01": hacme.ProbIncorrectResponse, "dns-01": hacme.ProbDNS, "tls-alpn-01": hacme.ProbTLS}[typ]
+			if errType != want {
+				t.Fatalf("challenge error %q, want %q", errType, want)
+			}
+			if o := decode[orderResp](t, a.post(u, nil, signOpts{})); o.Status != "invalid" {
+				t.Fatalf("order %s", o.Status)
+			}
+		})
+	}
+}

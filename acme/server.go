@@ -36,6 +36,7 @@ type Server struct {
 
 	locks      [256]sync.Mutex
 	finalizing sync.Map // order IDs being finalized in this process
+	validating sync.Map // authz IDs whose first attempt runs inline
 	lockSeed   maphash.Seed
 
 	val *validator

@@ -118,41 +118,57 @@ func (v *validator) run(j valJob) {
 	if c == nil || c.Status != StatusProcessing {
 		return
 	}
-	acct, err := s.st.GetAccount(ctx, a.AccountID)
-	if err != nil {
-		s.log.Error("acme: validation: get account", "err", err)
-		return
-	}
-	keyAuth := a.Token + "." + acct.KeyThumb
-	vctx, cancel := context.WithTimeout(ctx, s.cfg.ValidationTimeout)
-	var p *Problem
-	switch j.typ {
-	case ChallengeHTTP01:
-		p = v.http01(vctx, a, keyAuth)
-	case ChallengeDNS01:
-		p = v.dns01(vctx, a, keyAuth)
-	case ChallengeTLSALPN01:
-		p = v.tlsALPN01(vctx, a, keyAuth)
-	default:
-		p = malformed("unknown challenge type")
-	}
-	cancel()
-	if ctx.Err() != nil {
-		return // shutting down; the work record re-queues it on start
+	p, ok := v.attempt(ctx, a, j.typ, s.cfg.ValidationTimeout)
+	if !ok || ctx.Err() != nil {
+		return // store trouble or shutting down; the work record re-queues it on start
 	}
 	if p != nil && j.attempt < s.cfg.ValidationRetries {
 		s.log.Debug("acme: validation attempt failed", "authz", a.ID, "type", j.typ, "attempt", j.attempt, "problem", p.Detail)
 		v.enqueue(j.authz, j.typ, j.attempt+1)
 		return
 	}
-	unlock := s.lock(a.ID)
-	defer unlock()
-	if a, err = s.st.GetAuthz(ctx, j.authz); err != nil {
-		s.log.Error("acme: validation: get authz", "err", err)
-		return
+	v.settle(j.authz, j.typ, p, StatusProcessing)
+}
+
+// attempt runs one validation attempt; ok is false if it could not run
+// (the account could not be read).
+func (v *validator) attempt(ctx context.Context, a *Authz, typ string, timeout time.Duration) (p *Problem, ok bool) {
+	s := v.s
+	acct, err := s.st.GetAccount(ctx, a.AccountID)
+	if err != nil {
+		s.log.Error("acme: validation: get account", "err", err)
+		return nil, false
 	}
-	if c = findChallenge(a, j.typ); c == nil || c.Status != StatusProcessing {
-		return
+	keyAuth := a.Token + "." + acct.KeyThumb
+	vctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	switch typ {
+	case ChallengeHTTP01:
+		return v.http01(vctx, a, keyAuth), true
+	case ChallengeDNS01:
+		return v.dns01(vctx, a, keyAuth), true
+	case ChallengeTLSALPN01:
+		return v.tlsALPN01(vctx, a, keyAuth), true
+	}
+	return malformed("unknown challenge type"), true
+}
+
+// settle stores the outcome of a validation if the challenge is still in
+// state from (pending for the inline first attempt, processing for queued
+// ones), and reports whether it did.
+func (v *validator) settle(authzID, typ string, p *Problem, from string) bool {
+	s := v.s
+	ctx := s.ctx
+	unlock := s.lock(authzID)
+	defer unlock()
+	a, err := s.st.GetAuthz(ctx, authzID)
+	if err != nil {
+		s.log.Error("acme: validation: get authz", "err", err)
+		return false
+	}
+	c := findChallenge(a, typ)
+	if c == nil || c.Status != from || (from == StatusPending && s.authzStatus(a) != StatusPending) {
+		return false
 	}
 	now := s.now().UTC()
 	if p == nil {
@@ -169,9 +185,15 @@ func (v *validator) run(j valJob) {
 			a.Status = StatusInvalid
 		}
 	}
-	if err := s.st.UpdateAuthz(ctx, a, WorkValidate+a.ID+"/"+c.Type, false); err != nil {
-		s.log.Error("acme: validation: update authz", "err", err)
+	work := ""
+	if from == StatusProcessing {
+		work = WorkValidate + a.ID + "/" + c.Type
 	}
+	if err := s.st.UpdateAuthz(ctx, a, work, false); err != nil {
+		s.log.Error("acme: validation: update authz", "err", err)
+		return false
+	}
+	return true
 }
 
 func findChallenge(a *Authz, typ string) *Challenge {
