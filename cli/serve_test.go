@@ -1,0 +1,192 @@
+package cli
+
+import (
+	"bytes"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hsmca/hsmca/server"
+)
+
+// TestServeKillDuringAdminBurst kills `ca serve` with SIGKILL while clients
+// issue certificates through the admin socket, restarts and re-activates it,
+// several times; then every certificate a client received must be in the
+// store and in `cert list`, byte for byte, with no serial twice.
+func TestServeKillDuringAdminBurst(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end")
+	}
+	dir := t.TempDir()
+	qs, _, httpURL := startQuickstart(t, dir)
+	if err := qs.stop(t, syscall.SIGTERM); err != nil {
+		t.Fatalf("quickstart: %v\n%s", err, qs.out)
+	}
+	cfg := filepath.Join(dir, "ca.yaml")
+	sock := filepath.Join(dir, "admin.sock")
+	_, csrPEM := newCSRPEM(t, dir, "burst.csr", "burst.example.internal")
+
+	const (
+		kills      = 3
+		clients    = 4
+		perRound   = 12 // kill after this many acknowledged issuances
+		roundLimit = 2 * time.Minute
+	)
+	var (
+		mu       sync.Mutex
+		received = map[string][]byte{} // serial → DER as the client got it
+		dupes    []string
+	)
+	for round := 0; round <= kills; round++ {
+		p := startProc(t, dir, "ca", "serve", "--config", cfg)
+		waitHealth(t, p, httpURL, isSealed)
+		sc := socketClient(sock)
+		for _, s := range []string{"share-2.txt", "share-3.txt"} {
+			share, err := os.ReadFile(filepath.Join(dir, "shares", "issuing", s))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if code, prob, err := adminCall(sc, "POST", "http://admin/admin/hsm/activate", server.ActivateRequest{Share: string(share)}, nil); err != nil || code != 200 {
+				t.Fatalf("round %d: activate: %d %v %v", round, code, prob, err)
+			}
+		}
+		if round == kills {
+			// Final round: the store and `cert list` must hold everything.
+			verifyReceived(t, dir, sock, received)
+			if err := p.stop(t, syscall.SIGTERM); err != nil {
+				t.Fatalf("final stop: %v", err)
+			}
+			break
+		}
+		var (
+			wg   sync.WaitGroup
+			got  int
+			stop = make(chan struct{})
+			once sync.Once
+		)
+		deadline := time.Now().Add(roundLimit)
+		for range clients {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for n := 0; n < 10_000 && time.Now().Before(deadline); n++ {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					var ci server.CertInfo
+					code, _, err := adminCall(sc, "POST", "http://admin/admin/cert/issue", server.IssueRequest{CSR: csrPEM, Profile: "server"}, &ci)
+					if err != nil || code != http.StatusCreated {
+						return // the server died under us: expected after the kill
+					}
+					blk, _ := pem.Decode([]byte(ci.Certificate))
+					mu.Lock()
+					if _, dup := received[ci.Serial]; dup {
+						dupes = append(dupes, ci.Serial)
+					}
+					received[ci.Serial] = blk.Bytes
+					got++
+					if got >= perRound {
+						once.Do(func() { p.kill9(t); close(stop) })
+					}
+					mu.Unlock()
+				}
+			}()
+		}
+		wg.Wait()
+		once.Do(func() { p.kill9(t); close(stop) })
+		if got == 0 {
+			t.Fatalf("round %d: no issuance succeeded; output:\n%s", round, p.out)
+		}
+	}
+	if len(dupes) > 0 {
+		t.Fatalf("serials handed out twice: %v", dupes)
+	}
+	t.Logf("kills: %d, certificates received and checked: %d", kills, len(received))
+}
+
+// verifyReceived checks every received certificate against the store (via
+// the admin API) and `cert list`.
+func verifyReceived(t *testing.T, dir, sock string, received map[string][]byte) {
+	t.Helper()
+	r := mustRun(t, dir, "cert", "list", "--socket", sock, "--json")
+	var listed []struct {
+		Serial string `json:"serial"`
+		Status string `json:"status"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &listed); err != nil {
+		t.Fatalf("cert list --json: %v\n%s", err, r.stdout)
+	}
+	seen := map[string]int{}
+	for _, c := range listed {
+		seen[c.Serial]++
+		if seen[c.Serial] > 1 {
+			t.Errorf("serial %s listed twice", c.Serial)
+		}
+	}
+	sc := socketClient(sock)
+	for serial, der := range received {
+		if seen[serial] == 0 {
+			t.Errorf("received certificate %s is not in `cert list`", serial)
+			continue
+		}
+		var ci server.CertInfo
+		code, prob, err := adminCall(sc, "GET", "http://admin/admin/cert/show/"+serial, nil, &ci)
+		if err != nil || code != 200 {
+			t.Errorf("show %s: %d %v %v", serial, code, prob, err)
+			continue
+		}
+		blk, _ := pem.Decode([]byte(ci.Certificate))
+		if blk == nil || !bytes.Equal(blk.Bytes, der) || ci.Status != "valid" {
+			t.Errorf("certificate %s in the store differs from what the client received (status %s)", serial, ci.Status)
+		}
+		if _, err := x509.ParseCertificate(der); err != nil {
+			t.Errorf("%s: %v", serial, err)
+		}
+	}
+	pending := 0
+	for _, c := range listed {
+		if c.Status == "pending" {
+			pending++
+		}
+	}
+	t.Logf("cert list: %d records (%d pending: serials reserved before a kill, revocable), %d received by clients", len(listed), pending, len(received))
+}
+
+// TestServeConfigErrors: bad configs fail at start-up with clear errors.
+func TestServeConfigErrors(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, body string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	for _, tc := range []struct {
+		name, body string
+		code       int
+		want       string
+	}{
+		{"unknown field", "module: m\nca:\n  issuers: [{name: a, certificate: a.pem, partition: p, key: k}]\nserver:\n  bogus: 1\n", ExitFail, "bogus"},
+		{"bad log format", "module: m\nca:\n  issuers: [{name: a, certificate: a.pem, partition: p, key: k}]\nserver:\n  log_format: xml\n", ExitFail, "log_format"},
+		{"no module", "module: nowhere\nca:\n  issuers: [{name: a, certificate: a.pem, partition: p, key: k}]\n", ExitFail, "nowhere"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := write(strings.ReplaceAll(tc.name, " ", "-")+".yaml", tc.body)
+			r := runCLI(t, dir, "ca", "serve", "--config", path)
+			if r.code == 0 || !strings.Contains(r.stderr, tc.want) {
+				t.Fatalf("want a failure naming %q:\n%s", tc.want, r)
+			}
+		})
+	}
+}
