@@ -291,3 +291,20 @@ func TestNewPolicyFeasible(t *testing.T) {
 		t.Errorf("min_operators above operator count: err = %v", err)
 	}
 }
+
+func TestLoadVerificationLogs(t *testing.T) {
+	dir := filepath.Join("..", "testdata", "ct")
+	logs, err := LoadVerificationLogs(filepath.Join(dir, "log_list.json"), []string{filepath.Join(dir, "logA.pem")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(logs) != 3 || logs[2].Name != "logA" || logs[2].ID != logs[0].ID {
+		t.Fatalf("logs = %+v", logs)
+	}
+	if _, err := LoadVerificationLogs("", nil); err == nil {
+		t.Error("no logs accepted")
+	}
+	if _, err := LoadVerificationLogs("", []string{filepath.Join(dir, "cert.pem")}); err == nil || !strings.Contains(err.Error(), "cert.pem") {
+		t.Errorf("a certificate as log key: err = %v", err)
+	}
+}

@@ -216,13 +216,20 @@ func precertEntry(chain [][]byte) (*ctgo.MerkleTreeLeaf, time.Time, error) {
 	if len(chain) < 2 {
 		return nil, time.Time{}, errors.New("ct: the chain needs the precertificate and its issuer")
 	}
-	certs := make([]*ctx509.Certificate, len(chain))
-	for i, der := range chain {
-		c, err := parseCT(der)
+	// The entry needs the precertificate and its issuer, and the issuer's
+	// issuer only when the precertificate was signed by a precertificate
+	// signing certificate (RFC 6962 section 3.1); the log checks the rest.
+	n := 2
+	var certs []*ctx509.Certificate
+	for i := 0; i < n && i < len(chain); i++ {
+		c, err := parseCT(chain[i])
 		if err != nil {
 			return nil, time.Time{}, fmt.Errorf("ct: chain[%d]: %w", i, err)
 		}
-		certs[i] = c
+		certs = append(certs, c)
+		if i == 1 && ctgo.IsPreIssuer(c) {
+			n = 3
+		}
 	}
 	if !certs[0].IsPrecertificate() {
 		return nil, time.Time{}, errors.New("ct: chain[0] is not a precertificate (no critical poison extension)")
