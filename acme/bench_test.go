@@ -1,10 +1,12 @@
 package acme_test
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"slices"
 	"sync"
+	"syscall"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -12,11 +14,54 @@ import (
 	hacme "github.com/hsmca/hsmca/acme"
 )
 
-func benchEnv(b *testing.B) *env {
-	return newEnv(b, func(c *hacme.Config) {
+func benchEnv(b *testing.B) (*env, *countingStore) {
+	e := newEnv(b, func(c *hacme.Config) {
 		c.RateLimits = hacme.RateLimits{AccountRate: -1, IPRate: -1, NewOrderRate: -1}
 		c.ValidationWorkers = 32
 	})
+	cs := &countingStore{}
+	e.wrap = func(st hacme.Store) hacme.Store { cs.Store = st; return cs }
+	e.restart()
+	return e, cs
+}
+
+// countingStore counts durable writes.
+type countingStore struct {
+	hacme.Store
+	writes atomic.Int64
+}
+
+func (c *countingStore) CreateAccount(ctx context.Context, a *hacme.Account) error {
+	c.writes.Add(1)
+	return c.Store.CreateAccount(ctx, a)
+}
+func (c *countingStore) UpdateAccount(ctx context.Context, a *hacme.Account, old string) error {
+	c.writes.Add(1)
+	return c.Store.UpdateAccount(ctx, a, old)
+}
+func (c *countingStore) CreateOrder(ctx context.Context, o *hacme.Order, z []*hacme.Authz) error {
+	c.writes.Add(1)
+	return c.Store.CreateOrder(ctx, o, z)
+}
+func (c *countingStore) UpdateOrder(ctx context.Context, o *hacme.Order, w string, add bool) error {
+	c.writes.Add(1)
+	return c.Store.UpdateOrder(ctx, o, w, add)
+}
+func (c *countingStore) UpdateAuthz(ctx context.Context, a *hacme.Authz, w string, add bool) error {
+	c.writes.Add(1)
+	return c.Store.UpdateAuthz(ctx, a, w, add)
+}
+func (c *countingStore) FinishOrder(ctx context.Context, o *hacme.Order, cert *hacme.Cert) error {
+	c.writes.Add(1)
+	return c.Store.FinishOrder(ctx, o, cert)
+}
+func (c *countingStore) UpdateCert(ctx context.Context, cert *hacme.Cert) error {
+	c.writes.Add(1)
+	return c.Store.UpdateCert(ctx, cert)
+}
+func (c *countingStore) PutMeta(ctx context.Context, k string, v []byte) error {
+	c.writes.Add(1)
+	return c.Store.PutMeta(ctx, k, v)
 }
 
 // fullOrder runs newOrder -> http-01 -> finalize -> download for one new
@@ -66,9 +111,10 @@ func (c *rawClient) fullOrder(name string) {
 // HTTPS on loopback (client work, including signing and CSR generation, is
 // in the figure too).
 func BenchmarkFullOrder(b *testing.B) {
-	e := benchEnv(b)
+	e, st := benchEnv(b)
 	c := newRaw(b, e)
 	c.register()
+	w0, r0 := st.writes.Load(), requests.Load()
 	b.ReportAllocs()
 	start := time.Now()
 	i := 0
@@ -77,12 +123,14 @@ func BenchmarkFullOrder(b *testing.B) {
 		c.fullOrder(fmt.Sprintf("b%d.bench.test", i))
 	}
 	b.ReportMetric(float64(i)/time.Since(start).Seconds(), "orders/s")
+	b.ReportMetric(float64(st.writes.Load()-w0)/float64(i), "writes/order")
+	b.ReportMetric(float64(requests.Load()-r0)/float64(i), "requests/order")
 }
 
 // BenchmarkFullOrderParallel: 16 clients, one account each, sharing b.N
 // orders; reports orders/s and the p50/p99 latency of one order.
 func BenchmarkFullOrderParallel(b *testing.B) {
-	e := benchEnv(b)
+	e, st := benchEnv(b)
 	const clients = 16
 	cs := make([]*rawClient, clients)
 	for i := range cs {
@@ -90,10 +138,12 @@ func BenchmarkFullOrderParallel(b *testing.B) {
 		cs[i].register()
 	}
 	var n atomic.Int64
+	w0, r0 := st.writes.Load(), requests.Load()
 	lat := make([][]time.Duration, clients)
 	b.ReportAllocs()
 	b.ResetTimer()
 	start := time.Now()
+	cpu0 := cpuTime()
 	var wg sync.WaitGroup
 	for i := range cs {
 		wg.Add(1)
@@ -112,6 +162,7 @@ func BenchmarkFullOrderParallel(b *testing.B) {
 	}
 	wg.Wait()
 	el := time.Since(start)
+	cpu := cpuTime() - cpu0
 	b.StopTimer()
 	var all []time.Duration
 	for _, l := range lat {
@@ -119,6 +170,17 @@ func BenchmarkFullOrderParallel(b *testing.B) {
 	}
 	slices.Sort(all)
 	b.ReportMetric(float64(len(all))/el.Seconds(), "orders/s")
+	b.ReportMetric(float64(cpu.Microseconds())/1000/float64(len(all)), "proc-cpu-ms/order")
+	b.ReportMetric(float64(st.writes.Load()-w0)/float64(len(all)), "writes/order")
+	b.ReportMetric(float64(requests.Load()-r0)/float64(len(all)), "requests/order")
 	b.ReportMetric(float64(all[len(all)/2].Microseconds())/1000, "p50-ms")
 	b.ReportMetric(float64(all[len(all)*99/100].Microseconds())/1000, "p99-ms")
+}
+
+// cpuTime is this process's CPU time (user+system): server and clients
+// together, since both run here.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

@@ -282,6 +282,7 @@ type env struct {
 	dbPath string
 	cfg    acme.Config
 	opts   acme.Options
+	wrap   func(acme.Store) acme.Store // optional, set before start
 	st     *store.Store
 	srv    *acme.Server
 	http   *http.Server
@@ -338,7 +339,11 @@ func (e *env) start() {
 	if opts.Logger == nil {
 		opts.Logger = testLogger
 	}
-	srv, err := acme.New(e.cfg, e.ca, st, opts)
+	var ast acme.Store = st
+	if e.wrap != nil {
+		ast = e.wrap(st)
+	}
+	srv, err := acme.New(e.cfg, e.ca, ast, opts)
 	if err != nil {
 		st.Close()
 		e.t.Fatal(err)

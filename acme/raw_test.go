@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"sync/atomic"
 	"testing"
 
 	jose "github.com/go-jose/go-jose/v4"
@@ -112,6 +113,7 @@ func (c *rawClient) postBody(url string, body []byte) rawResp {
 	c.t.Helper()
 	req, _ := http.NewRequest(http.MethodPost, url, bytes.NewReader(body))
 	req.Header.Set("Content-Type", "application/jose+json")
+	requests.Add(1)
 	resp, err := c.e.client.Do(req)
 	if err != nil {
 		c.t.Fatal(err)
@@ -238,3 +240,6 @@ func (c *rawClient) finalize(o orderResp, csr []byte) rawResp {
 	c.t.Helper()
 	return c.post(o.Finalize, map[string]string{"csr": b64(csr)}, signOpts{})
 }
+
+// requests counts POSTs sent by raw clients (for the benchmarks).
+var requests atomic.Int64
