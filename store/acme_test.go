@@ -2,6 +2,7 @@ package store_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"sync/atomic"
@@ -81,4 +82,126 @@ func BenchmarkACMEUpdateOrderParallel(b *testing.B) {
 			}
 		}
 	})
+}
+
+func TestACMEAccounts(t *testing.T) {
+	s, path := openStore(t)
+	ctx := context.Background()
+	a := &acme.Account{ID: "a1", KeyThumb: "k1", Status: acme.StatusValid, Key: []byte(`{"kty":"EC"}`)}
+	if err := s.CreateAccount(ctx, a); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.CreateAccount(ctx, &acme.Account{ID: "a2", KeyThumb: "k1"}); !errors.Is(err, acme.ErrConflict) {
+		t.Fatalf("duplicate key: %v", err)
+	}
+	if _, err := s.GetAccount(ctx, "a2"); !errors.Is(err, acme.ErrNotFound) {
+		t.Fatalf("conflicting account stored: %v", err)
+	}
+	if err := s.CreateAccount(ctx, &acme.Account{ID: "a3", KeyThumb: "k3"}); err != nil {
+		t.Fatal(err)
+	}
+	// Key rollover moves the index; taking another account's key is refused.
+	a.KeyThumb = "k3"
+	if err := s.UpdateAccount(ctx, a, "k1"); !errors.Is(err, acme.ErrConflict) {
+		t.Fatalf("rollover onto a used key: %v", err)
+	}
+	a.KeyThumb = "k2"
+	if err := s.UpdateAccount(ctx, a, "k1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.GetAccountByKey(ctx, "k1"); !errors.Is(err, acme.ErrNotFound) {
+		t.Fatalf("old key still indexed: %v", err)
+	}
+	// Durable across reopen.
+	s.Close()
+	s2, err := store.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	got, err := s2.GetAccountByKey(ctx, "k2")
+	if err != nil || got.ID != "a1" || string(got.Key) != `{"kty":"EC"}` {
+		t.Fatalf("after reopen: %v %+v", err, got)
+	}
+}
+
+func TestACMEAuthzWorkMetaEAB(t *testing.T) {
+	s, _ := openStore(t)
+	ctx := context.Background()
+	id := acme.Identifier{Type: "dns", Value: "a.example.test"}
+	z := &acme.Authz{ID: "z1", AccountID: "a1", Identifier: id, Status: acme.StatusPending,
+		Challenges: []*acme.Challenge{{Type: "http-01", Status: acme.StatusProcessing}}}
+	if err := s.CreateOrder(ctx, &acme.Order{ID: "o1", AccountID: "a1", Authzs: []string{"z1"}}, []*acme.Authz{z}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.UpdateAuthz(ctx, z, acme.WorkValidate+"z1/http-01", true); err != nil {
+		t.Fatal(err)
+	}
+	if w, err := s.ListWork(ctx, acme.WorkValidate); err != nil || len(w) != 1 || w[0] != "z1/http-01" {
+		t.Fatalf("work %v %v", w, err)
+	}
+	if _, err := s.FindValidAuthz(ctx, "a1", id, false); !errors.Is(err, acme.ErrNotFound) {
+		t.Fatalf("pending authz indexed as valid: %v", err)
+	}
+	z.Status = acme.StatusValid
+	if err := s.UpdateAuthz(ctx, z, acme.WorkValidate+"z1/http-01", false); err != nil {
+		t.Fatal(err)
+	}
+	if w, _ := s.ListWork(ctx, acme.WorkValidate); len(w) != 0 {
+		t.Fatalf("work not cleared: %v", w)
+	}
+	if got, err := s.FindValidAuthz(ctx, "a1", id, false); err != nil || got.ID != "z1" {
+		t.Fatalf("valid authz: %v %+v", err, got)
+	}
+	if _, err := s.FindValidAuthz(ctx, "a1", id, true); !errors.Is(err, acme.ErrNotFound) {
+		t.Fatal("wildcard flag ignored")
+	}
+	if _, err := s.FindValidAuthz(ctx, "a2", id, false); !errors.Is(err, acme.ErrNotFound) {
+		t.Fatal("another account's authz found")
+	}
+	z.Status = acme.StatusDeactivated
+	if err := s.UpdateAuthz(ctx, z, "", false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.FindValidAuthz(ctx, "a1", id, false); !errors.Is(err, acme.ErrNotFound) {
+		t.Fatal("deactivated authz still indexed")
+	}
+
+	o := &acme.Order{ID: "o1", AccountID: "a1", Status: acme.StatusValid, CertSerial: "ab"}
+	if err := s.UpdateOrder(ctx, o, acme.WorkFinalize+"o1", true); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.FinishOrder(ctx, o, &acme.Cert{Serial: "ab", AccountID: "a1", DER: []byte{1}}); err != nil {
+		t.Fatal(err)
+	}
+	if w, _ := s.ListWork(ctx, acme.WorkFinalize); len(w) != 0 {
+		t.Fatalf("finalize work not cleared: %v", w)
+	}
+	if c, err := s.GetCert(ctx, "ab"); err != nil || c.AccountID != "a1" {
+		t.Fatalf("cert %v %+v", err, c)
+	}
+
+	if _, err := s.GetMeta(ctx, "m"); !errors.Is(err, acme.ErrNotFound) {
+		t.Fatal(err)
+	}
+	s.PutMeta(ctx, "m", []byte("v"))
+	if v, err := s.GetMeta(ctx, "m"); err != nil || string(v) != "v" {
+		t.Fatalf("meta %q %v", v, err)
+	}
+	s.PutMeta(ctx, "m", nil)
+	if _, err := s.GetMeta(ctx, "m"); !errors.Is(err, acme.ErrNotFound) {
+		t.Fatal("empty value did not delete")
+	}
+
+	kid, _, err := acme.CreateEAB(ctx, s, "l")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := s.GetEAB(ctx, kid)
+	if err != nil || len(e.Key) != 32 {
+		t.Fatalf("eab %v %+v", err, e)
+	}
+	if l, err := s.ListEAB(ctx); err != nil || len(l) != 1 {
+		t.Fatalf("list %v %v", l, err)
+	}
 }
