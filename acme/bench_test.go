@@ -6,8 +6,8 @@ import (
 	"net/http"
 	"slices"
 	"sync"
-	"syscall"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 

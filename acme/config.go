@@ -67,6 +67,9 @@ type Config struct {
 	MaxBodyBytes int64 `yaml:"max_body_bytes"`
 	// MaxIdentifiers limits the identifiers of one order (default 100).
 	MaxIdentifiers int `yaml:"max_identifiers"`
+	// FinalizeWait is how long finalize waits for the CA before answering
+	// "processing" (default 2s).
+	FinalizeWait time.Duration `yaml:"finalize_wait"`
 	// RetryAfter is what the server tells clients polling a processing
 	// order or pending challenge (default 1s).
 	RetryAfter time.Duration `yaml:"retry_after"`
@@ -144,6 +147,7 @@ func (c *Config) setDefaults() error {
 	def(&c.ValidationTimeout, 10*time.Second)
 	def(&c.ValidationRetryDelay, time.Second)
 	def(&c.RetryAfter, time.Second)
+	def(&c.FinalizeWait, 2*time.Second)
 	if c.HTTP01Port == 0 {
 		c.HTTP01Port = 80
 	}

@@ -36,6 +36,7 @@ type fakeCA struct {
 	root, inter *x509.Certificate
 	interKey    crypto.Signer
 	sealed      atomic.Bool
+	hold        chan struct{} // if set, Issue waits until it is closed
 	issued      atomic.Int64
 	mu          sync.Mutex
 	revoked     map[string]int
@@ -75,6 +76,13 @@ func (c *fakeCA) CheckNames(profile string, ids []acme.Identifier) error {
 }
 
 func (c *fakeCA) Issue(ctx context.Context, req acme.IssueRequest) (*acme.Issued, error) {
+	if c.hold != nil {
+		select {
+		case <-c.hold:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
 	if c.sealed.Load() {
 		return nil, &acme.UnavailableError{Detail: "CA awaits quorum (1 of 2)", RetryAfter: 7 * time.Second}
 	}

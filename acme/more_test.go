@@ -232,3 +232,90 @@ func TestValidationFailure(t *testing.T) {
 		})
 	}
 }
+
+// TestSlowCA: a CA slower than FinalizeWait gets the order stored as
+// processing with Retry-After; it becomes valid in the background.
+func TestSlowCA(t *testing.T) {
+	e := newEnvOpts(t, func(c *hacme.Config) { c.FinalizeWait = 50 * time.Millisecond }, hacme.Options{})
+	e.ca.hold = make(chan struct{})
+	a := newRaw(t, e)
+	a.register()
+	u, o := a.newOrder("slow.example.test")
+	a.solveHTTP(u, o)
+	r := a.finalize(o, makeCSR(t, "slow.example.test"))
+	if r.code != 200 || decode[orderResp](t, r).Status != "processing" || r.hdr.Get("Retry-After") == "" {
+		t.Fatalf("slow finalize: %d %s %v", r.code, r.body, r.hdr)
+	}
+	po := decode[orderResp](t, a.post(u, nil, signOpts{}))
+	if po.Status != "processing" {
+		t.Fatalf("order %s", po.Status)
+	}
+	if w, _ := e.st.ListWork(t.Context(), hacme.WorkFinalize); len(w) != 1 {
+		t.Fatalf("processing order has no work record: %v", w)
+	}
+	// A second finalize is refused while processing.
+	if r := a.finalize(o, makeCSR(t, "slow.example.test")); r.problemType() != hacme.ProbOrderNotReady {
+		t.Fatalf("second finalize: %d %s", r.code, r.body)
+	}
+	close(e.ca.hold)
+	a.waitOrder(u, "valid")
+	if w, _ := e.st.ListWork(t.Context(), hacme.WorkFinalize); len(w) != 0 {
+		t.Fatalf("work record left: %v", w)
+	}
+	if n := e.ca.issued.Load(); n != 1 {
+		t.Fatalf("CA issued %d certificates", n)
+	}
+}
+
+func TestOrderValidityAndProfile(t *testing.T) {
+	e := newEnv(t, func(c *hacme.Config) { c.AllowValidityRequest = true })
+	a := newRaw(t, e)
+	a.register()
+	nb := time.Now().Add(time.Hour).UTC().Truncate(time.Second)
+	na := nb.Add(24 * time.Hour)
+	r := a.post(e.base+"new-order", map[string]any{"profile": "short", "notBefore": nb.Format(time.RFC3339), "notAfter": na.Format(time.RFC3339),
+		"identifiers": []map[string]string{{"type": "dns", "value": "v.example.test"}}}, signOpts{})
+	o := decode[struct{ Profile, NotBefore, NotAfter string }](t, r)
+	if r.code != 201 || o.Profile != "short" || o.NotBefore != nb.Format(time.RFC3339) || o.NotAfter != na.Format(time.RFC3339) {
+		t.Fatalf("order %d %s", r.code, r.body)
+	}
+	r = a.post(e.base+"new-order", map[string]any{"notBefore": na.Format(time.RFC3339), "notAfter": nb.Format(time.RFC3339),
+		"identifiers": []map[string]string{{"type": "dns", "value": "v.example.test"}}}, signOpts{})
+	if r.problemType() != hacme.ProbMalformed {
+		t.Fatalf("reversed validity: %d %s", r.code, r.body)
+	}
+	// Default profile when none is named.
+	_, o2 := a.newOrder("w.example.test")
+	_ = o2
+	r = a.post(e.base+"new-order", map[string]any{"identifiers": []map[string]string{{"type": "dns", "value": "w2.example.test"}}}, signOpts{})
+	if p := decode[struct{ Profile string }](t, r); p.Profile != "server" {
+		t.Fatalf("default profile %q", p.Profile)
+	}
+}
+
+func TestNewNonceEndpoint(t *testing.T) {
+	e := newEnv(t, nil)
+	for _, m := range []string{http.MethodHead, http.MethodGet} {
+		req, _ := http.NewRequest(m, e.base+"new-nonce", nil)
+		resp, err := e.client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		want := 200
+		if m == http.MethodGet {
+			want = 204
+		}
+		if resp.StatusCode != want || resp.Header.Get("Replay-Nonce") == "" || resp.Header.Get("Cache-Control") != "no-store" {
+			t.Fatalf("%s new-nonce: %d %v", m, resp.StatusCode, resp.Header)
+		}
+	}
+	resp, err := e.client.Get(e.base + "no-such-thing")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 404 || resp.Header.Get("Content-Type") != "application/problem+json" {
+		t.Fatalf("unknown path: %d %v", resp.StatusCode, resp.Header)
+	}
+}

@@ -320,12 +320,8 @@ func (s *Server) writeOrder(w http.ResponseWriter, q *request, o *Order, code in
 	return s.writeJSON(w, code, s.url(pOrder+o.ID), s.orderJSON(o, status))
 }
 
-// finalizeWait is how long finalize waits for the CA before answering
-// "processing" (RFC 8555 §7.4: the client then polls the order).
-const finalizeWait = 2 * time.Second
-
 // handleFinalize implements RFC 8555 §7.4. Issuance starts at once. If the
-// CA answers within finalizeWait, the reply carries the final state and the
+// CA answers within FinalizeWait, the reply carries the final state and the
 // order costs one durable write (the certificate and the valid order
 // together); a crash before that write leaves the order ready, and the
 // client, which got no answer, finalizes again. Otherwise the order is
@@ -399,7 +395,7 @@ func (s *Server) handleFinalize(w http.ResponseWriter, q *request) *Problem {
 			s.failLocked(o, err)
 		}
 	}()
-	t := time.NewTimer(finalizeWait)
+	t := time.NewTimer(s.cfg.FinalizeWait)
 	defer t.Stop()
 	var res result
 	select {
