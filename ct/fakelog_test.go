@@ -33,18 +33,21 @@ const (
 	fake500               // answers 500 to the first fail500 requests (all if <0)
 	fakeRefuse            // answers 400: chain refused
 	fakeWrongKey          // signs with a key other than the one it advertises
+	fake429               // answers 429 with Retry-After: retryAfter to the first request
+	fakeGarbage           // answers 200 with a body that is not an SCT
 )
 
 // fakeLog is an RFC 6962 log's add-pre-chain endpoint that really signs
 // SCTs with its own ECDSA P-256 key over the precertificate signature input
 // (section 3.2), built here independently of certificate-transparency-go.
 type fakeLog struct {
-	key     *ecdsa.PrivateKey
-	id      [32]byte
-	mode    fakeMode
-	fail500 int
-	ext     []byte   // CtExtensions to put in SCTs
-	after   *fakeLog // answer only once this log has seen a request
+	key        *ecdsa.PrivateKey
+	id         [32]byte
+	mode       fakeMode
+	fail500    int
+	ext        []byte   // CtExtensions to put in SCTs
+	after      *fakeLog // answer only once this log has seen a request
+	retryAfter string   // Retry-After of fake429
 
 	calls    atomic.Int32
 	canceled atomic.Int32 // hung requests whose client went away
@@ -107,6 +110,16 @@ func (f *fakeLog) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			http.Error(w, "internal error", http.StatusInternalServerError)
 			return
 		}
+	case fake429:
+		if n == 1 {
+			w.Header().Set("Retry-After", f.retryAfter)
+			http.Error(w, "slow down", http.StatusTooManyRequests)
+			return
+		}
+	case fakeGarbage:
+		w.Header().Set("Content-Type", "application/json")
+		w.Write([]byte(`{"sct_version":0,"id":"AAAA","signature":"AAAA"}`))
+		return
 	case fakeRefuse:
 		http.Error(w, "chain does not end in an accepted root", http.StatusBadRequest)
 		return

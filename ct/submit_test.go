@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -364,4 +365,87 @@ func labels(m *dto.Metric) string {
 		parts = append(parts, l.GetName()+"="+l.GetValue())
 	}
 	return "{" + strings.Join(parts, ",") + "}"
+}
+
+func TestGetSCTsRetryAfterAndResponses(t *testing.T) {
+	pki := newTestPKI(t)
+	chain := func() [][]byte { return pki.precert(t, leafTemplate(t, "r.example.test")).chain() }
+	failure := func(t *testing.T, err error) *LogError {
+		t.Helper()
+		var pe *PolicyError
+		if !errors.As(err, &pe) || len(pe.Failures) != 1 {
+			t.Fatalf("err = %v, want one failure", err)
+		}
+		return pe.Failures[0]
+	}
+
+	t.Run("429 honoured then success", func(t *testing.T) {
+		f := newFakeLog(t, fake429)
+		f.retryAfter = "1"
+		s := mustNew(t, Config{Logs: []LogConfig{f.config(t, "f", "")}})
+		scts, err := s.GetSCTs(context.Background(), chain())
+		if err != nil || len(scts) != 1 || f.calls.Load() != 2 {
+			t.Fatalf("scts %d, err %v, calls %d", len(scts), err, f.calls.Load())
+		}
+	})
+	t.Run("Retry-After beyond the deadline", func(t *testing.T) {
+		f := newFakeLog(t, fake429)
+		f.retryAfter = "3600"
+		s := mustNew(t, Config{Logs: []LogConfig{f.config(t, "f", "")}, Deadline: 10 * time.Second})
+		_, err := s.GetSCTs(context.Background(), chain())
+		fl := failure(t, err)
+		if fl.Reason != ReasonHTTP429 || !strings.Contains(fl.Err.Error(), "no time left to retry") || f.calls.Load() != 1 {
+			t.Fatalf("failure %v, calls %d", fl, f.calls.Load())
+		}
+	})
+	t.Run("garbage answer", func(t *testing.T) {
+		f := newFakeLog(t, fakeGarbage)
+		s := mustNew(t, Config{Logs: []LogConfig{f.config(t, "f", "")}, Retries: 3})
+		_, err := s.GetSCTs(context.Background(), chain())
+		if fl := failure(t, err); fl.Reason != ReasonBadResponse || f.calls.Load() != 1 {
+			t.Fatalf("failure %v, calls %d", fl, f.calls.Load())
+		}
+	})
+	t.Run("SCT from the future", func(t *testing.T) {
+		f := newFakeLog(t, fakeOK)
+		s, err := New(quick(Config{Logs: []LogConfig{f.config(t, "f", "")}}), Options{Clock: func() time.Time { return time.Now().Add(-time.Hour) }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = s.GetSCTs(context.Background(), chain())
+		if fl := failure(t, err); fl.Reason != ReasonBadResponse || !strings.Contains(fl.Err.Error(), "in the future") {
+			t.Fatalf("failure %v", fl)
+		}
+	})
+	t.Run("connection refused", func(t *testing.T) {
+		f := newFakeLog(t, fakeOK)
+		cfg := f.config(t, "f", "")
+		f.srv.Close()
+		s := mustNew(t, Config{Logs: []LogConfig{cfg}, Retries: 1})
+		_, err := s.GetSCTs(context.Background(), chain())
+		if fl := failure(t, err); fl.Reason != ReasonNetwork || fl.Attempts != 2 {
+			t.Fatalf("failure %v", fl)
+		}
+	})
+}
+
+func TestRetryAfter(t *testing.T) {
+	now := time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
+	cases := map[string]time.Duration{
+		"":                              0,
+		"7":                             7 * time.Second,
+		"-3":                            0,
+		"soon":                          0,
+		"Thu, 26 Nov 2026 12:00:30 GMT": 30 * time.Second,
+		"Thu, 26 Nov 2026 11:00:00 GMT": 0,
+	}
+	for v, want := range cases {
+		r := &http.Response{Header: http.Header{}}
+		if v != "" {
+			r.Header.Set("Retry-After", v)
+		}
+		if got := retryAfter(r, now); got != want {
+			t.Errorf("Retry-After %q = %v, want %v", v, got, want)
+		}
+	}
 }
