@@ -77,13 +77,10 @@ func (v *validator) enqueue(authz, typ string, attempt int) {
 		}
 	}
 	if attempt > 0 {
+		// Close waits for pending retries (at most the retry delay); push
+		// gives up at once when the server is closing.
 		v.s.bg.Add(1)
-		t := time.AfterFunc(v.s.cfg.ValidationRetryDelay, func() { defer v.s.bg.Done(); push() })
-		context.AfterFunc(v.s.ctx, func() {
-			if t.Stop() {
-				v.s.bg.Done()
-			}
-		})
+		time.AfterFunc(v.s.cfg.ValidationRetryDelay, func() { defer v.s.bg.Done(); push() })
 		return
 	}
 	select {
