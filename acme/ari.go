@@ -15,16 +15,10 @@ import (
 // certByARIID finds a certificate by its RFC 9773 §4.1 CertID:
 // base64url(AKI keyIdentifier) "." base64url(serial DER content octets).
 func (s *Server) certByARIID(ctx context.Context, certID string) (*Cert, *Problem) {
-	akiB64, serB64, ok := strings.Cut(certID, ".")
-	if !ok {
-		return nil, malformed("certID must be keyIdentifier.serial in base64url")
+	aki, serial, p := parseCertID(certID)
+	if p != nil {
+		return nil, p
 	}
-	aki, err1 := base64.RawURLEncoding.DecodeString(akiB64)
-	ser, err2 := base64.RawURLEncoding.DecodeString(serB64)
-	if err1 != nil || err2 != nil || len(aki) == 0 || len(ser) == 0 || len(ser) > 20 {
-		return nil, malformed("certID must be keyIdentifier.serial in base64url")
-	}
-	serial := new(big.Int).SetBytes(ser).Text(16)
 	c, err := s.st.GetCert(ctx, serial)
 	if errors.Is(err, ErrNotFound) {
 		return nil, prob(ProbMalformed, 404, "no certificate with this certID")
@@ -36,6 +30,21 @@ func (s *Server) certByARIID(ctx context.Context, certID string) (*Cert, *Proble
 		return nil, prob(ProbMalformed, 404, "no certificate with this certID")
 	}
 	return c, nil
+}
+
+// parseCertID splits an RFC 9773 CertID into the authority key identifier
+// and the serial as the store keys it (lower-case hex).
+func parseCertID(certID string) (aki []byte, serial string, p *Problem) {
+	akiB64, serB64, ok := strings.Cut(certID, ".")
+	if !ok {
+		return nil, "", malformed("certID must be keyIdentifier.serial in base64url")
+	}
+	aki, err1 := base64.RawURLEncoding.DecodeString(akiB64)
+	ser, err2 := base64.RawURLEncoding.DecodeString(serB64)
+	if err1 != nil || err2 != nil || len(aki) == 0 || len(aki) > 64 || len(ser) == 0 || len(ser) > 20 {
+		return nil, "", malformed("certID must be keyIdentifier.serial in base64url")
+	}
+	return aki, new(big.Int).SetBytes(ser).Text(16), nil
 }
 
 // handleRenewalInfo implements RFC 9773 §4.2: the suggested renewal window

@@ -5,6 +5,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"strings"
 	"testing"
 
 	jose "github.com/go-jose/go-jose/v4"
@@ -60,5 +61,42 @@ func FuzzParseJWS(f *testing.F) {
 			p.verify(p.jwk)
 		}
 		n.Use(p.hdr.Nonce)
+	})
+}
+
+// FuzzIdentifier feeds newOrder's identifier check: accepted identifiers
+// are canonical (normalizing again changes nothing).
+func FuzzIdentifier(f *testing.F) {
+	for _, s := range []string{"dns|a.example.test", "dns|*.Example.TEST", "dns|*.*.a.test", "dns|a..b", "dns|-a.test",
+		"ip|127.0.0.1", "ip|::ffff:10.0.0.1", "ip|fe80::1%eth0", "email|a@b.test", "dns|127.0.0.1"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		typ, val, _ := strings.Cut(s, "|")
+		id, wild, p := normalizeIdentifier(Identifier{Type: typ, Value: val})
+		if p != nil {
+			return
+		}
+		id2, wild2, p2 := normalizeIdentifier(id)
+		if p2 != nil || id2 != id || wild2 != wild {
+			t.Fatalf("%q normalized to %q, then %q (%v)", val, id.Value, id2.Value, p2)
+		}
+		if wild && !strings.HasPrefix(id.Value, "*.") {
+			t.Fatal("wildcard without *.")
+		}
+	})
+}
+
+// FuzzCertID feeds the RFC 9773 CertID parser.
+func FuzzCertID(f *testing.F) {
+	f.Add("aYhba4dGQEHhs3uEe6CuLN4ByNQ.AIdlQyE")
+	f.Add(".")
+	f.Add("a.b.c")
+	f.Add("AAAA.")
+	f.Fuzz(func(t *testing.T, s string) {
+		aki, serial, p := parseCertID(s)
+		if p == nil && (len(aki) == 0 || serial == "") {
+			t.Fatal("accepted an empty part")
+		}
 	})
 }
