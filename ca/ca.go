@@ -154,14 +154,13 @@ func New(cfg Config, issuers []Issuer, st Store, opts Options) (*CA, error) {
 		}
 		byName[is.Name] = is
 	}
-	throwaway := map[string]crypto.Signer{}
 	for _, ic := range cfg.Issuers {
 		is, ok := byName[ic.Name]
 		if !ok {
 			return nil, fmt.Errorf("ca: issuer %q is configured but no certificate/signer was given", ic.Name)
 		}
 		delete(byName, ic.Name)
-		st, err := newIssuerState(is, throwaway)
+		st, err := newIssuerState(is)
 		if err != nil {
 			return nil, err
 		}
@@ -189,7 +188,7 @@ func New(cfg Config, issuers []Issuer, st Store, opts Options) (*CA, error) {
 	return c, nil
 }
 
-func newIssuerState(is Issuer, throwaway map[string]crypto.Signer) (*issuerState, error) {
+func newIssuerState(is Issuer) (*issuerState, error) {
 	if is.Cert == nil || is.Signer == nil {
 		return nil, fmt.Errorf("ca: issuer %q: certificate and signer are required", is.Name)
 	}
@@ -210,13 +209,9 @@ func newIssuerState(is Issuer, throwaway map[string]crypto.Signer) (*issuerState
 	if err != nil {
 		return nil, fmt.Errorf("ca: issuer %q: %w", is.Name, err)
 	}
-	key, ok := throwaway[kt]
-	if !ok {
-		key, err = throwawayKey(kt)
-		if err != nil {
-			return nil, fmt.Errorf("ca: issuer %q: throwaway %s key: %w", is.Name, kt, err)
-		}
-		throwaway[kt] = key
+	key, err := throwawayKey(kt)
+	if err != nil {
+		return nil, fmt.Errorf("ca: issuer %q: throwaway %s key: %w", is.Name, kt, err)
 	}
 	parent := *is.Cert
 	parent.PublicKey = key.Public()
@@ -228,27 +223,48 @@ func newIssuerState(is Issuer, throwaway map[string]crypto.Signer) (*issuerState
 	return st, nil
 }
 
-// throwawayKey makes the key that signs the linted copies. It never leaves
-// the process and nothing it signs is handed out.
+// throwawayKeys caches one throwaway key per key type for the life of the
+// process, so that a CA rebuilt on a config reload does not pay for RSA key
+// generation again. The keys sign only the linted copies, which are never
+// handed out.
+var throwawayKeys struct {
+	sync.Mutex
+	m map[string]crypto.Signer
+}
+
+// throwawayKey returns the cached throwaway key of type kt, making it on
+// first use.
 func throwawayKey(kt string) (crypto.Signer, error) {
+	throwawayKeys.Lock()
+	defer throwawayKeys.Unlock()
+	if k, ok := throwawayKeys.m[kt]; ok {
+		return k, nil
+	}
+	var k crypto.Signer
+	var err error
 	switch kt {
 	case "ecdsa-p256":
-		return ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		k, err = ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	case "ecdsa-p384":
-		return ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+		k, err = ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
 	case "ecdsa-p521":
-		return ecdsa.GenerateKey(elliptic.P521(), rand.Reader)
-	case "rsa-2048":
-		return rsa.GenerateKey(rand.Reader, 2048)
-	case "rsa-3072":
-		return rsa.GenerateKey(rand.Reader, 3072)
-	case "rsa-4096":
-		return rsa.GenerateKey(rand.Reader, 4096)
+		k, err = ecdsa.GenerateKey(elliptic.P521(), rand.Reader)
+	case "rsa-2048", "rsa-3072", "rsa-4096":
+		bits := map[string]int{"rsa-2048": 2048, "rsa-3072": 3072, "rsa-4096": 4096}[kt]
+		k, err = rsa.GenerateKey(rand.Reader, bits)
 	case "ed25519":
-		_, k, err := ed25519.GenerateKey(rand.Reader)
-		return k, err
+		_, k, err = ed25519.GenerateKey(rand.Reader)
+	default:
+		return nil, fmt.Errorf("unsupported issuer key type %s", kt)
 	}
-	return nil, fmt.Errorf("unsupported key type %s", kt)
+	if err != nil {
+		return nil, err
+	}
+	if throwawayKeys.m == nil {
+		throwawayKeys.m = map[string]crypto.Signer{}
+	}
+	throwawayKeys.m[kt] = k
+	return k, nil
 }
 
 // keyTypeOf names a public key like the profiles do (ecdsa-p256, rsa-2048,

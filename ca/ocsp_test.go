@@ -29,6 +29,7 @@ func TestOCSP(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	mustLintClean(t, tc.CA, "server", issued.DER)
 	cert, _ := x509.ParseCertificate(issued.DER)
 	req := ocspRequest(t, cert, tc.pki.inter)
 

@@ -179,6 +179,10 @@ func TestConcurrentIssuanceNeverReusesSerial(t *testing.T) {
 					errs <- err
 					return
 				}
+				if res, err := ca.LintDER(tc.CA, "server", c.DER); err != nil || len(res) > 0 {
+					errs <- fmt.Errorf("lint: %v %+v", err, res)
+					return
+				}
 				mu.Lock()
 				if seen[c.Serial] {
 					errs <- fmt.Errorf("serial %s issued twice", c.Serial)
@@ -234,6 +238,7 @@ func TestRevokeAndCRL(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		mustLintClean(t, tc.CA, "server", c.DER)
 		serials = append(serials, c.Serial)
 	}
 	reason, err := ca.ParseReason("keyCompromise")
