@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/hsmca/hsmca/ct/cttest"
 )
 
 func writeFile(t testing.TB, path string, data []byte) {
@@ -282,12 +284,12 @@ func TestParseLogList(t *testing.T) {
 }
 
 func TestNewPolicyFeasible(t *testing.T) {
-	f := newFakeLog(t, fakeOK)
-	if _, err := New(Config{Logs: []LogConfig{f.config(t, "f", "op")}, MinSCTs: 2}, Options{}); err == nil || !strings.Contains(err.Error(), "only 1 logs") {
+	f := cttest.NewFakeLog(t, cttest.OK)
+	if _, err := New(Config{Logs: []LogConfig{logCfg(f, "f", "op")}, MinSCTs: 2}, Options{}); err == nil || !strings.Contains(err.Error(), "only 1 logs") {
 		t.Errorf("min_scts above log count: err = %v", err)
 	}
-	g := newFakeLog(t, fakeOK)
-	if _, err := New(Config{Logs: []LogConfig{f.config(t, "f", "op"), g.config(t, "g", "op")}, MinSCTs: 2, MinOperators: 2}, Options{}); err == nil || !strings.Contains(err.Error(), "distinct operators") {
+	g := cttest.NewFakeLog(t, cttest.OK)
+	if _, err := New(Config{Logs: []LogConfig{logCfg(f, "f", "op"), logCfg(g, "g", "op")}, MinSCTs: 2, MinOperators: 2}, Options{}); err == nil || !strings.Contains(err.Error(), "distinct operators") {
 		t.Errorf("min_operators above operator count: err = %v", err)
 	}
 }

@@ -11,6 +11,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
+
+	"github.com/hsmca/hsmca/ct/cttest"
 )
 
 // The CA declares this interface (package ca); Submitter must satisfy it.
@@ -43,10 +45,10 @@ func mustNew(t *testing.T, c Config) *Submitter {
 
 func TestGetSCTsAllLogs(t *testing.T) {
 	pki := newTestPKI(t)
-	a, b, c := newFakeLog(t, fakeOK), newFakeLog(t, fakeOK), newFakeLog(t, fakeOK)
-	b.ext = []byte{0, 0, 5, 0, 0, 0, 0, 42} // a static-ct-api leaf_index extension
+	a, b, c := cttest.NewFakeLog(t, cttest.OK), cttest.NewFakeLog(t, cttest.OK), cttest.NewFakeLog(t, cttest.OK)
+	b.Ext = []byte{0, 0, 5, 0, 0, 0, 0, 42} // a static-ct-api leaf_index extension
 	s := mustNew(t, Config{
-		Logs:         []LogConfig{a.config(t, "a", "op1"), b.config(t, "b", "op2"), c.config(t, "c", "op3")},
+		Logs:         []LogConfig{logCfg(a, "a", "op1"), logCfg(b, "b", "op2"), logCfg(c, "c", "op3")},
 		MinSCTs:      3,
 		MinOperators: 3,
 	})
@@ -58,16 +60,16 @@ func TestGetSCTsAllLogs(t *testing.T) {
 	if len(scts) != 3 {
 		t.Fatalf("got %d SCTs, want 3", len(scts))
 	}
-	for i, f := range []*fakeLog{a, b, c} {
+	for i, f := range []*cttest.FakeLog{a, b, c} {
 		sct, err := ParseSCT(scts[i])
 		if err != nil {
 			t.Fatal(err)
 		}
-		if sct.LogID.KeyID != f.id {
-			t.Errorf("SCT %d is from log %x, want %x (log order)", i, sct.LogID.KeyID[:4], f.id[:4])
+		if sct.LogID.KeyID != f.ID {
+			t.Errorf("SCT %d is from log %x, want %x (log order)", i, sct.LogID.KeyID[:4], f.ID[:4])
 		}
-		if !bytes.Equal(sct.Extensions, f.ext) {
-			t.Errorf("SCT %d extensions %x, want %x", i, sct.Extensions, f.ext)
+		if !bytes.Equal(sct.Extensions, f.Ext) {
+			t.Errorf("SCT %d extensions %x, want %x", i, sct.Extensions, f.Ext)
 		}
 	}
 
@@ -95,11 +97,11 @@ func TestGetSCTsFailures(t *testing.T) {
 		scts    int
 		err     bool
 		reasons map[string]Reason // failing log -> reason
-		calls   map[string]int32  // log -> requests it saw
+		calls   map[string]int    // log -> requests it saw
 	}
 	cases := []struct {
 		name  string
-		modes []fakeMode // logs l0, l1, ... each its own operator unless ops set
+		modes []cttest.Mode // logs l0, l1, ... each its own operator unless ops set
 		ops   []string
 		cfg   Config
 		fail5 int
@@ -107,58 +109,58 @@ func TestGetSCTsFailures(t *testing.T) {
 	}{
 		{
 			name:  "bad signature refused",
-			modes: []fakeMode{fakeOK, fakeBadSig},
+			modes: []cttest.Mode{cttest.OK, cttest.BadSig},
 			cfg:   Config{MinSCTs: 2, MinOperators: 2},
-			want:  want{scts: 1, err: true, reasons: map[string]Reason{"l1": ReasonBadSignature}, calls: map[string]int32{"l1": 1}},
+			want:  want{scts: 1, err: true, reasons: map[string]Reason{"l1": ReasonBadSignature}, calls: map[string]int{"l1": 1}},
 		},
 		{
 			name:  "wrong key refused",
-			modes: []fakeMode{fakeOK, fakeWrongKey},
+			modes: []cttest.Mode{cttest.OK, cttest.WrongKey},
 			cfg:   Config{MinSCTs: 2},
 			want:  want{scts: 1, err: true, reasons: map[string]Reason{"l1": ReasonBadSignature}},
 		},
 		{
 			name:  "500s retried then reported",
-			modes: []fakeMode{fakeOK, fake500},
+			modes: []cttest.Mode{cttest.OK, cttest.Fail500},
 			fail5: -1,
 			cfg:   Config{MinSCTs: 2, Retries: 2},
-			want:  want{scts: 1, err: true, reasons: map[string]Reason{"l1": ReasonHTTP5xx}, calls: map[string]int32{"l1": 3}},
+			want:  want{scts: 1, err: true, reasons: map[string]Reason{"l1": ReasonHTTP5xx}, calls: map[string]int{"l1": 3}},
 		},
 		{
 			name:  "500s retried until success",
-			modes: []fakeMode{fakeOK, fake500},
+			modes: []cttest.Mode{cttest.OK, cttest.Fail500},
 			fail5: 2,
 			cfg:   Config{MinSCTs: 2, Retries: 2},
-			want:  want{scts: 2, calls: map[string]int32{"l1": 3}},
+			want:  want{scts: 2, calls: map[string]int{"l1": 3}},
 		},
 		{
 			name:  "no retries",
-			modes: []fakeMode{fake500},
+			modes: []cttest.Mode{cttest.Fail500},
 			fail5: -1,
 			cfg:   Config{Retries: -1},
-			want:  want{scts: 0, err: true, reasons: map[string]Reason{"l0": ReasonHTTP5xx}, calls: map[string]int32{"l0": 1}},
+			want:  want{scts: 0, err: true, reasons: map[string]Reason{"l0": ReasonHTTP5xx}, calls: map[string]int{"l0": 1}},
 		},
 		{
 			name:  "refusal not retried",
-			modes: []fakeMode{fakeRefuse},
+			modes: []cttest.Mode{cttest.Refuse},
 			cfg:   Config{Retries: 3},
-			want:  want{scts: 0, err: true, reasons: map[string]Reason{"l0": ReasonHTTP4xx}, calls: map[string]int32{"l0": 1}},
+			want:  want{scts: 0, err: true, reasons: map[string]Reason{"l0": ReasonHTTP4xx}, calls: map[string]int{"l0": 1}},
 		},
 		{
 			name:  "timeout",
-			modes: []fakeMode{fakeOK, fakeHang},
+			modes: []cttest.Mode{cttest.OK, cttest.Hang},
 			cfg:   Config{MinSCTs: 2, Timeout: time.Second, Retries: 1},
-			want:  want{scts: 1, err: true, reasons: map[string]Reason{"l1": ReasonTimeout}, calls: map[string]int32{"l1": 2}},
+			want:  want{scts: 1, err: true, reasons: map[string]Reason{"l1": ReasonTimeout}, calls: map[string]int{"l1": 2}},
 		},
 		{
 			name:  "overall deadline",
-			modes: []fakeMode{fakeHang, fakeHang},
+			modes: []cttest.Mode{cttest.Hang, cttest.Hang},
 			cfg:   Config{Deadline: 300 * time.Millisecond, Retries: -1},
 			want:  want{scts: 0, err: true, reasons: map[string]Reason{"l0": ReasonDeadline, "l1": ReasonDeadline}},
 		},
 		{
 			name:  "two SCTs but one operator",
-			modes: []fakeMode{fakeOK, fakeOK, fake500},
+			modes: []cttest.Mode{cttest.OK, cttest.OK, cttest.Fail500},
 			ops:   []string{"same", "same", "other"},
 			fail5: -1,
 			cfg:   Config{MinSCTs: 2, MinOperators: 2, Retries: -1},
@@ -166,7 +168,7 @@ func TestGetSCTsFailures(t *testing.T) {
 		},
 		{
 			name:  "distinct operators met",
-			modes: []fakeMode{fakeOK, fake500, fakeOK},
+			modes: []cttest.Mode{cttest.OK, cttest.Fail500, cttest.OK},
 			ops:   []string{"same", "same", "other"},
 			fail5: -1,
 			cfg:   Config{MinSCTs: 2, MinOperators: 2, Retries: -1},
@@ -176,17 +178,17 @@ func TestGetSCTsFailures(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := tc.cfg
-			logs := map[string]*fakeLog{}
+			logs := map[string]*cttest.FakeLog{}
 			for i, m := range tc.modes {
-				f := newFakeLog(t, m)
-				f.fail500 = tc.fail5
+				f := cttest.NewFakeLog(t, m)
+				f.Fail500Count = tc.fail5
 				name := "l" + string(rune('0'+i))
 				op := name
 				if tc.ops != nil {
 					op = tc.ops[i]
 				}
 				logs[name] = f
-				cfg.Logs = append(cfg.Logs, f.config(t, name, op))
+				cfg.Logs = append(cfg.Logs, logCfg(f, name, op))
 			}
 			s := mustNew(t, cfg)
 			scts, err := s.GetSCTs(context.Background(), pki.precert(t, leafTemplate(t, "a.example.test")).chain())
@@ -217,7 +219,7 @@ func TestGetSCTsFailures(t *testing.T) {
 				}
 			}
 			for name, n := range tc.want.calls {
-				if got := logs[name].calls.Load(); got != n {
+				if got := logs[name].Calls(); got != n {
 					t.Errorf("log %s saw %d requests, want %d", name, got, n)
 				}
 			}
@@ -229,9 +231,9 @@ func TestGetSCTsFailures(t *testing.T) {
 // issuance whose policy is already met, and that its request is cancelled.
 func TestGetSCTsStopsWhenPolicyMet(t *testing.T) {
 	pki := newTestPKI(t)
-	ok, hung := newFakeLog(t, fakeOK), newFakeLog(t, fakeHang)
-	ok.after = hung
-	s := mustNew(t, Config{Logs: []LogConfig{hung.config(t, "hung", "x"), ok.config(t, "ok", "y")}})
+	ok, hung := cttest.NewFakeLog(t, cttest.OK), cttest.NewFakeLog(t, cttest.Hang)
+	ok.After = hung
+	s := mustNew(t, Config{Logs: []LogConfig{logCfg(hung, "hung", "x"), logCfg(ok, "ok", "y")}})
 	scts, err := s.GetSCTs(context.Background(), pki.precert(t, leafTemplate(t, "b.example.test")).chain())
 	if err != nil {
 		t.Fatal(err)
@@ -240,7 +242,7 @@ func TestGetSCTsStopsWhenPolicyMet(t *testing.T) {
 		t.Fatalf("got %d SCTs, want 1", len(scts))
 	}
 	deadline := time.Now().Add(10 * time.Second)
-	for hung.canceled.Load() == 0 {
+	for hung.Canceled() == 0 {
 		if time.Now().After(deadline) {
 			t.Fatal("the hung log's request was not cancelled")
 		}
@@ -250,12 +252,12 @@ func TestGetSCTsStopsWhenPolicyMet(t *testing.T) {
 
 func TestGetSCTsCallerCancel(t *testing.T) {
 	pki := newTestPKI(t)
-	hung := newFakeLog(t, fakeHang)
-	s := mustNew(t, Config{Logs: []LogConfig{hung.config(t, "hung", "")}})
+	hung := cttest.NewFakeLog(t, cttest.Hang)
+	s := mustNew(t, Config{Logs: []LogConfig{logCfg(hung, "hung", "")}})
 	ctx, cancel := context.WithCancel(context.Background())
 	go func() {
 		deadline := time.Now().Add(10 * time.Second)
-		for hung.calls.Load() == 0 && time.Now().Before(deadline) {
+		for hung.Calls() == 0 && time.Now().Before(deadline) {
 			time.Sleep(5 * time.Millisecond)
 		}
 		cancel()
@@ -269,8 +271,8 @@ func TestGetSCTsCallerCancel(t *testing.T) {
 
 func TestGetSCTsBadInput(t *testing.T) {
 	pki := newTestPKI(t)
-	f := newFakeLog(t, fakeOK)
-	s := mustNew(t, Config{Logs: []LogConfig{f.config(t, "f", "")}})
+	f := cttest.NewFakeLog(t, cttest.OK)
+	s := mustNew(t, Config{Logs: []LogConfig{logCfg(f, "f", "")}})
 	notPre := mustCreate(t, leafTemplate(t, "d.example.test"), pki.inter, newKey(t).Public(), pki.interKey)
 	cases := []struct {
 		name  string
@@ -290,16 +292,16 @@ func TestGetSCTsBadInput(t *testing.T) {
 			}
 		})
 	}
-	if n := f.calls.Load(); n != 0 {
+	if n := f.Calls(); n != 0 {
 		t.Errorf("log saw %d requests for bad input", n)
 	}
 }
 
 func TestGetSCTsTemporalInterval(t *testing.T) {
 	pki := newTestPKI(t)
-	f := newFakeLog(t, fakeOK)
+	f := cttest.NewFakeLog(t, cttest.OK)
 	end := time.Now().Add(24 * time.Hour) // the leaf expires in 90 days
-	list := logListJSON(t, []listEntry{{op: "op", desc: "shard-2026", url: f.srv.URL, pub: f.key.Public(), start: end.Add(-48 * time.Hour), end: end}})
+	list := logListJSON(t, []listEntry{{op: "op", desc: "shard-2026", url: f.URL, pub: f.Key.Public(), start: end.Add(-48 * time.Hour), end: end}})
 	path := t.TempDir() + "/list.json"
 	writeFile(t, path, list)
 	s := mustNew(t, Config{LogList: path})
@@ -308,16 +310,16 @@ func TestGetSCTsTemporalInterval(t *testing.T) {
 	if !errors.As(err, &pe) || len(pe.Failures) != 1 || pe.Failures[0].Reason != ReasonNotAccepted || pe.Failures[0].Log != "shard-2026" {
 		t.Fatalf("err = %v, want shard-2026 not_accepted", err)
 	}
-	if f.calls.Load() != 0 {
+	if f.Calls() != 0 {
 		t.Error("a log outside its temporal interval was submitted to")
 	}
 }
 
 func TestMetrics(t *testing.T) {
 	pki := newTestPKI(t)
-	good, bad := newFakeLog(t, fakeOK), newFakeLog(t, fakeBadSig)
+	good, bad := cttest.NewFakeLog(t, cttest.OK), cttest.NewFakeLog(t, cttest.BadSig)
 	reg := prometheus.NewPedanticRegistry()
-	s, err := New(quick(Config{Logs: []LogConfig{good.config(t, "good", "a"), bad.config(t, "bad", "b")}, MinSCTs: 2}),
+	s, err := New(quick(Config{Logs: []LogConfig{logCfg(good, "good", "a"), logCfg(bad, "bad", "b")}, MinSCTs: 2}),
 		Options{Registerer: reg})
 	if err != nil {
 		t.Fatal(err)
@@ -354,7 +356,7 @@ func TestMetrics(t *testing.T) {
 			t.Errorf("%s = %v, want %v (all: %v)", k, got[k], v, got)
 		}
 	}
-	if _, err := New(quick(Config{Logs: []LogConfig{good.config(t, "good", "a")}}), Options{Registerer: reg}); err == nil {
+	if _, err := New(quick(Config{Logs: []LogConfig{logCfg(good, "good", "a")}}), Options{Registerer: reg}); err == nil {
 		t.Error("registering the metrics twice in one registry succeeded")
 	}
 }
@@ -380,35 +382,35 @@ func TestGetSCTsRetryAfterAndResponses(t *testing.T) {
 	}
 
 	t.Run("429 honoured then success", func(t *testing.T) {
-		f := newFakeLog(t, fake429)
-		f.retryAfter = "1"
-		s := mustNew(t, Config{Logs: []LogConfig{f.config(t, "f", "")}})
+		f := cttest.NewFakeLog(t, cttest.TooMany)
+		f.RetryAfter = "1"
+		s := mustNew(t, Config{Logs: []LogConfig{logCfg(f, "f", "")}})
 		scts, err := s.GetSCTs(context.Background(), chain())
-		if err != nil || len(scts) != 1 || f.calls.Load() != 2 {
-			t.Fatalf("scts %d, err %v, calls %d", len(scts), err, f.calls.Load())
+		if err != nil || len(scts) != 1 || f.Calls() != 2 {
+			t.Fatalf("scts %d, err %v, calls %d", len(scts), err, f.Calls())
 		}
 	})
 	t.Run("Retry-After beyond the deadline", func(t *testing.T) {
-		f := newFakeLog(t, fake429)
-		f.retryAfter = "3600"
-		s := mustNew(t, Config{Logs: []LogConfig{f.config(t, "f", "")}, Deadline: 10 * time.Second})
+		f := cttest.NewFakeLog(t, cttest.TooMany)
+		f.RetryAfter = "3600"
+		s := mustNew(t, Config{Logs: []LogConfig{logCfg(f, "f", "")}, Deadline: 10 * time.Second})
 		_, err := s.GetSCTs(context.Background(), chain())
 		fl := failure(t, err)
-		if fl.Reason != ReasonHTTP429 || !strings.Contains(fl.Err.Error(), "no time left to retry") || f.calls.Load() != 1 {
-			t.Fatalf("failure %v, calls %d", fl, f.calls.Load())
+		if fl.Reason != ReasonHTTP429 || !strings.Contains(fl.Err.Error(), "no time left to retry") || f.Calls() != 1 {
+			t.Fatalf("failure %v, calls %d", fl, f.Calls())
 		}
 	})
 	t.Run("garbage answer", func(t *testing.T) {
-		f := newFakeLog(t, fakeGarbage)
-		s := mustNew(t, Config{Logs: []LogConfig{f.config(t, "f", "")}, Retries: 3})
+		f := cttest.NewFakeLog(t, cttest.Garbage)
+		s := mustNew(t, Config{Logs: []LogConfig{logCfg(f, "f", "")}, Retries: 3})
 		_, err := s.GetSCTs(context.Background(), chain())
-		if fl := failure(t, err); fl.Reason != ReasonBadResponse || f.calls.Load() != 1 {
-			t.Fatalf("failure %v, calls %d", fl, f.calls.Load())
+		if fl := failure(t, err); fl.Reason != ReasonBadResponse || f.Calls() != 1 {
+			t.Fatalf("failure %v, calls %d", fl, f.Calls())
 		}
 	})
 	t.Run("SCT from the future", func(t *testing.T) {
-		f := newFakeLog(t, fakeOK)
-		s, err := New(quick(Config{Logs: []LogConfig{f.config(t, "f", "")}}), Options{Clock: func() time.Time { return time.Now().Add(-time.Hour) }})
+		f := cttest.NewFakeLog(t, cttest.OK)
+		s, err := New(quick(Config{Logs: []LogConfig{logCfg(f, "f", "")}}), Options{Clock: func() time.Time { return time.Now().Add(-time.Hour) }})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -418,9 +420,9 @@ func TestGetSCTsRetryAfterAndResponses(t *testing.T) {
 		}
 	})
 	t.Run("connection refused", func(t *testing.T) {
-		f := newFakeLog(t, fakeOK)
-		cfg := f.config(t, "f", "")
-		f.srv.Close()
+		f := cttest.NewFakeLog(t, cttest.OK)
+		cfg := logCfg(f, "f", "")
+		f.Close()
 		s := mustNew(t, Config{Logs: []LogConfig{cfg}, Retries: 1})
 		_, err := s.GetSCTs(context.Background(), chain())
 		if fl := failure(t, err); fl.Reason != ReasonNetwork || fl.Attempts != 2 {

@@ -13,6 +13,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/hsmca/hsmca/ct/cttest"
 )
 
 // testPKI is a root and an intermediate made with crypto/x509, the way the
@@ -154,4 +156,9 @@ func parsePEMCert(b []byte) (*x509.Certificate, error) {
 		return nil, err
 	}
 	return cs[0], nil
+}
+
+// logCfg names a fake log in a Config (key inline as PEM).
+func logCfg(f *cttest.FakeLog, name, operator string) LogConfig {
+	return LogConfig{Name: name, URL: f.URL, PublicKey: f.PublicKeyPEM(), Operator: operator}
 }

@@ -13,6 +13,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/hsmca/hsmca/ct/cttest"
 )
 
 var update = flag.Bool("update", false, "regenerate ../testdata/ct fixtures")
@@ -24,9 +26,9 @@ func issueWithSCTs(t *testing.T, nLogs int) (*x509.Certificate, *testPKI, *Submi
 	pki := newTestPKI(t)
 	var cfg Config
 	for i := 0; i < nLogs; i++ {
-		f := newFakeLog(t, fakeOK)
+		f := cttest.NewFakeLog(t, cttest.OK)
 		name := "log" + string(rune('A'+i))
-		cfg.Logs = append(cfg.Logs, f.config(t, name, name))
+		cfg.Logs = append(cfg.Logs, logCfg(f, name, name))
 	}
 	cfg.MinSCTs = nLogs
 	s := mustNew(t, cfg)
