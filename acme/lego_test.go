@@ -20,9 +20,11 @@ import (
 	"github.com/go-acme/lego/v5/certcrypto"
 	"github.com/go-acme/lego/v5/certificate"
 	"github.com/go-acme/lego/v5/challenge/dns01"
+	"github.com/go-acme/lego/v5/challenge/http01"
 	"github.com/go-acme/lego/v5/challenge/tlsalpn01"
 	"github.com/go-acme/lego/v5/lego"
 	"github.com/go-acme/lego/v5/registration"
+	hacme "github.com/hsmca/hsmca/acme"
 )
 
 type legoUser struct {
@@ -251,4 +253,47 @@ func trimWild(d string) string {
 		return "x." + d[2:]
 	}
 	return d
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// TestLegoProviderServers uses lego's own challenge servers (http01 and
+// tlsalpn01 ProviderServer) instead of the test's, on ports the server is
+// configured to validate at.
+func TestLegoProviderServers(t *testing.T) {
+	hp, tp := freePort(t), freePort(t)
+	e := newEnv(t, func(c *hacme.Config) { c.HTTP01Port, c.TLSALPN01Port = hp, tp })
+	ctx := context.Background()
+	client, user := newLego(t, e, nil)
+	reg, err := client.Registration.Register(ctx, registration.RegisterOptions{TermsOfServiceAgreed: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	user.reg = reg
+	for _, typ := range []string{"http-01", "tls-alpn-01"} {
+		client.Challenge.ResetSolvers()
+		if typ == "http-01" {
+			err = client.Challenge.SetHTTP01Provider(http01.NewProviderServer("127.0.0.1", strconv.Itoa(hp)))
+		} else {
+			err = client.Challenge.SetTLSALPN01Provider(tlsalpn01.NewProviderServer("127.0.0.1", strconv.Itoa(tp)))
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		name := "lp-" + typ + ".example.test"
+		res, err := client.Certificate.Obtain(ctx, certificate.ObtainRequest{Domains: []string{name}, Bundle: true, KeyType: certcrypto.EC256})
+		if err != nil {
+			t.Fatalf("%s: %v", typ, err)
+		}
+		certs := parseBundle(t, res.Certificate)
+		e.ca.verify(t, certs[0], certs[1:])
+	}
 }
