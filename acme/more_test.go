@@ -1,7 +1,12 @@
 package acme_test
 
 import (
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/x509"
+	"encoding/json"
 	"encoding/pem"
 	"net/http"
 	"sync"
@@ -317,5 +322,58 @@ func TestNewNonceEndpoint(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != 404 || resp.Header.Get("Content-Type") != "application/problem+json" {
 		t.Fatalf("unknown path: %d %v", resp.StatusCode, resp.Header)
+	}
+}
+
+func TestKeyChangeRefusals(t *testing.T) {
+	e := newEnv(t, nil)
+	a, b := newRaw(t, e), newRaw(t, e)
+	a.register()
+	b.register()
+	url := e.base + "key-change"
+	inner := func(newKey crypto.Signer, account string, oldKey crypto.PublicKey) json.RawMessage {
+		s, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: newKey}, &jose.SignerOptions{EmbedJWK: true,
+			ExtraHeaders: map[jose.HeaderKey]any{"url": url}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		old, _ := json.Marshal(jose.JSONWebKey{Key: oldKey})
+		p, _ := json.Marshal(map[string]any{"account": account, "oldKey": json.RawMessage(old)})
+		j, err := s.Sign(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return json.RawMessage(j.FullSerialize())
+	}
+	nk, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	// oldKey is not the account's key.
+	if r := a.post(url, inner(nk, a.kid, b.key.Public()), signOpts{}); r.problemType() != hacme.ProbUnauthorized {
+		t.Fatalf("wrong oldKey: %d %s", r.code, r.body)
+	}
+	// account is not the signer's.
+	if r := a.post(url, inner(nk, b.kid, a.key.Public()), signOpts{}); r.problemType() != hacme.ProbUnauthorized {
+		t.Fatalf("wrong account: %d %s", r.code, r.body)
+	}
+	// The new key belongs to another account.
+	r := a.post(url, inner(b.key, a.kid, a.key.Public()), signOpts{})
+	if r.code != http.StatusConflict || r.hdr.Get("Location") != b.kid {
+		t.Fatalf("taken key: %d %s %v", r.code, r.body, r.hdr)
+	}
+	// Nothing changed: the old key still works, the new one is unknown.
+	if r := a.post(a.kid, nil, signOpts{}); r.code != 200 {
+		t.Fatalf("old key after refusals: %d %s", r.code, r.body)
+	}
+	if r := a.post(a.kid, nil, signOpts{key: nk}); r.code == 200 {
+		t.Fatal("new key accepted without a rollover")
+	}
+	// The real rollover works.
+	if r := a.post(url, inner(nk, a.kid, a.key.Public()), signOpts{}); r.code != 200 {
+		t.Fatalf("rollover: %d %s", r.code, r.body)
+	}
+	if r := a.post(a.kid, nil, signOpts{key: nk}); r.code != 200 {
+		t.Fatalf("new key after rollover: %d %s", r.code, r.body)
+	}
+	if r := a.post(a.kid, nil, signOpts{}); r.problemType() != hacme.ProbUnauthorized {
+		t.Fatalf("old key after rollover: %d %s", r.code, r.body)
 	}
 }
