@@ -349,3 +349,36 @@ func TestSealedSigner(t *testing.T) {
 		t.Errorf("OCSP while sealed: %v", err)
 	}
 }
+
+func TestListFilters(t *testing.T) {
+	now := time.Now().UTC()
+	clock := now
+	cfg := baseConfig()
+	cfg.Profiles = map[string]ca.Profile{"short": {ExtKeyUsages: []string{"serverAuth"}, Validity: ca.Duration(10 * 24 * time.Hour)}}
+	tc := newTestCA(t, cfg, ca.Options{Clock: func() time.Time { return clock }})
+	ctx := context.Background()
+	issue := func(profile string) *ca.Certificate {
+		c, err := tc.Issue(ctx, ca.IssueRequest{CSR: makeCSR(t, csrOpts{dns: []string{"a.svc.corp"}}), Profile: profile})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	short, _ := issue("short"), issue("server")
+	got, err := tc.List(ctx, ca.ListFilter{ExpiringWithin: 30 * 24 * time.Hour})
+	if err != nil || len(got) != 1 || got[0].Serial != short.Serial {
+		t.Fatalf("expiring within 30d: %v %v", got, err)
+	}
+	if got, _ := tc.List(ctx, ca.ListFilter{Profile: "server"}); len(got) != 1 {
+		t.Errorf("profile filter: %d", len(got))
+	}
+	clock = now.Add(11 * 24 * time.Hour)
+	if got, _ := tc.List(ctx, ca.ListFilter{ExpiringWithin: 30 * 24 * time.Hour}); len(got) != 0 {
+		t.Errorf("an expired certificate is listed as expiring: %d", len(got))
+	}
+	page, _ := tc.List(ctx, ca.ListFilter{Limit: 1})
+	rest, _ := tc.List(ctx, ca.ListFilter{After: page[0].Serial})
+	if len(page) != 1 || len(rest) != 1 || rest[0].Serial == page[0].Serial {
+		t.Errorf("paging: %d then %d", len(page), len(rest))
+	}
+}

@@ -277,15 +277,19 @@ func BenchmarkCACertBySerial(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		if _, err := s.CertBySerial(ctx, serial(i%n)); err != nil {
-			b.Fatal(err)
-		}
+	fi, err := os.Stat(path)
+	if err != nil {
+		b.Fatal(err)
 	}
-	b.StopTimer()
-	if fi, err := os.Stat(path); err == nil {
+	// A parent benchmark runs once, so the fill above is not repeated
+	// while the sub-benchmark scales b.N.
+	b.Run(fmt.Sprintf("certs=%d", n), func(b *testing.B) {
+		for i := 0; i < b.N; i++ {
+			if _, err := s.CertBySerial(ctx, serial(i%n)); err != nil {
+				b.Fatal(err)
+			}
+		}
 		b.ReportMetric(float64(fi.Size())/float64(n), "bytes/cert")
 		b.ReportMetric(float64(fi.Size())/1e6, "MB")
-	}
+	})
 }
