@@ -21,6 +21,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -174,6 +175,18 @@ type counters struct {
 	requests    atomic.Int64 // HTTP requests sent
 	retryWaits  atomic.Int64 // waits imposed by a Retry-After header
 	retryWaitNs atomic.Int64 // their total length
+
+	mu      sync.Mutex
+	retries map[string]int // problem type → requests repeated after Retry-After
+}
+
+func (c *counters) retried(typ string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.retries == nil {
+		c.retries = make(map[string]int)
+	}
+	c.retries[typ]++
 }
 
 func newACMEClient(hc *http.Client, dir directory, poll time.Duration, stats *counters) (*acmeClient, error) {
@@ -268,7 +281,8 @@ func (c *acmeClient) sign(url string, payload []byte) ([]byte, error) {
 
 // post sends a signed request, retrying once on badNonce (RFC 8555 §6.5).
 func (c *acmeClient) post(ctx context.Context, url string, payload []byte, accept string) (*response, error) {
-	for attempt := 0; ; attempt++ {
+	nonceRetried, throttled := false, 0
+	for range maxAttempts {
 		if c.nonce == "" {
 			if err := c.fetchNonce(ctx); err != nil {
 				return nil, err
@@ -300,12 +314,34 @@ func (c *acmeClient) post(ctx context.Context, url string, payload []byte, accep
 		c.nonce = resp.Header.Get("Replay-Nonce")
 		r, err := parseResponse(resp.StatusCode, resp.Header, rb, time.Now())
 		var p *Problem
-		if attempt == 0 && errors.As(err, &p) && p.Type == problemBadNonce {
+		if !errors.As(err, &p) {
+			return r, err
+		}
+		if p.Type == problemBadNonce && !nonceRetried {
+			nonceRetried = true
+			continue
+		}
+		// 429 and 503 with Retry-After say when the same request may
+		// succeed (RFC 8555 §6.6); a polite client waits and repeats it.
+		if (r.status == http.StatusTooManyRequests || r.status == http.StatusServiceUnavailable) &&
+			r.retryAfter > 0 && throttled < maxThrottleRetries {
+			throttled++
+			c.stats.retried(p.Type)
+			if werr := c.wait(ctx, r); werr != nil {
+				return r, err
+			}
 			continue
 		}
 		return r, err
 	}
+	return nil, clientErr("request-limit", "%s: no answer after %d attempts", url, maxAttempts)
 }
+
+// Retry bounds for one request.
+const (
+	maxThrottleRetries = 30 // 429/503 answers with Retry-After
+	maxAttempts        = maxThrottleRetries + 2
+)
 
 func (c *acmeClient) postJSON(ctx context.Context, url string, payload []byte, out any) (*response, error) {
 	r, err := c.post(ctx, url, payload, "")

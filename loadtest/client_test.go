@@ -248,3 +248,59 @@ func FuzzCheckChain(f *testing.F) {
 		}
 	})
 }
+
+// TestThrottleRetry checks that a 429 with Retry-After is waited out and
+// repeated, and one without Retry-After fails at once.
+func TestThrottleRetry(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		retryAfter  string
+		wantErr     bool
+		wantRetried int
+	}{
+		{"with retry-after", "1", false, 1},
+		{"without retry-after", "", true, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var srv *httptest.Server
+			calls := 0
+			srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Replay-Nonce", "n")
+				if r.URL.Path != "/acct" {
+					return
+				}
+				calls++
+				if calls == 1 {
+					if tc.retryAfter != "" {
+						w.Header().Set("Retry-After", tc.retryAfter)
+					}
+					w.Header().Set("Content-Type", "application/problem+json")
+					w.WriteHeader(http.StatusTooManyRequests)
+					_, _ = w.Write([]byte(`{"type":"urn:ietf:params:acme:error:rateLimited","detail":"slow down"}`))
+					return
+				}
+				w.Header().Set("Location", srv.URL+"/acct/1")
+				w.WriteHeader(http.StatusCreated)
+			}))
+			defer srv.Close()
+			var st counters
+			c, err := newACMEClient(srv.Client(), directory{NewNonce: srv.URL + "/nonce", NewAccount: srv.URL + "/acct", NewOrder: srv.URL + "/order"}, time.Millisecond, &st)
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = c.register(context.Background())
+			if (err != nil) != tc.wantErr {
+				t.Fatalf("register: %v, want error %v", err, tc.wantErr)
+			}
+			if tc.wantErr && errorLabel(err) != "urn:ietf:params:acme:error:rateLimited" {
+				t.Errorf("label %q", errorLabel(err))
+			}
+			if got := st.retries["urn:ietf:params:acme:error:rateLimited"]; got != tc.wantRetried {
+				t.Errorf("retried %d, want %d", got, tc.wantRetried)
+			}
+			if !tc.wantErr && (c.kid != srv.URL+"/acct/1" || st.retryWaits.Load() != 1) {
+				t.Errorf("kid %q, retry waits %d", c.kid, st.retryWaits.Load())
+			}
+		})
+	}
+}

@@ -341,6 +341,11 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (*Report, error) {
 	wg.Wait()
 	close(done)
 
+	r.stats.mu.Lock()
+	if r.stats.retries == nil {
+		r.stats.retries = map[string]int{}
+	}
+	r.stats.mu.Unlock()
 	rep := &Report{
 		URL:           cfg.URL,
 		Clients:       cfg.Clients,
@@ -356,6 +361,7 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (*Report, error) {
 		Requests:      r.stats.requests.Load(),
 		RetryAfter:    r.stats.retryWaits.Load(),
 		RetryAfterS:   round3(time.Duration(r.stats.retryWaitNs.Load()).Seconds()),
+		Retried:       r.stats.retries,
 		FirstError:    r.firstErr,
 	}
 	end := r.lastEnd

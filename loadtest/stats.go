@@ -60,7 +60,12 @@ type Report struct {
 	// summed over all clients.
 	RetryAfter  int64   `json:"retry_after_waits"`
 	RetryAfterS float64 `json:"retry_after_s"`
-	ClientCPUs  float64 `json:"client_cpu_s"`
+	// Retried counts requests the server refused with 429 or 503 and a
+	// Retry-After, by problem type; the client waited and repeated them
+	// (at most 30 times per request), so they are not failures unless they
+	// also appear in Errors.
+	Retried    map[string]int `json:"retried"`
+	ClientCPUs float64        `json:"client_cpu_s"`
 	// Stopped says why the run ended: "orders", "duration", "max-time" or
 	// "canceled".
 	Stopped string `json:"stopped"`
@@ -98,22 +103,31 @@ func (r *Report) WriteText(w io.Writer) error {
 	fmt.Fprintf(&b, "  latency    p50 %.1fms  p90 %.1fms  p99 %.1fms  max %.1fms  mean %.1fms\n", r.P50ms, r.P90ms, r.P99ms, r.MaxMs, r.MeanMs)
 	fmt.Fprintf(&b, "  requests   %d (%d Retry-After waits, %.1fs in all)\n", r.Requests, r.RetryAfter, r.RetryAfterS)
 	fmt.Fprintf(&b, "  client cpu %.2fs\n", r.ClientCPUs)
+	if len(r.Retried) > 0 {
+		b.WriteString("  retried after 429/503\n")
+		writeCounts(&b, r.Retried)
+	}
 	if len(r.Errors) == 0 {
 		b.WriteString("  errors     none\n")
 	} else {
 		b.WriteString("  errors\n")
-		keys := make([]string, 0, len(r.Errors))
-		for k := range r.Errors {
-			keys = append(keys, k)
-		}
-		sort.Strings(keys)
-		for _, k := range keys {
-			fmt.Fprintf(&b, "    %6d  %s\n", r.Errors[k], k)
-		}
+		writeCounts(&b, r.Errors)
 		if r.FirstError != "" {
 			fmt.Fprintf(&b, "  first error: %s\n", r.FirstError)
 		}
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+// writeCounts writes one "count  key" line per entry, sorted by key.
+func writeCounts(b *strings.Builder, m map[string]int) {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		fmt.Fprintf(b, "    %6d  %s\n", m[k], k)
+	}
 }

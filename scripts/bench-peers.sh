@@ -8,7 +8,7 @@
 #   BENCH_CLIENTS="1 16 64" make bench-peers  # the chart's concurrency levels
 #
 # Knobs (environment): BENCH_CLIENTS (default "16"), BENCH_ROUNDS (3),
-# BENCH_DURATION (10s), BENCH_MAXTIME (60s hard cap per run),
+# BENCH_DURATION (10s), BENCH_MAXTIME (30s hard cap per run),
 # BENCH_SERVERS ("hsmca pebble step-ca"), BENCH_PORT_BASE (24000),
 # HSMCA (bin/hsmca). Every server is started fresh for each run from a
 # copy of a template made once, listens on 127.0.0.1 only and validates
@@ -25,7 +25,7 @@ ROOT=$PWD
 CLIENTS=${BENCH_CLIENTS:-16}
 ROUNDS=${BENCH_ROUNDS:-3}
 DURATION=${BENCH_DURATION:-10s}
-MAXTIME=${BENCH_MAXTIME:-60s}
+MAXTIME=${BENCH_MAXTIME:-30s}
 SERVERS=${BENCH_SERVERS:-hsmca pebble step-ca}
 BASE=${BENCH_PORT_BASE:-24000}
 HSMCA=${HSMCA:-$ROOT/bin/hsmca}

@@ -131,6 +131,16 @@ init_hsmca() {
   stop_pid "$SERVER_PID"
   sed -i -E "s/^([[:space:]]*)http01_port:.*/\1http01_port: $http01/; s/^([[:space:]]*)tlsalpn01_port:.*/\1tlsalpn01_port: $tls/" "$dir/demo/ca.yaml"
   grep -q "http01_port: $http01" "$dir/demo/ca.yaml" || { echo "peers: could not set http01_port in $dir/demo/ca.yaml" >&2; return 1; }
+  # Pebble and step-ca as started here have no rate limits; hsmca's
+  # defaults (50 requests/s per account, 200/s per address) would throttle
+  # a load test from one address. HSMCA_RATE_LIMITS=keep leaves them on.
+  if [ "${HSMCA_RATE_LIMITS:-off}" = off ]; then
+    if grep -q "rate_limits:" "$dir/demo/ca.yaml"; then
+      echo "peers: $dir/demo/ca.yaml already sets rate_limits; leaving them" >&2
+    else
+      sed -i -E '/^acme:/a\  rate_limits:\n    account_rate: -1\n    ip_rate: -1\n    new_order_rate: -1' "$dir/demo/ca.yaml"
+    fi
+  fi
 }
 
 # start_hsmca HSMCA DIR HTTPS_PORT HTTP_PORT DNS_ADDR: runs `hsmca quickstart`
