@@ -325,3 +325,25 @@ func LoadLogs(c Config) ([]Log, error) {
 
 // shortID is a log ID abbreviated for messages.
 func shortID(id [sha256.Size]byte) string { return hex.EncodeToString(id[:4]) }
+
+// FlagLogs pairs the repeatable --ct-log URL and --ct-log-key FILE flags of
+// `quickstart` and `ca serve`, in order, into log configurations. Each log is
+// named after its URL's host and path and counts as its own operator.
+func FlagLogs(urls, keyFiles []string) ([]LogConfig, error) {
+	if len(urls) != len(keyFiles) {
+		return nil, fmt.Errorf("ct: %d --ct-log URLs but %d --ct-log-key files (give one key per log, in the same order)", len(urls), len(keyFiles))
+	}
+	out := make([]LogConfig, 0, len(urls))
+	for i, u := range urls {
+		if err := checkLogURL(u); err != nil {
+			return nil, fmt.Errorf("ct: --ct-log: %w", err)
+		}
+		if keyFiles[i] == "" {
+			return nil, fmt.Errorf("ct: --ct-log-key for %s is empty", u)
+		}
+		parsed, _ := url.Parse(u)
+		name := strings.TrimRight(parsed.Host+parsed.Path, "/")
+		out = append(out, LogConfig{Name: name, URL: u, PublicKey: keyFiles[i], Operator: name})
+	}
+	return out, nil
+}

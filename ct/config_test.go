@@ -310,3 +310,25 @@ func TestLoadVerificationLogs(t *testing.T) {
 		t.Errorf("a certificate as log key: err = %v", err)
 	}
 }
+
+func TestFlagLogs(t *testing.T) {
+	got, err := FlagLogs([]string{"http://127.0.0.1:6962/2026/", "https://ct.example.test"}, []string{"a.pem", "b.pem"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 || got[0].Name != "127.0.0.1:6962/2026" || got[0].PublicKey != "a.pem" || got[1].Name != "ct.example.test" || got[0].Operator == got[1].Operator {
+		t.Fatalf("FlagLogs = %+v", got)
+	}
+	for _, tc := range []struct {
+		urls, keys []string
+		want       string
+	}{
+		{[]string{"http://a/"}, nil, "1 --ct-log URLs but 0"},
+		{[]string{"ftp://a/"}, []string{"k"}, "scheme"},
+		{[]string{"http://a/"}, []string{""}, "empty"},
+	} {
+		if _, err := FlagLogs(tc.urls, tc.keys); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("FlagLogs(%v, %v) err = %v, want %q", tc.urls, tc.keys, err, tc.want)
+		}
+	}
+}
