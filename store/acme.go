@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"sync/atomic"
 
 	"github.com/hsmca/hsmca/acme"
 	bolt "go.etcd.io/bbolt"
@@ -51,9 +52,20 @@ func putJSON(tx *bolt.Tx, bucket []byte, key string, v any) error {
 
 func (s *Store) view(fn func(tx *bolt.Tx) error) error { return s.db.View(fn) }
 
-// batch runs fn in a grouped write transaction (one fsync for many
-// concurrent callers). fn may run more than once and must be idempotent.
-func (s *Store) batch(fn func(tx *bolt.Tx) error) error { return s.db.Batch(fn) }
+// acmeWriters counts ACME writes in flight (in this process).
+var acmeWriters atomic.Int64
+
+// batch runs fn in a write transaction. A lone writer commits at once
+// (db.Update), so a single client does not pay bbolt's batch delay; as soon
+// as writes overlap they are grouped with db.Batch, one fsync for many
+// callers. fn may run more than once and must be idempotent.
+func (s *Store) batch(fn func(tx *bolt.Tx) error) error {
+	defer acmeWriters.Add(-1)
+	if acmeWriters.Add(1) == 1 {
+		return s.db.Update(fn)
+	}
+	return s.db.Batch(fn)
+}
 
 // CreateAccount implements acme.Store.
 func (s *Store) CreateAccount(_ context.Context, a *acme.Account) error {
