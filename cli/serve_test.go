@@ -2,17 +2,22 @@ package cli
 
 import (
 	"bytes"
+	"context"
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
+	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/miekg/dns"
 
 	"github.com/hsmca/hsmca/server"
 )
@@ -189,4 +194,119 @@ func TestServeConfigErrors(t *testing.T) {
 			}
 		})
 	}
+}
+
+// dnsStub answers every A query with 127.0.0.1 (and nothing else), so that
+// the CA's http-01 validation of any name reaches a client on loopback.
+func dnsStub(t testing.TB) string {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
+		m := new(dns.Msg)
+		m.SetReply(r)
+		m.Authoritative = true
+		for _, q := range r.Question {
+			if q.Qtype == dns.TypeA {
+				m.Answer = append(m.Answer, &dns.A{Hdr: dns.RR_Header{Name: q.Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 1}, A: net.IPv4(127, 0, 0, 1)})
+			}
+		}
+		w.WriteMsg(m)
+	})}
+	go srv.ActivateAndServe()
+	t.Cleanup(func() { srv.Shutdown() })
+	return pc.LocalAddr().String()
+}
+
+// TestCertbotThroughServe drives Debian's certbot (a client nobody here
+// wrote) against `ca serve`: register, issue for two names over http-01 in
+// standalone mode on a loopback port, renew, revoke. The certificate
+// verifies with openssl against the root.
+func TestCertbotThroughServe(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end")
+	}
+	certbot, err := exec.LookPath("certbot")
+	if err != nil {
+		t.Skip("certbot not installed (make deps)")
+	}
+	dir := t.TempDir()
+	qs, httpsURL, httpURL := startQuickstart(t, dir)
+	if err := qs.stop(t, syscall.SIGTERM); err != nil {
+		t.Fatalf("quickstart: %v\n%s", err, qs.out)
+	}
+	// Point http-01 validation at the port certbot will listen on.
+	http01 := freeAddr(t)
+	_, port, _ := net.SplitHostPort(http01)
+	cfgPath := filepath.Join(dir, "ca.yaml")
+	b, err := os.ReadFile(cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b = bytes.Replace(b, []byte("http01_port: 80"), []byte("http01_port: "+port), 1)
+	if err := os.WriteFile(cfgPath, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	resolver := dnsStub(t)
+	p := startProc(t, dir, "ca", "serve", "--config", cfgPath, "--resolver", resolver)
+	waitHealth(t, p, httpURL, isSealed)
+	sock := filepath.Join(dir, "admin.sock")
+	mustRun(t, dir, "hsm", "activate", "--socket", sock,
+		"--share", filepath.Join(dir, "shares/issuing/share-1.txt"), "--share", filepath.Join(dir, "shares/issuing/share-3.txt"))
+
+	cb := filepath.Join(dir, "certbot")
+	common := []string{"--config-dir", cb + "/config", "--work-dir", cb + "/work", "--logs-dir", cb + "/logs", "--non-interactive"}
+	run := func(args ...string) string {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, certbot, append(args, common...)...)
+		cmd.Env = append(os.Environ(), "REQUESTS_CA_BUNDLE="+filepath.Join(dir, "root.pem"))
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			logs, _ := os.ReadFile(cb + "/logs/letsencrypt.log")
+			t.Fatalf("certbot %s: %v\n%s\n--- certbot log (tail)\n%s\n--- server\n%s", strings.Join(args, " "), err, out, tail(string(logs), 4000), tail(p.out.String(), 4000))
+		}
+		return string(out)
+	}
+	names := []string{"a.example.internal", "b.example.internal"}
+	run("register", "--agree-tos", "--register-unsafely-without-email", "--server", httpsURL+"/acme/directory")
+	run("certonly", "--standalone", "--http-01-port", port, "--http-01-address", "127.0.0.1",
+		"--server", httpsURL+"/acme/directory", "--cert-name", "demo", "-d", names[0], "-d", names[1])
+	live := filepath.Join(cb, "config", "live", "demo")
+	verify := func() *x509.Certificate {
+		t.Helper()
+		out, err := exec.Command("openssl", "verify", "-CAfile", filepath.Join(dir, "root.pem"), "-untrusted", filepath.Join(dir, "intermediate-1.pem"), filepath.Join(live, "cert.pem")).CombinedOutput()
+		if err != nil {
+			t.Fatalf("openssl verify: %v\n%s", err, out)
+		}
+		c := readCertPEM(t, filepath.Join(live, "cert.pem"))
+		if len(c.DNSNames) != 2 {
+			t.Fatalf("certificate names %v, want %v", c.DNSNames, names)
+		}
+		return c
+	}
+	first := verify()
+	run("renew", "--force-renewal", "--no-random-sleep-on-renew", "--cert-name", "demo")
+	second := verify()
+	if first.SerialNumber.Cmp(second.SerialNumber) == 0 {
+		t.Fatal("renewal returned the same certificate")
+	}
+	run("revoke", "--cert-name", "demo", "--reason", "keycompromise", "--no-delete-after-revoke")
+	var ci server.CertInfo
+	if code, prob, err := adminCall(socketClient(sock), "GET", "http://admin/admin/cert/show/"+second.SerialNumber.Text(16), nil, &ci); err != nil || code != 200 || ci.Status != "revoked" || ci.Reason != "keyCompromise" {
+		t.Fatalf("after certbot revoke: %d %v %v %+v", code, prob, err, ci)
+	}
+	if err := p.stop(t, syscall.SIGTERM); err != nil {
+		t.Fatalf("serve exit: %v", err)
+	}
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
 }
