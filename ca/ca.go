@@ -67,6 +67,17 @@ type Options struct {
 	Logger *slog.Logger
 	// SCTs is required if any profile has CT mode embed or best-effort.
 	SCTs SCTSource
+	// OCSPResponders optionally maps an issuer name to a delegated OCSP
+	// responder (RFC 6960 §4.2.2.2) that signs that issuer's responses
+	// instead of the issuer key.
+	OCSPResponders map[string]OCSPResponder
+}
+
+// OCSPResponder is a delegated OCSP signer: a certificate issued by the
+// issuer with the id-kp-OCSPSigning extended key usage, and its key.
+type OCSPResponder struct {
+	Cert   *x509.Certificate
+	Signer crypto.Signer
 }
 
 // CA issues, revokes and publishes status for certificates. It is safe for
@@ -106,6 +117,11 @@ type issuerState struct {
 	lintParent *x509.Certificate
 	lintKey    crypto.Signer
 	keyType    string
+	// ocsp signs OCSP responses: the issuer itself or a delegated
+	// responder.
+	ocspCert   *x509.Certificate
+	ocspSigner crypto.Signer
+	delegated  bool
 }
 
 // New builds a CA from a validated config, the issuers (one per
@@ -170,6 +186,16 @@ func New(cfg Config, issuers []Issuer, st Store, opts Options) (*CA, error) {
 	for name := range byName {
 		return nil, fmt.Errorf("ca: issuer %q is not in the config", name)
 	}
+	for name, r := range opts.OCSPResponders {
+		st, ok := c.issuers[name]
+		if !ok {
+			return nil, fmt.Errorf("ca: OCSP responder for unknown issuer %q", name)
+		}
+		if err := checkResponder(st, r); err != nil {
+			return nil, err
+		}
+		st.ocspCert, st.ocspSigner, st.delegated = r.Cert, r.Signer, true
+	}
 	c.defaultIssuer = cfg.DefaultIssuer
 	if c.defaultIssuer == "" {
 		c.defaultIssuer = c.issuerOrder[0]
@@ -215,12 +241,35 @@ func newIssuerState(is Issuer) (*issuerState, error) {
 	}
 	parent := *is.Cert
 	parent.PublicKey = key.Public()
-	st := &issuerState{Issuer: is, lintParent: &parent, lintKey: key, keyType: kt}
+	st := &issuerState{Issuer: is, lintParent: &parent, lintKey: key, keyType: kt, ocspCert: is.Cert, ocspSigner: is.Signer}
 	st.chainDER = append(st.chainDER, is.Cert.Raw)
 	for _, c := range is.Chain {
 		st.chainDER = append(st.chainDER, c.Raw)
 	}
 	return st, nil
+}
+
+// checkResponder checks a delegated OCSP responder: issued by the issuer,
+// OCSPSigning EKU, key matching its signer.
+func checkResponder(st *issuerState, r OCSPResponder) error {
+	if r.Cert == nil || r.Signer == nil {
+		return fmt.Errorf("ca: issuer %q: OCSP responder needs a certificate and a signer", st.Name)
+	}
+	if err := r.Cert.CheckSignatureFrom(st.Cert); err != nil {
+		return fmt.Errorf("ca: issuer %q: OCSP responder certificate is not issued by it: %w", st.Name, err)
+	}
+	hasEKU := false
+	for _, e := range r.Cert.ExtKeyUsage {
+		hasEKU = hasEKU || e == x509.ExtKeyUsageOCSPSigning
+	}
+	if !hasEKU {
+		return fmt.Errorf("ca: issuer %q: OCSP responder certificate lacks the OCSPSigning extended key usage", st.Name)
+	}
+	pub, ok := r.Signer.Public().(interface{ Equal(crypto.PublicKey) bool })
+	if !ok || !pub.Equal(r.Cert.PublicKey) {
+		return fmt.Errorf("ca: issuer %q: OCSP responder signer does not match its certificate", st.Name)
+	}
+	return nil
 }
 
 // throwawayKeys caches one throwaway key per key type for the life of the

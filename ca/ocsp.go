@@ -115,7 +115,7 @@ func (c *CA) issuerForOCSP(req *ocsp.Request) (*issuerState, error) {
 }
 
 // OCSPResponse answers a DER OCSP request (RFC 6960) with a response signed
-// by the issuer key: good for valid and pending serials (a pending serial
+// by the issuer key (or its delegated responder, Options.OCSPResponders): good for valid and pending serials (a pending serial
 // may carry a real signature), revoked with time and reason, unknown for
 // serials this issuer never recorded. Signed good and revoked responses
 // are cached for half of OCSP.Validity, and forgotten on revocation, so
@@ -166,7 +166,12 @@ func (c *CA) OCSPResponse(ctx context.Context, requestDER []byte) ([]byte, error
 			return nil, fmt.Errorf("ca: ocsp: store: %w", err)
 		}
 	}
-	der, err := ocsp.CreateResponse(iss.Cert, iss.Cert, tmpl, iss.Signer)
+	if iss.delegated {
+		// RFC 6960 §4.2.2.2: the client needs the responder certificate
+		// to check the delegation.
+		tmpl.Certificate = iss.ocspCert
+	}
+	der, err := ocsp.CreateResponse(iss.Cert, iss.ocspCert, tmpl, iss.ocspSigner)
 	if err != nil {
 		return nil, wrapSign("ocsp", err)
 	}

@@ -3,10 +3,15 @@ package ca_test
 import (
 	"context"
 	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"errors"
 	"math/big"
 	"testing"
+	"time"
 
 	"golang.org/x/crypto/ocsp"
 
@@ -107,4 +112,45 @@ func FuzzOCSPRequest(f *testing.F) {
 			t.Fatalf("response does not parse: %v", err)
 		}
 	})
+}
+
+func TestOCSPDelegatedResponder(t *testing.T) {
+	p := newPKI(t)
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(77), Subject: pkix.Name{CommonName: "hsmca OCSP responder"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(30 * 24 * time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageOCSPSigning},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.inter, key.Public(), p.interKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	respCert, _ := x509.ParseCertificate(der)
+	st := newMemStore()
+	opts := ca.Options{OCSPResponders: map[string]ca.OCSPResponder{"issuing-1": {Cert: respCert, Signer: key}}}
+	tc := newTestCAWith(t, baseConfig(), opts, p, st, "")
+	ctx := context.Background()
+	issued, err := tc.Issue(ctx, ca.IssueRequest{CSR: makeCSR(t, csrOpts{dns: []string{"a.svc.corp"}}), Profile: "server"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, _ := x509.ParseCertificate(issued.DER)
+	calls := tc.signer.calls.Load()
+	resp, err := tc.OCSPResponse(ctx, ocspRequest(t, cert, p.inter))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tc.signer.calls.Load() != calls {
+		t.Error("the issuer key signed an OCSP response despite a delegated responder")
+	}
+	r, err := ocsp.ParseResponseForCert(resp, cert, p.inter)
+	if err != nil || r.Status != ocsp.Good || r.Certificate == nil || !r.Certificate.Equal(respCert) {
+		t.Fatalf("delegated response: %v %v", r, err)
+	}
+	// A responder without the OCSPSigning EKU is refused.
+	bad := ca.Options{OCSPResponders: map[string]ca.OCSPResponder{"issuing-1": {Cert: p.inter, Signer: p.interKey}}}
+	if _, err := ca.New(baseConfig(), []ca.Issuer{{Name: "issuing-1", Cert: p.inter, Signer: p.interKey}}, st, bad); err == nil {
+		t.Error("New accepted a responder without OCSPSigning")
+	}
 }
