@@ -39,11 +39,7 @@ func (s *Server) authzStatus(a *Authz) string {
 }
 
 func (s *Server) challengeJSON(a *Authz, c *Challenge) challengeJSON {
-	st := c.Status
-	if st == StatusProcessing {
-		st = StatusProcessing
-	}
-	return challengeJSON{Type: c.Type, URL: s.url(pChall + a.ID + "/" + c.Type), Status: st,
+	return challengeJSON{Type: c.Type, URL: s.url(pChall + a.ID + "/" + c.Type), Status: c.Status,
 		Token: a.Token, Validated: rfc3339(c.Validated), Error: c.Error}
 }
 

@@ -1,7 +1,6 @@
 package acme
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -73,8 +72,9 @@ type Config struct {
 	// RetryAfter is what the server tells clients polling a processing
 	// order or pending challenge (default 1s).
 	RetryAfter time.Duration `yaml:"retry_after"`
-	// RenewalWindow is the ARI suggested window, as fractions of the
-	// certificate's lifetime from its start (defaults 2/3 to 5/6... see docs).
+	// RenewalStart and RenewalEnd bound the ARI suggested window
+	// (RFC 9773), as fractions of the certificate's lifetime from its
+	// start (defaults 2/3 and 5/6).
 	RenewalStart float64 `yaml:"renewal_start"`
 	RenewalEnd   float64 `yaml:"renewal_end"`
 }
@@ -207,5 +207,3 @@ func (c *Config) setDefaults() error {
 	}
 	return nil
 }
-
-var _ = context.Background
