@@ -22,9 +22,11 @@
 // all earlier nonces rather than accept a replay (see nonce.go and
 // docs/acme.md).
 //
-// Asynchrony. Answering a challenge stores it as processing with a work
-// record and queues it on a bounded worker pool; each attempt has a
-// timeout and failed attempts are retried a bounded number of times. The
+// Asynchrony. Answering a challenge runs the first validation attempt
+// while the client waits (bounded); success costs one write. Otherwise the
+// challenge is stored as processing with a work record and the further
+// attempts run on a bounded worker pool, each with a timeout, a bounded
+// number of times. The
 // http-01 and tls-alpn-01 ports and the DNS resolver are configurable so
 // tests validate on loopback. Finalize starts issuance and waits briefly:
 // a fast CA yields the valid order in the same answer (one durable write);
