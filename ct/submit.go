@@ -83,6 +83,7 @@ func New(cfg Config, opts Options) (*Submitter, error) {
 		tr.MaxIdleConnsPerHost = 64
 		hc = &http.Client{Transport: tr}
 	}
+	hc = limitClient(hc)
 	logger := opts.Logger
 	if logger == nil {
 		logger = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -313,6 +314,9 @@ func (s *Submitter) attempt(ctx context.Context, l *logClient, chain []ctgo.ASN1
 			return nil, fail(ReasonTimeout, fmt.Errorf("no answer within %s", s.cfg.Timeout)), 0
 		}
 		var rspErr jsonclient.RspError
+		if errors.Is(err, errResponseTooLarge) {
+			return nil, fail(ReasonBadResponse, errResponseTooLarge), 0
+		}
 		if errors.As(err, &rspErr) {
 			return nil, fail(ReasonBadResponse, fmt.Errorf("malformed response: %v", rspErr.Err)), 0
 		}

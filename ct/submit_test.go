@@ -408,6 +408,14 @@ func TestGetSCTsRetryAfterAndResponses(t *testing.T) {
 			t.Fatalf("failure %v, calls %d", fl, f.Calls())
 		}
 	})
+	t.Run("oversized answer", func(t *testing.T) {
+		f := cttest.NewFakeLog(t, cttest.Huge)
+		s := mustNew(t, Config{Logs: []LogConfig{logCfg(f, "f", "")}, Retries: 3})
+		_, err := s.GetSCTs(context.Background(), chain())
+		if fl := failure(t, err); fl.Reason != ReasonBadResponse || !strings.Contains(fl.Err.Error(), "64 KiB") || f.Calls() != 1 {
+			t.Fatalf("failure %v, calls %d", fl, f.Calls())
+		}
+	})
 	t.Run("SCT from the future", func(t *testing.T) {
 		f := cttest.NewFakeLog(t, cttest.OK)
 		s, err := New(quick(Config{Logs: []LogConfig{logCfg(f, "f", "")}}), Options{Clock: func() time.Time { return time.Now().Add(-time.Hour) }})

@@ -1,6 +1,7 @@
 package cttest
 
 import (
+	"bytes"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -39,6 +40,7 @@ const (
 	WrongKey             // signs with a key other than the one it advertises
 	TooMany              // answers 429 with Retry-After: RetryAfter to the first request
 	Garbage              // answers 200 with a body that is not an SCT
+	Huge                 // answers 200 with a 1 MiB body
 )
 
 // FakeLog is an RFC 6962 log's add-pre-chain endpoint on 127.0.0.1 that
@@ -150,6 +152,12 @@ func (f *FakeLog) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case Garbage:
 		w.Header().Set("Content-Type", "application/json")
 		w.Write([]byte(`{"sct_version":0,"id":"AAAA","signature":"AAAA"}`))
+		return
+	case Huge:
+		w.Header().Set("Content-Type", "application/json")
+		w.Write([]byte(`{"sct_version":0,`))
+		w.Write(bytes.Repeat([]byte(" "), 1<<20))
+		w.Write([]byte(`}`))
 		return
 	case Refuse:
 		http.Error(w, "chain does not end in an accepted root", http.StatusBadRequest)
