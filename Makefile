@@ -42,7 +42,7 @@ fuzz:
 	./scripts/fuzz.sh $(FUZZTIME)
 
 test-crash: build
-	HSMCA=$(CURDIR)/$(BIN) $(GO) test -tags crash -run TestCrash -timeout 20m -v ./server/...
+	HSMCA=$(CURDIR)/$(BIN) $(GO) test -tags crash -run TestCrashUnderLoad -count=1 -timeout 20m -v ./server/
 
 clean:
 	rm -rf bin
