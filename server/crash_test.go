@@ -257,7 +257,7 @@ func recorder(ctx context.Context, id int, dirURL string, hc *http.Client, alpn 
 		}
 		name := fmt.Sprintf("rec%d-%d-%d.crash.test", id, n, time.Now().UnixNano()%1e6)
 		if err := orderOne(ctx, cl, name, certKey, alpn, rec); err != nil {
-			cl = nil // a killed server loses nothing, but the client's nonces go stale
+			cl = nil                           // a killed server loses nothing, but the client's nonces go stale
 			time.Sleep(100 * time.Millisecond) // server restarting: back off
 		}
 	}

@@ -13,8 +13,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -128,6 +130,15 @@ func TestLifecycle(t *testing.T) {
 		}
 		if strings.Contains(block, "decrypt") || strings.Contains(block, "unwrap") || strings.Contains(block, "derive") {
 			t.Errorf("key %s may decrypt, want sign only:\n%s", k.Label, block)
+		}
+	}
+	out, err = pkcs11Tool(tokLifecycle, "--list-objects", "--type", "pubkey")
+	if err != nil {
+		t.Fatalf("pkcs11-tool --list-objects --type pubkey: %v\n%s", err, out)
+	}
+	for _, k := range []hsm.KeyInfo{ec, rk} {
+		if !strings.Contains(out, "label:      "+k.Label+"\n") || !strings.Contains(out, "ID:         "+k.ID+"\n") {
+			t.Errorf("public key %s (%s) not listed without login:\n%s", k.Label, k.ID, out)
 		}
 	}
 	uri, err := p.KeyURI("ca-p256")
@@ -622,5 +633,70 @@ func TestCreateRefusesUsedDirectory(t *testing.T) {
 	}
 	if _, err := m2.InitPartition(hsm.InitOptions{Partition: "x", Shares: 1, Threshold: 1}); err == nil || !strings.Contains(err.Error(), "InitTokenPartition") {
 		t.Fatalf("InitPartition: %v", err)
+	}
+}
+
+// TestSignWhileSealing races signers against seal and re-activation; run
+// with -race. Every signature either verifies or fails with ErrSealed.
+func TestSignWhileSealing(t *testing.T) {
+	needSoftHSM(t)
+	mod, shares, _ := initModule(t, tokRace, hsm.InitOptions{Partition: "issuing", Shares: 2, Threshold: 1}, Options{})
+	defer mod.Close()
+	p, _ := mod.Partition("issuing")
+	activate(t, p, shares[0])
+	k, err := p.GenerateKey(hsm.ECDSAP256, "k", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, _ := p.Signer(k.ID)
+	d := sha256.Sum256([]byte("race"))
+	var wg sync.WaitGroup
+	var ok, sealed atomic.Int64
+	var stop atomic.Bool
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 100000 && !stop.Load(); i++ {
+				sig, err := s.Sign(nil, d[:], crypto.SHA256)
+				switch {
+				case err == nil:
+					if !ecdsa.VerifyASN1(k.Public.(*ecdsa.PublicKey), d[:], sig) {
+						t.Error("bad signature")
+						return
+					}
+					ok.Add(1)
+				case errors.Is(err, hsm.ErrSealed):
+					sealed.Add(1)
+				default:
+					t.Errorf("Sign: %v", err)
+					return
+				}
+			}
+		}()
+	}
+	// Seal and re-activate 10 times, each time after the signers made
+	// progress, so that seals land while signatures are in flight.
+	deadline := time.Now().Add(time.Minute)
+	for i := range 10 {
+		before := ok.Load()
+		for ok.Load() == before && time.Now().Before(deadline) {
+			runtime.Gosched()
+		}
+		if err := p.Seal(); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := p.AddShare(shares[i%2]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stop.Store(true)
+	wg.Wait()
+	if ok.Load() < 10 {
+		t.Fatalf("%d signed (%d refused as sealed); want at least 10", ok.Load(), sealed.Load())
+	}
+	t.Logf("%d signed, %d refused as sealed", ok.Load(), sealed.Load())
+	if _, err := mod.Audit().Verify(); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -29,9 +29,10 @@ const (
 	tokReshare   = "hsmca-reshare"
 	tokBench     = "hsmca-bench"
 	tokDirect    = "hsmca-direct"
+	tokRace      = "hsmca-race"
 )
 
-var allTokens = []string{tokLifecycle, tokLockout, tokPerOp, tokGone, tokBadPIN, tokReshare, tokBench, tokDirect}
+var allTokens = []string{tokLifecycle, tokLockout, tokPerOp, tokGone, tokBadPIN, tokReshare, tokBench, tokDirect, tokRace}
 
 const (
 	userPIN = "87654321"
