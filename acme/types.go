@@ -2,6 +2,7 @@ package acme
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -92,14 +93,14 @@ var (
 
 // Account is a stored ACME account (RFC 8555 §7.1.2).
 type Account struct {
-	ID        string    `json:"id"`
-	Key       []byte    `json:"k"`  // JWK (public), JSON
-	KeyThumb  string    `json:"kt"` // RFC 7638 thumbprint, base64url
-	Status    string    `json:"s"`
-	Contact   []string  `json:"c,omitempty"`
-	ToSAgreed bool      `json:"tos,omitempty"`
-	EABKeyID  string    `json:"eab,omitempty"`
-	Created   time.Time `json:"cr"`
+	ID        string          `json:"id"`
+	Key       json.RawMessage `json:"k"`  // JWK (public), JSON, stored as is
+	KeyThumb  string          `json:"kt"` // RFC 7638 thumbprint, base64url
+	Status    string          `json:"s"`
+	Contact   []string        `json:"c,omitempty"`
+	ToSAgreed bool            `json:"tos,omitempty"`
+	EABKeyID  string          `json:"eab,omitempty"`
+	Created   time.Time       `json:"cr"`
 }
 
 // Order is a stored order (RFC 8555 §7.1.3). Status is the stored part; the
