@@ -310,3 +310,21 @@ func tail(s string, n int) string {
 	}
 	return s
 }
+
+// TestServeExampleConfig keeps testdata/serve/ca.yaml decodable.
+func TestServeExampleConfig(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join("..", "testdata", "serve", "ca.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := DecodeConfig(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Server.TLSKey != "tls/server.key" || cfg.Server.CRLFiles["root"] != "root-crl.pem" || cfg.Server.CRLInterval.D() != time.Hour {
+		t.Fatalf("decoded server section: %+v", cfg.Server)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+}
