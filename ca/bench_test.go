@@ -119,6 +119,19 @@ func (m *memStore) LatestCRL(_ context.Context, issuer string) ([]byte, error) {
 	return nil, ca.ErrNoCRL
 }
 
+// cpuMeter reports the process CPU time per operation as "cpu-ns/op"
+// (user + system, every goroutine, GC included). Start it right after
+// b.ResetTimer and call stop at the end of the benchmark function.
+func cpuMeter(b *testing.B) (stop func()) {
+	start, ok := processCPU()
+	return func() {
+		end, ok2 := processCPU()
+		if ok && ok2 && b.N > 0 {
+			b.ReportMetric(float64(end-start)/float64(b.N), "cpu-ns/op")
+		}
+	}
+}
+
 func benchCA(b *testing.B, storeKind string) *testCA {
 	b.Helper()
 	if storeKind == "memory" {
@@ -138,6 +151,7 @@ func BenchmarkIssueP256(b *testing.B) {
 			tc := benchCA(b, storeKind)
 			req := ca.IssueRequest{CSR: makeCSR(b, csrOpts{dns: []string{"a.svc.corp"}}), Profile: "server"}
 			b.ResetTimer()
+			defer cpuMeter(b)()
 			for i := 0; i < b.N; i++ {
 				if _, err := tc.Issue(context.Background(), req); err != nil {
 					b.Fatal(err)
@@ -150,6 +164,7 @@ func BenchmarkIssueP256(b *testing.B) {
 				req := ca.IssueRequest{CSR: makeCSR(b, csrOpts{dns: []string{"a.svc.corp"}}), Profile: "server"}
 				b.SetParallelism(par)
 				b.ResetTimer()
+				defer cpuMeter(b)()
 				b.RunParallel(func(pb *testing.PB) {
 					for pb.Next() {
 						if _, err := tc.Issue(context.Background(), req); err != nil {
@@ -180,6 +195,7 @@ func BenchmarkBareCreateCertificate(b *testing.B) {
 		IssuingCertificateURL: []string{"http://pki.svc.corp/issuer/issuing-1.crt"},
 	}
 	b.ResetTimer()
+	defer cpuMeter(b)()
 	for i := 0; i < b.N; i++ {
 		tmpl.SerialNumber = big.NewInt(int64(i) + 1)
 		if _, err := x509.CreateCertificate(rand.Reader, tmpl, p.inter, leafKey.Public(), p.interKey); err != nil {
@@ -197,6 +213,7 @@ func BenchmarkLintOnly(b *testing.B) {
 		b.Fatal(err)
 	}
 	b.ResetTimer()
+	defer cpuMeter(b)()
 	for i := 0; i < b.N; i++ {
 		if res, err := ca.LintDER(tc.CA, "server", c.DER); err != nil || len(res) > 0 {
 			b.Fatal(err, res)
