@@ -351,7 +351,11 @@ func (s *Server) ocspResponse(ctx context.Context, reqDER []byte) ([]byte, ocspL
 // nextUpdate. A cached "good" is not served once the record is revoked.
 type ocspFallback struct {
 	mu sync.Mutex
-	m  map[string]ocspLastEntry
+	m  map[string]ocspLastEntry // by CertID
+	// byReq indexes the same entries by the request's bytes, so that the
+	// common case (a client repeating an identical request) costs no
+	// parsing.
+	byReq map[string]ocspLastEntry
 }
 
 type ocspLastEntry struct {
@@ -363,7 +367,9 @@ type ocspLastEntry struct {
 
 const ocspFallbackMax = 100_000
 
-func newOCSPFallback() *ocspFallback { return &ocspFallback{m: map[string]ocspLastEntry{}} }
+func newOCSPFallback() *ocspFallback {
+	return &ocspFallback{m: map[string]ocspLastEntry{}, byReq: map[string]ocspLastEntry{}}
+}
 
 // key identifies a request by its CertID (hash algorithm, issuer hashes,
 // serial), ignoring nonces and other extensions.
@@ -379,6 +385,12 @@ func ocspReqKey(reqDER []byte) (string, string, bool) {
 // remember keeps der as the last response for the request's CertID and
 // returns its update times. A response seen before is not parsed again.
 func (f *ocspFallback) remember(reqDER, der []byte) ocspLastEntry {
+	f.mu.Lock()
+	if e, ok := f.byReq[string(reqDER)]; ok && bytes.Equal(e.der, der) {
+		f.mu.Unlock()
+		return e
+	}
+	f.mu.Unlock()
 	key, serial, ok := ocspReqKey(reqDER)
 	if !ok {
 		return ocspLastEntry{}
@@ -399,10 +411,11 @@ func (f *ocspFallback) remember(reqDER, der []byte) ocspLastEntry {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if len(f.m) >= ocspFallbackMax {
-		f.m = map[string]ocspLastEntry{}
+	if len(f.m) >= ocspFallbackMax || len(f.byReq) >= ocspFallbackMax {
+		f.m, f.byReq = map[string]ocspLastEntry{}, map[string]ocspLastEntry{}
 	}
 	f.m[key] = e
+	f.byReq[string(reqDER)] = e
 	return e
 }
 
@@ -432,6 +445,11 @@ func (f *ocspFallback) forget(serial string) {
 	for k, e := range f.m {
 		if e.serial == serial {
 			delete(f.m, k)
+		}
+	}
+	for k, e := range f.byReq {
+		if e.serial == serial {
+			delete(f.byReq, k)
 		}
 	}
 }
