@@ -376,6 +376,7 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (*Report, error) {
 		rep.Stopped, _ = stopReason.Load().(string)
 	}
 	rep.WallS = round3(end.Sub(t0).Seconds())
+	rep.LastOrderS = round3(r.lastEnd.Sub(t0).Seconds())
 	rep.fill(r.lat)
 	rep.ClientCPUs = round3((cpuTime() - cpu0).Seconds())
 	return rep, nil

@@ -40,6 +40,11 @@ type PeerSummary struct {
 	// Stopped lists why rounds ended other than by duration or orders
 	// (e.g. "max-time" when a server stopped answering).
 	Stopped []string `json:"stopped,omitempty"`
+	// StalledAfter and StalledRate describe cut-off rounds (median over
+	// them): orders completed before the server stopped answering, and
+	// their rate up to the last completed order.
+	StalledAfter float64 `json:"stalled_after_orders,omitempty"`
+	StalledRate  float64 `json:"stalled_orders_per_sec_before,omitempty"`
 	// Ratio is hsmca's orders/s divided by this server's at the same
 	// concurrency; 0 when either is missing or zero.
 	Ratio float64 `json:"ratio_hsmca_over_this,omitempty"`
@@ -120,8 +125,16 @@ func Summarize(runs []PeerRun) []PeerSummary {
 	var out []PeerSummary
 	for k, rs := range groups {
 		s := PeerSummary{Server: k.server, Clients: k.clients, Rounds: len(rs)}
-		var ops, p99 []float64
+		var ops, p99, stallN, stallRate []float64
 		for _, r := range rs {
+			if r.Stopped == "max-time" || r.Stopped == "canceled" {
+				stallN = append(stallN, float64(r.Orders))
+				if r.LastOrderS > 0 {
+					stallRate = append(stallRate, float64(r.Orders)/r.LastOrderS)
+				} else {
+					stallRate = append(stallRate, 0)
+				}
+			}
 			ops = append(ops, r.OrdersPerSec)
 			p99 = append(p99, r.P99ms)
 			s.PeakRSSKB = max(s.PeakRSSKB, r.PeakRSSKB)
@@ -134,6 +147,8 @@ func Summarize(runs []PeerRun) []PeerSummary {
 		}
 		s.OrdersPerSec = median(ops)
 		s.P99ms = median(p99)
+		s.StalledAfter = median(stallN)
+		s.StalledRate = math.Round(median(stallRate)*100) / 100
 		out = append(out, s)
 	}
 	for i := range out {
@@ -183,7 +198,7 @@ func WriteTable(w io.Writer, sum []PeerSummary) error {
 		}
 		note := ""
 		if len(s.Stopped) > 0 {
-			note = "stopped by " + strings.Join(s.Stopped, ",")
+			note = fmt.Sprintf("stopped by %s: stalled after %.0f orders (%.2f/s until then)", strings.Join(s.Stopped, ","), s.StalledAfter, s.StalledRate)
 		}
 		fmt.Fprintf(tw, "%s\t%d\t%d\t%.2f\t%.1f\t%s\t%d\t%d\t%s\t%s\t\n",
 			s.Server, s.Clients, s.Rounds, s.OrdersPerSec, s.P99ms, rss, s.Failed, s.Unfinished, ratio, note)

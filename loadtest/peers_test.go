@@ -34,7 +34,7 @@ func TestPeerSummary(t *testing.T) {
 	writeRun(t, dir, "hsmca_c16_r2", Report{Clients: 16, Orders: 100, OrdersPerSec: 10, P99ms: 300, Stopped: "duration"}, "60000")
 	writeRun(t, dir, "hsmca_c16_r3", Report{Clients: 16, Orders: 200, OrdersPerSec: 20, P99ms: 200, Stopped: "duration"}, "")
 	writeRun(t, dir, "pebble_c16_r1", Report{Clients: 16, Orders: 100, OrdersPerSec: 10, P99ms: 50, Stopped: "duration"}, "20000")
-	writeRun(t, dir, "pebble_c16_r2", Report{Clients: 16, Orders: 3, OrdersPerSec: 0.3, P99ms: 50, Unfinished: 16, Stopped: "max-time"}, "20000")
+	writeRun(t, dir, "pebble_c16_r2", Report{Clients: 16, Orders: 3, OrdersPerSec: 0.3, P99ms: 50, Unfinished: 16, Stopped: "max-time", LastOrderS: 2}, "20000")
 	writeRun(t, dir, "step-ca_c1_r1", Report{Clients: 1, Orders: 10, OrdersPerSec: 5, P99ms: 9, Stopped: "duration"}, "")
 	if err := os.WriteFile(filepath.Join(dir, "notes.txt"), []byte("ignored"), 0o644); err != nil {
 		t.Fatal(err)
@@ -69,7 +69,10 @@ func TestPeerSummary(t *testing.T) {
 	if err := WriteTable(&tb, sum); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"3.88x", "stopped by max-time", "58.6"} {
+	if p.StalledAfter != 3 || p.StalledRate != 1.5 {
+		t.Errorf("pebble stalled after %v orders at %v/s, want 3 at 1.5/s", p.StalledAfter, p.StalledRate)
+	}
+	for _, want := range []string{"3.88x", "stopped by max-time: stalled after 3 orders (1.50/s until then)", "58.6"} {
 		if !strings.Contains(tb.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, tb.String())
 		}

@@ -39,16 +39,20 @@ type Report struct {
 	Challenge     string  `json:"challenge"`
 	KeyType       string  `json:"key_type"`
 	NamesPerOrder int     `json:"names_per_order"`
-	Orders        int     `json:"orders"`         // orders that ended with a downloaded certificate
-	FailedOrders  int     `json:"failed_orders"`  // orders that ended in an error
-	Unfinished    int     `json:"unfinished"`     // orders cut off by --max-time or cancellation
-	WallS         float64 `json:"wall_s"`         // from the first newOrder to the last order's end
-	OrdersPerSec  float64 `json:"orders_per_sec"` // Orders / WallS
-	P50ms         float64 `json:"p50_ms"`
-	P90ms         float64 `json:"p90_ms"`
-	P99ms         float64 `json:"p99_ms"`
-	MaxMs         float64 `json:"max_ms"`
-	MeanMs        float64 `json:"mean_ms"`
+	Orders        int     `json:"orders"`        // orders that ended with a downloaded certificate
+	FailedOrders  int     `json:"failed_orders"` // orders that ended in an error
+	Unfinished    int     `json:"unfinished"`    // orders cut off by --max-time or cancellation
+	WallS         float64 `json:"wall_s"`        // from the first newOrder to the last order's end (or the cap)
+	// LastOrderS is when the last order ended, from the first newOrder. It
+	// equals WallS unless the run was cut off; then Orders/LastOrderS is
+	// the rate before the server stopped answering.
+	LastOrderS   float64 `json:"last_order_s"`
+	OrdersPerSec float64 `json:"orders_per_sec"` // Orders / WallS
+	P50ms        float64 `json:"p50_ms"`
+	P90ms        float64 `json:"p90_ms"`
+	P99ms        float64 `json:"p99_ms"`
+	MaxMs        float64 `json:"max_ms"`
+	MeanMs       float64 `json:"mean_ms"`
 	// Errors counts failures by ACME problem type (RFC 8555 §6.7), or by a
 	// "client:..." label for failures that carried no problem document.
 	Errors    map[string]int `json:"errors"`
