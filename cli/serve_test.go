@@ -3,9 +3,15 @@ package cli
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
+	"errors"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -18,6 +24,7 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	xacme "golang.org/x/crypto/acme"
 
 	"github.com/hsmca/hsmca/server"
 )
@@ -326,5 +333,161 @@ func TestServeExampleConfig(t *testing.T) {
 	}
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// serveWithACMEPorts makes a quickstart CA in a temp dir, points http-01
+// validation at a free port and starts `ca serve` (sealed) with a DNS stub
+// as its resolver. It returns the dir, the process, the base URLs and the
+// http-01 port.
+func serveWithACMEPorts(t *testing.T) (dir string, p *serverProc, httpsURL, httpURL, http01 string) {
+	t.Helper()
+	dir = t.TempDir()
+	qs, httpsURL, httpURL := startQuickstart(t, dir)
+	if err := qs.stop(t, syscall.SIGTERM); err != nil {
+		t.Fatalf("quickstart: %v\n%s", err, qs.out)
+	}
+	_, http01, _ = net.SplitHostPort(freeAddr(t))
+	cfgPath := filepath.Join(dir, "ca.yaml")
+	b, err := os.ReadFile(cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b = bytes.Replace(b, []byte("http01_port: 80"), []byte("http01_port: "+http01), 1)
+	if err := os.WriteFile(cfgPath, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p = startProc(t, dir, "ca", "serve", "--config", cfgPath, "--resolver", dnsStub(t))
+	waitHealth(t, p, httpURL, isSealed)
+	return dir, p, httpsURL, httpURL, http01
+}
+
+// TestACMESealedFinalize: while sealed, an ACME order is created and
+// validated, finalize answers 503 with the quorum message (not
+// serverInternal); after activation through the admin API the same order
+// finalizes.
+func TestACMESealedFinalize(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end")
+	}
+	dir, p, httpsURL, _, http01 := serveWithACMEPorts(t)
+	rb, _ := os.ReadFile(filepath.Join(dir, "root.pem"))
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(rb)
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	cl := &xacme.Client{Key: key, DirectoryURL: httpsURL + "/acme/directory",
+		HTTPClient: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}},
+		RetryBackoff: func(n int, _ *http.Request, resp *http.Response) time.Duration {
+			if n > 5 || resp == nil || resp.StatusCode == http.StatusServiceUnavailable {
+				return 0 // let the test see the 503
+			}
+			return 50 * time.Millisecond
+		}}
+	var (
+		mu   sync.Mutex
+		resp = map[string]string{}
+	)
+	ln, err := net.Listen("tcp", "127.0.0.1:"+http01)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		defer mu.Unlock()
+		io.WriteString(w, resp[strings.TrimPrefix(r.URL.Path, "/.well-known/acme-challenge/")])
+	}), ReadHeaderTimeout: 10 * time.Second}
+	go hs.Serve(ln)
+	t.Cleanup(func() { hs.Close() })
+
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if _, err := cl.Register(ctx, &xacme.Account{}, xacme.AcceptTOS); err != nil {
+		t.Fatal(err)
+	}
+	name := "sealed.example.internal"
+	o, err := cl.AuthorizeOrder(ctx, xacme.DomainIDs(name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, zu := range o.AuthzURLs {
+		z, err := cl.GetAuthorization(ctx, zu)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range z.Challenges {
+			if c.Type != "http-01" {
+				continue
+			}
+			ka, err := cl.HTTP01ChallengeResponse(c.Token)
+			if err != nil {
+				t.Fatal(err)
+			}
+			mu.Lock()
+			resp[c.Token] = ka
+			mu.Unlock()
+			if _, err := cl.Accept(ctx, c); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := cl.WaitAuthorization(ctx, zu); err != nil {
+			t.Fatalf("validation while sealed: %v\n%s", err, p.out)
+		}
+	}
+	certKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	csr, _ := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{DNSNames: []string{name}}, certKey)
+	_, _, err = cl.CreateOrderCert(ctx, o.FinalizeURL, csr, true)
+	var ae *xacme.Error
+	if !errors.As(err, &ae) || ae.StatusCode != http.StatusServiceUnavailable || !strings.Contains(ae.Detail, "CA awaits quorum (0 of 2)") || strings.Contains(ae.ProblemType, "serverInternal") {
+		t.Fatalf("finalize while sealed: %#v", err)
+	}
+	sock := filepath.Join(dir, "admin.sock")
+	mustRun(t, dir, "hsm", "activate", "--socket", sock,
+		"--share", filepath.Join(dir, "shares/issuing/share-1.txt"), "--share", filepath.Join(dir, "shares/issuing/share-2.txt"))
+	ders, _, err := cl.CreateOrderCert(ctx, o.FinalizeURL, csr, true)
+	if err != nil {
+		t.Fatalf("finalize after activation: %v\n%s", err, p.out)
+	}
+	leaf, err := x509.ParseCertificate(ders[0])
+	if err != nil || len(ders) != 2 || leaf.DNSNames[0] != name {
+		t.Fatalf("certificate: %v, %d in chain", err, len(ders))
+	}
+	if err := p.stop(t, syscall.SIGTERM); err != nil {
+		t.Fatalf("serve exit: %v", err)
+	}
+}
+
+// TestServeSIGHUPReload: SIGHUP re-reads the name policy.
+func TestServeSIGHUPReload(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end")
+	}
+	dir, p, _, httpURL, _ := serveWithACMEPorts(t)
+	sock := filepath.Join(dir, "admin.sock")
+	mustRun(t, dir, "hsm", "activate", "--socket", sock,
+		"--share", filepath.Join(dir, "shares/issuing/share-1.txt"), "--share", filepath.Join(dir, "shares/issuing/share-2.txt"))
+	csr, _ := newCSRPEM(t, dir, "x.csr", "x.denied.internal")
+	mustRun(t, dir, "cert", "issue", "--socket", sock, "--csr", csr, "--profile", "server")
+	cfgPath := filepath.Join(dir, "ca.yaml")
+	b, _ := os.ReadFile(cfgPath)
+	b = bytes.Replace(b, []byte("ca:\n"), []byte("ca:\n  policy:\n    denied_dns_suffixes: [denied.internal]\n"), 1)
+	if err := os.WriteFile(cfgPath, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p.cmd.Process.Signal(syscall.SIGHUP)
+	deadline := time.Now().Add(time.Minute)
+	for {
+		r := runCLI(t, dir, "cert", "issue", "--socket", sock, "--csr", csr, "--profile", "server")
+		if r.code == ExitUsage && strings.Contains(r.stderr, "denied.internal") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("policy not reloaded after SIGHUP:\n%s\n%s", r, p.out)
+		}
+		time.Sleep(50 * time.Millisecond) // polling for the reload
+	}
+	// Still serving and still active.
+	waitHealth(t, p, httpURL, isActive)
+	if err := p.stop(t, syscall.SIGTERM); err != nil {
+		t.Fatalf("serve exit: %v", err)
 	}
 }
