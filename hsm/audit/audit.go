@@ -1,45 +1,93 @@
-// Package audit is an hsmca module's append-only, hash-chained event log,
-// kept in a bbolt bucket next to the module's keys.
+// Package audit is an hsmca module's append-only, hash-chained event log.
 //
 // Each record's hash (SHA-256) covers its sequence number, time, type,
 // partition, fields and the previous record's hash, so changing, deleting or
-// reordering a record breaks the chain. After every commit the head (record
-// count and last hash) is signed with the module's Ed25519 audit key, so
-// removing records from the end is detected too: the signed head no longer
-// matches the last record.
+// reordering a record breaks the chain. The head (record count and last
+// hash) is signed with the module's Ed25519 audit key and kept in the
+// module's bbolt database, so removing records from the end is detected
+// too: the signed head no longer matches the last record.
+//
+// # Two stores, one chain
+//
+// Signature records, one per signature the module makes, are the hot path.
+// They go to an append-only segment file beside the database (SegmentFile,
+// a compact binary, length-prefixed, CRC-checked frame each; see
+// segment.go), written with one write(2) under the chain lock before
+// BeginSign returns. Every other event (init, shares, activation, seal,
+// keys, export, lockout) is a JSON record in the database's "audit" bucket,
+// committed together with a new signed head. Both kinds take their
+// sequence numbers from one counter and their "prev" from the record
+// before, whatever store that is in, so Head, Events and Verify see one
+// chain.
+//
+// # Durability
+//
+//   - Process crash (kill -9): loses nothing acknowledged. A signature
+//     record is in the kernel (written) before BeginSign returns, so before
+//     the signer can release the signature; a database record is committed
+//     (fsynced) before Append returns.
+//   - Power loss: may lose signature records that were written but not yet
+//     synced. A background flusher syncs the segment (fsync) at most every
+//     FlushInterval (default 2 ms) once records are waiting, then signs and
+//     stores a new head. Wait blocks a signer while more than MaxUnsynced
+//     (default 1024) records are written but not synced, so a power loss
+//     loses at most the records of the last flush interval and never more
+//     than MaxUnsynced. Before a database record is committed the segment
+//     is synced, so a power loss never leaves a gap inside the chain.
+//
+// # Crashes and what Open does
+//
+// Records written after the last signed head (a crash between a write and
+// the next flush) are checked link by link when the log is opened and
+// covered by a new signed head at the next flush. If the segment ends in a
+// torn record (a frame cut short or damaged: a power loss during a write,
+// or, rarely, a kill during a write that spans pages), Open leaves it in
+// place: Verify reports it as an *hsm.AuditError ("torn") naming the
+// record's sequence number, and the next append (or Recover) records an
+// "audit-recover" event naming the lost record, offset and size, then cuts
+// the torn bytes off, after which the log verifies again with that event in
+// it. Damage inside the signed part of the log, or complete records after
+// the head that do not chain, are tampering, not a crash: the log then
+// refuses every append and Verify names the first bad record.
+//
+// # The audit key
 //
 // The audit key is not behind the quorum. A sealed module must still record
 // events (rejected shares, lockouts), so the backend keeps the audit key in
 // the module's own file, protected only by the file's permissions (0600).
-// The trade-off: someone who can write the module file can rewrite the log
+// The trade-off: someone who can write the module files can rewrite the log
 // and re-sign its head. What they cannot do is make the rewritten log match a
 // head that an auditor already holds, so auditors pin the audit public key
 // (printed at module creation) and keep the heads quoted in ceremony
-// transcripts; a later log must extend those.
+// transcripts; a later log must extend those (VerifyExtends).
 //
-// Appends are grouped: concurrent callers' records are committed in one
-// bbolt transaction with one head signature, and each caller returns only
-// once its record is durable. Begin/Wait lets a caller (a signature) do its
-// work while its record is being committed. Once a commit fails, the log
-// refuses every later append: a module that cannot audit must not sign.
+// Once a write, sync or commit fails, the log refuses every later append: a
+// module that cannot audit must not sign.
 package audit
 
 import (
 	"crypto/ed25519"
 	"crypto/sha256"
-	"encoding/base64"
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hsmca/hsmca/hsm"
 	bolt "go.etcd.io/bbolt"
 )
+
+// SegmentFile is the default name of the signature segment, in the
+// database's directory.
+const SegmentFile = "audit.seg"
 
 // Bucket names in the module database.
 var (
@@ -53,36 +101,77 @@ const (
 	headDomain   = "hsmca audit head v1\x00"
 )
 
+// Defaults for Options.
+const (
+	DefaultFlushInterval = 2 * time.Millisecond
+	DefaultMaxUnsynced   = 1024
+)
+
 // ErrClosed is returned by appends after Close.
 var ErrClosed = errors.New("audit: log is closed")
 
 // Options configures a Log. Zero values are usable.
 type Options struct {
-	// Context binds the head signature to one module (its ID), so that a
-	// head of another module's log does not verify.
+	// Context binds the head signature and the segment to one module (its
+	// ID), so that another module's log does not verify. At most 255 bytes.
 	Context string
 	// Clock stamps records; defaults to time.Now.
 	Clock func() time.Time
-	// Logger receives commit failures; defaults to discarding.
+	// Logger receives write, sync and commit failures; defaults to
+	// discarding.
 	Logger *slog.Logger
+	// Segment is the path of the signature segment file; defaults to
+	// SegmentFile in the database's directory. It is created with mode
+	// 0600.
+	Segment string
+	// FlushInterval is the shortest time between two syncs of the
+	// segment; default DefaultFlushInterval.
+	FlushInterval time.Duration
+	// MaxUnsynced bounds the signature records written but not yet synced
+	// (what a power loss can take); Wait blocks beyond it. Default
+	// DefaultMaxUnsynced.
+	MaxUnsynced int
 }
 
 // Log is the module's audit log. It implements hsm.AuditLog and is safe
 // for concurrent use.
 type Log struct {
-	db     *bolt.DB
-	key    ed25519.PrivateKey
-	pub    ed25519.PublicKey
-	ctx    string
-	clock  func() time.Time
-	logger *slog.Logger
+	db          *bolt.DB
+	key         ed25519.PrivateKey
+	pub         ed25519.PublicKey
+	ctx         string
+	clock       func() time.Time
+	logger      *slog.Logger
+	segPath     string
+	hdrLen      int64
+	interval    time.Duration
+	maxUnsynced uint64
 
+	// flushMu serialises what syncs the segment or commits to the
+	// database: flushes, Append, Recover, Close. It is taken before mu.
+	flushMu   sync.Mutex
+	headSeq   uint64 // count of the stored head
+	syncedOff int64  // segment bytes known to be synced
+
+	// mu guards the chain's position and the segment's write end. Signers
+	// hold it for one hash and one write(2).
 	mu      sync.Mutex
 	seq     uint64   // last assigned sequence number
-	prev    [32]byte // hash of the last assigned record
-	pending []*Pending
-	broken  error // sticky: set when a commit fails or the stored log is inconsistent
+	prev    [32]byte // hash of record seq
+	seg     *os.File
+	off     int64 // end of the last complete record in the segment
+	lastRec int64 // offset of the segment's last record (0: none)
+	buf     []byte
+	broken  error     // sticky: a failed write or commit, or a log that does not verify
+	torn    *tornTail // a damaged segment end found by Open, not yet cut
 	closed  bool
+
+	synced    atomic.Uint64 // records up to here are synced or committed
+	failed    atomic.Bool   // broken is set
+	scheduled atomic.Bool   // the flusher has been kicked and not yet started a flush
+	waiters   atomic.Int32
+	syncMu    sync.Mutex // with syncCond: signers waiting for the flusher
+	syncCond  *sync.Cond
 
 	kick chan struct{}
 	stop chan struct{}
@@ -91,36 +180,76 @@ type Log struct {
 
 var _ hsm.AuditLog = (*Log)(nil)
 
-// storedHead is the signed head as kept in the database.
-type storedHead struct {
-	Count uint64 `json:"count"`
-	Hash  string `json:"hash"`
-	Sig   []byte `json:"sig"`
+// tornTail is a segment end that holds no complete, well-formed frame.
+type tornTail struct {
+	seq    uint64 // the number the damaged record would have had
+	off    int64
+	size   int64 // bytes from off to the end of the file
+	reason string
 }
 
-// Open attaches to the log in db (creating its buckets) and starts the
-// committer. If the stored records do not match the signed head, Open still
-// succeeds, so that Verify can report where, but every append fails.
+func (t *tornTail) auditError() *hsm.AuditError {
+	return &hsm.AuditError{Seq: t.seq, Reason: fmt.Sprintf(
+		"torn record at the end of the audit segment (offset %d, %d bytes: %s), left by a crash during a write; the next append records an audit-recover event and cuts it off",
+		t.off, t.size, t.reason)}
+}
+
+// storedHead is the signed head as kept in the database. Segment and
+// SegmentLast locate the segment records it covers; they are hints for
+// Open and Verify, not signed (the count and hash commit to everything).
+type storedHead struct {
+	Count       uint64 `json:"count"`
+	Hash        string `json:"hash"`
+	Sig         []byte `json:"sig"`
+	Segment     int64  `json:"segment,omitempty"`      // end of the covered segment records
+	SegmentLast int64  `json:"segment_last,omitempty"` // offset of the last of them
+}
+
+// Open attaches to the log in db and its segment file (creating the
+// buckets and the file) and starts the flusher. If the stored records do
+// not match the signed head, Open still succeeds, so that Verify can report
+// where, but every append fails. See the package doc for what Open does
+// after a crash.
 func Open(db *bolt.DB, key ed25519.PrivateKey, opts Options) (*Log, error) {
 	if db == nil || len(key) != ed25519.PrivateKeySize {
 		return nil, errors.New("audit: need a database and an Ed25519 private key")
 	}
-	l := &Log{
-		db:     db,
-		key:    key,
-		pub:    key.Public().(ed25519.PublicKey),
-		ctx:    opts.Context,
-		clock:  opts.Clock,
-		logger: opts.Logger,
-		kick:   make(chan struct{}, 1),
-		stop:   make(chan struct{}),
-		done:   make(chan struct{}),
+	if len(opts.Context) > 255 {
+		return nil, errors.New("audit: context longer than 255 bytes")
 	}
+	if opts.FlushInterval < 0 || opts.MaxUnsynced < 0 {
+		return nil, errors.New("audit: negative flush interval or unsynced bound")
+	}
+	l := &Log{
+		db:          db,
+		key:         key,
+		pub:         key.Public().(ed25519.PublicKey),
+		ctx:         opts.Context,
+		clock:       opts.Clock,
+		logger:      opts.Logger,
+		segPath:     opts.Segment,
+		interval:    opts.FlushInterval,
+		maxUnsynced: uint64(opts.MaxUnsynced),
+		buf:         make([]byte, 0, maxFrameLen),
+		kick:        make(chan struct{}, 1),
+		stop:        make(chan struct{}),
+		done:        make(chan struct{}),
+	}
+	l.syncCond = sync.NewCond(&l.syncMu)
 	if l.clock == nil {
 		l.clock = time.Now
 	}
 	if l.logger == nil {
 		l.logger = slog.New(slog.DiscardHandler)
+	}
+	if l.segPath == "" {
+		l.segPath = filepath.Join(filepath.Dir(db.Path()), SegmentFile)
+	}
+	if l.interval == 0 {
+		l.interval = DefaultFlushInterval
+	}
+	if l.maxUnsynced == 0 {
+		l.maxUnsynced = DefaultMaxUnsynced
 	}
 	err := db.Update(func(tx *bolt.Tx) error {
 		if _, err := tx.CreateBucketIfNotExists(recordsBucket); err != nil {
@@ -132,94 +261,248 @@ func Open(db *bolt.DB, key ed25519.PrivateKey, opts Options) (*Log, error) {
 	if err != nil {
 		return nil, fmt.Errorf("audit: create buckets: %w", err)
 	}
-	if err := l.loadTail(); err != nil {
+	size, err := l.openSegment()
+	if err != nil {
 		return nil, err
 	}
-	go l.committer()
+	if err := l.loadTail(size); err != nil {
+		l.seg.Close()
+		return nil, err
+	}
+	l.synced.Store(l.seq)
+	if l.broken != nil {
+		l.failed.Store(true)
+	}
+	go l.flusher()
+	if l.seq > l.headSeq {
+		l.kickFlusher() // cover the records found after the head
+	}
 	return l, nil
 }
 
-// loadTail positions the chain after the last stored record and checks it
-// against the signed head.
-func (l *Log) loadTail() error {
-	return l.db.View(func(tx *bolt.Tx) error {
-		head, herr := readHead(tx)
-		k, v := tx.Bucket(recordsBucket).Cursor().Last()
-		if k == nil && head == nil {
-			return nil // a new log
+// openSegment opens or creates the segment and checks its header. It
+// returns the file's size.
+func (l *Log) openSegment() (int64, error) {
+	f, err := os.OpenFile(l.segPath, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return 0, fmt.Errorf("audit: open segment: %w", err)
+	}
+	l.seg = f
+	hdr := segHeader(l.ctx)
+	l.hdrLen = int64(len(hdr))
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return 0, fmt.Errorf("audit: open segment: %w", err)
+	}
+	size := st.Size()
+	got := make([]byte, min(size, l.hdrLen))
+	if _, err := f.ReadAt(got, 0); err != nil {
+		f.Close()
+		return 0, fmt.Errorf("audit: read segment header: %w", err)
+	}
+	switch {
+	case size >= l.hdrLen && string(got) == string(hdr):
+		return size, nil
+	case size < l.hdrLen && string(got) == string(hdr[:size]):
+		// New, or a crash while it was being created: (re)write the header.
+		if err := f.Truncate(0); err == nil {
+			_, err = f.WriteAt(hdr, 0)
 		}
+		if err == nil {
+			err = f.Sync()
+		}
+		if err == nil {
+			err = syncDir(filepath.Dir(l.segPath))
+		}
+		if err != nil {
+			f.Close()
+			return 0, fmt.Errorf("audit: create segment: %w", err)
+		}
+		return l.hdrLen, nil
+	}
+	l.broken = &hsm.AuditError{Seq: 0, Reason: "the audit segment's header does not name this module (another module's segment, or not a segment)"}
+	return size, nil
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// loadTail positions the chain after the last stored record: it checks the
+// last record the signed head covers and then reads the segment records
+// written after it (see the package doc).
+func (l *Log) loadTail(size int64) error {
+	if l.broken != nil {
+		return nil
+	}
+	var head *storedHead
+	err := l.db.View(func(tx *bolt.Tx) error {
+		h, herr := readHead(tx)
+		k, v := tx.Bucket(recordsBucket).Cursor().Last()
 		if herr != nil {
 			l.broken = herr
 			return nil
 		}
-		if head == nil {
-			l.broken = &hsm.AuditError{Seq: 1, Reason: "records present but no signed head"}
+		if h == nil {
+			if k != nil {
+				l.broken = &hsm.AuditError{Seq: 1, Reason: "records present but no signed head"}
+			}
 			return nil
 		}
-		if err := l.checkHeadSig(head, l.pub); err != nil {
+		if err := l.checkHeadSig(h, l.pub); err != nil {
 			l.broken = err
 			return nil
 		}
-		var ev hsm.AuditEvent
-		if k == nil || len(k) != 8 || json.Unmarshal(v, &ev) != nil {
-			l.broken = &hsm.AuditError{Seq: head.Count, Reason: "last record missing or unreadable"}
+		head = h
+		if k == nil {
 			return nil
 		}
-		h, err := recordHash(&ev)
-		if err != nil || hex.EncodeToString(h[:]) != ev.Hash || ev.Seq != head.Count || ev.Hash != head.Hash {
-			l.broken = &hsm.AuditError{Seq: ev.Seq, Reason: "last record does not match the signed head"}
+		if len(k) != 8 {
+			l.broken = &hsm.AuditError{Seq: h.Count, Reason: "malformed record key"}
 			return nil
 		}
-		l.seq, l.prev = ev.Seq, h
+		switch last := binary.BigEndian.Uint64(k); {
+		case last > h.Count:
+			l.broken = &hsm.AuditError{Seq: h.Count + 1, Reason: "records after the signed head"}
+		case last == h.Count:
+			var ev hsm.AuditEvent
+			if json.Unmarshal(v, &ev) != nil {
+				l.broken = &hsm.AuditError{Seq: last, Reason: "last record unreadable"}
+				return nil
+			}
+			hash, err := recordHash(&ev)
+			if err != nil || hex.EncodeToString(hash[:]) != ev.Hash || ev.Seq != h.Count || ev.Hash != h.Hash {
+				l.broken = &hsm.AuditError{Seq: last, Reason: "last record does not match the signed head"}
+			}
+		}
 		return nil
 	})
+	if err != nil {
+		return fmt.Errorf("audit: read head: %w", err)
+	}
+	if l.broken != nil {
+		return nil
+	}
+	start := l.hdrLen
+	if head != nil {
+		if head.Segment > start {
+			start = head.Segment
+		}
+		prev, err := hex.DecodeString(head.Hash)
+		if err != nil || len(prev) != 32 {
+			l.broken = &hsm.AuditError{Seq: head.Count, Reason: "signed head hash malformed"}
+			return nil
+		}
+		l.seq, l.headSeq = head.Count, head.Count
+		copy(l.prev[:], prev)
+		l.lastRec = head.SegmentLast
+		if err := l.checkSegmentHead(head, start, size); err != nil {
+			l.broken = err
+			return nil
+		}
+	}
+	l.off, l.syncedOff = start, start
+	return l.readTail(start, size)
+}
+
+// checkSegmentHead checks, when the head's last record is in the segment,
+// that it is there and has the head's hash.
+func (l *Log) checkSegmentHead(head *storedHead, start, size int64) error {
+	if size < start {
+		return &hsm.AuditError{Seq: head.Count, Reason: fmt.Sprintf("the audit segment is shorter (%d bytes) than the signed head says (%d): truncated", size, start)}
+	}
+	inDB := false
+	err := l.db.View(func(tx *bolt.Tx) error {
+		inDB = tx.Bucket(recordsBucket).Get(seqKey(head.Count)) != nil
+		return nil
+	})
+	if err != nil || inDB || head.Count == 0 {
+		return err
+	}
+	if head.SegmentLast < l.hdrLen || head.SegmentLast >= start {
+		return &hsm.AuditError{Seq: head.Count, Reason: "last record missing"}
+	}
+	var rec signRecord
+	ok, err := newSegReader(l.seg, head.SegmentLast, start).next(&rec)
+	if err != nil || !ok || rec.seq != head.Count || hex.EncodeToString(rec.hash[:]) != head.Hash {
+		return &hsm.AuditError{Seq: head.Count, Reason: "last record does not match the signed head"}
+	}
+	return nil
+}
+
+// readTail reads the segment records after the head, [start, size): each
+// must follow the chain. A frame that cannot be read ends the tail there
+// (torn).
+func (l *Log) readTail(start, size int64) error {
+	sr := newSegReader(l.seg, start, size)
+	var rec signRecord
+	for {
+		ok, err := sr.next(&rec)
+		var ferr *frameError
+		switch {
+		case errors.As(err, &ferr):
+			l.torn = &tornTail{seq: l.seq + 1, off: sr.off, size: size - sr.off, reason: ferr.reason}
+			return nil
+		case err != nil:
+			return err
+		case !ok:
+			return nil
+		}
+		want := signHash(rec.seq, rec.time, rec.partition, rec.key, rec.hashName, rec.digest, &l.prev)
+		if rec.seq != l.seq+1 || want != rec.hash {
+			l.broken = &hsm.AuditError{Seq: l.seq + 1, Reason: "record after the signed head does not follow the chain (altered)"}
+			return nil
+		}
+		l.seq, l.prev, l.lastRec = rec.seq, rec.hash, l.off
+		l.off = sr.off
+	}
 }
 
 // PublicKey returns the audit key that signs the head.
 func (l *Log) PublicKey() ed25519.PublicKey { return l.pub }
 
-// Pending is a record handed to the committer. Wait returns once it is
-// durable (or failed).
-type Pending struct {
-	Event hsm.AuditEvent
-	raw   []byte
-	err   error
-	done  chan struct{}
-}
-
-// Wait blocks until the record is committed and returns the commit error.
-func (p *Pending) Wait() error {
-	<-p.done
-	return p.err
-}
-
-// Append records one event and returns it once it is durable.
+// Append records one event in the database and returns it once it is
+// committed. Signature records use BeginSign instead.
 func (l *Log) Append(typ, partition string, fields map[string]string) (hsm.AuditEvent, error) {
-	p, err := l.Begin(typ, partition, fields)
-	if err != nil {
-		return hsm.AuditEvent{}, err
-	}
-	if err := p.Wait(); err != nil {
-		return hsm.AuditEvent{}, err
-	}
-	return p.Event, nil
-}
-
-// Begin assigns the event its place in the chain and queues it for commit
-// without waiting. The caller must call Wait before it acts on the event's
-// outcome (for a signature: before it releases the signature).
-func (l *Log) Begin(typ, partition string, fields map[string]string) (*Pending, error) {
 	if typ == "" {
-		return nil, errors.New("audit: event type is empty")
+		return hsm.AuditEvent{}, errors.New("audit: event type is empty")
 	}
 	now := l.clock().UTC()
+	l.flushMu.Lock()
+	defer l.flushMu.Unlock()
+	if err := l.recoverLocked(); err != nil {
+		return hsm.AuditEvent{}, err
+	}
+	return l.appendLocked(now, typ, partition, fields)
+}
+
+// appendLocked commits one database record with a new head. Called with
+// flushMu held; it holds mu throughout, so no signature record can come
+// between this record and the one before.
+func (l *Log) appendLocked(now time.Time, typ, partition string, fields map[string]string) (hsm.AuditEvent, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.closed {
-		return nil, ErrClosed
+		return hsm.AuditEvent{}, ErrClosed
 	}
 	if l.broken != nil {
-		return nil, fmt.Errorf("audit: log refuses appends: %w", l.broken)
+		return hsm.AuditEvent{}, fmt.Errorf("audit: log refuses appends: %w", l.broken)
+	}
+	// The signature records before this one must not be lost to a power
+	// failure that this record survives: that would leave a gap.
+	if l.off > l.syncedOff {
+		if err := l.seg.Sync(); err != nil {
+			err = fmt.Errorf("audit: sync segment: %w", err)
+			l.failLocked(err)
+			return hsm.AuditEvent{}, err
+		}
+		l.syncedOff = l.off
 	}
 	ev := hsm.AuditEvent{
 		Seq:       l.seq + 1,
@@ -231,146 +514,121 @@ func (l *Log) Begin(typ, partition string, fields map[string]string) (*Pending, 
 	}
 	h, err := recordHash(&ev)
 	if err != nil {
-		return nil, err
+		return hsm.AuditEvent{}, err
 	}
 	ev.Hash = hex.EncodeToString(h[:])
 	raw := appendRecord(make([]byte, 0, 512), &ev)
-	l.seq, l.prev = ev.Seq, h
-	p := &Pending{Event: ev, raw: raw, done: make(chan struct{})}
-	l.pending = append(l.pending, p)
-	select {
-	case l.kick <- struct{}{}:
-	default:
-	}
-	return p, nil
-}
-
-func copyFields(m map[string]string) map[string]string {
-	if len(m) == 0 {
-		return nil
-	}
-	out := make(map[string]string, len(m))
-	for k, v := range m {
-		out[validUTF8(k)] = validUTF8(v)
-	}
-	return out
-}
-
-// commitDelay caps how long the committer waits, after a commit, for the
-// callers it just released to queue their next records (see committer).
-const commitDelay = 500 * time.Microsecond
-
-// committer writes queued records, as many as have accumulated, in one
-// transaction each time. After a commit of n records it waits (at most
-// commitDelay) until n records are queued again: the callers it has just
-// released usually come straight back, and without the wait their records
-// would miss the next commit and wait for two.
-func (l *Log) committer() {
-	defer close(l.done)
-	released := 0
-	for {
-		select {
-		case <-l.kick:
-		case <-l.stop:
-			l.flush()
-			return
-		}
-		if released > 1 {
-			l.gather(released)
-		}
-		released = l.flush()
-	}
-}
-
-// gather waits until n records are queued, commitDelay has passed or the
-// log is closing.
-func (l *Log) gather(n int) {
-	timer := time.NewTimer(commitDelay)
-	defer timer.Stop()
-	for {
-		l.mu.Lock()
-		queued := len(l.pending)
-		l.mu.Unlock()
-		if queued >= n {
-			return
-		}
-		select {
-		case <-l.kick:
-		case <-timer.C:
-			return
-		case <-l.stop:
-			return
-		}
-	}
-}
-
-// flush commits what is queued and returns how many records it released.
-func (l *Log) flush() int {
-	l.mu.Lock()
-	batch := l.pending
-	l.pending = nil
-	broken := l.broken
-	l.mu.Unlock()
-	if len(batch) == 0 {
-		return 0
-	}
-	err := broken
-	if err == nil {
-		err = l.commit(batch)
-		if err != nil {
-			err = fmt.Errorf("audit: commit records %d..%d: %w", batch[0].Event.Seq, batch[len(batch)-1].Event.Seq, err)
-			l.logger.Error("audit commit failed; module refuses further audited operations", "err", err)
-			l.mu.Lock()
-			if l.broken == nil {
-				l.broken = err
-			}
-			l.mu.Unlock()
-		}
-	}
-	for _, p := range batch {
-		p.err = err
-		close(p.done)
-	}
-	return len(batch)
-}
-
-func (l *Log) commit(batch []*Pending) error {
-	last := batch[len(batch)-1].Event
-	sh := storedHead{Count: last.Seq, Hash: last.Hash}
-	sh.Sig = ed25519.Sign(l.key, l.headMessage(sh.Count, sh.Hash))
-	hv, err := json.Marshal(sh)
+	hv, err := json.Marshal(l.signHead(ev.Seq, h, l.off, l.lastRec))
 	if err != nil {
-		return err
+		return hsm.AuditEvent{}, err
 	}
-	return l.db.Update(func(tx *bolt.Tx) error {
+	err = l.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(recordsBucket)
 		b.FillPercent = 1.0 // keys only ever grow: pack pages
-		for _, p := range batch {
-			if err := b.Put(seqKey(p.Event.Seq), p.raw); err != nil {
-				return err
-			}
+		if err := b.Put(seqKey(ev.Seq), raw); err != nil {
+			return err
 		}
 		return tx.Bucket(headBucket).Put(headKey, hv)
 	})
+	if err != nil {
+		err = fmt.Errorf("audit: commit record %d: %w", ev.Seq, err)
+		l.logger.Error("audit commit failed; module refuses further audited operations", "err", err)
+		l.failLocked(err)
+		return hsm.AuditEvent{}, err
+	}
+	l.seq, l.prev, l.headSeq = ev.Seq, h, ev.Seq
+	l.markSynced(ev.Seq)
+	return ev, nil
 }
 
-// Close commits what is queued, stops the committer and refuses later
+// Recover cuts off a torn segment end found by Open, after recording an
+// "audit-recover" event that names the lost record, its offset and size.
+// Appends do it by themselves; Recover is for tools that want it done
+// first. It does nothing when there is no torn end.
+func (l *Log) Recover() error {
+	l.flushMu.Lock()
+	defer l.flushMu.Unlock()
+	return l.recoverLocked()
+}
+
+func (l *Log) recoverLocked() error {
+	l.mu.Lock()
+	t := l.torn
+	l.mu.Unlock()
+	if t == nil {
+		return nil
+	}
+	// The event first: if the process dies before the cut, the next Open
+	// finds the same torn end and records it again, rather than not at all.
+	_, err := l.appendLocked(l.clock().UTC(), "audit-recover", "", map[string]string{
+		"torn_seq": fmt.Sprint(t.seq), "offset": fmt.Sprint(t.off), "bytes": fmt.Sprint(t.size), "reason": t.reason,
+	})
+	if err != nil {
+		return err
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	err = l.seg.Truncate(l.off)
+	if err == nil {
+		err = l.seg.Sync()
+	}
+	if err != nil {
+		err = fmt.Errorf("audit: cut torn segment end: %w", err)
+		l.failLocked(err)
+		return err
+	}
+	l.logger.Warn("audit: cut a torn record off the segment end", "seq", t.seq, "offset", t.off, "bytes", t.size)
+	l.torn = nil
+	return nil
+}
+
+// failLocked makes the log refuse appends. Called with mu held.
+func (l *Log) failLocked(err error) {
+	if l.broken == nil {
+		l.broken = err
+	}
+	l.failed.Store(true)
+	l.wakeWaiters()
+}
+
+// Close syncs what is written, stops the flusher and refuses later
 // appends. It does not close the database.
 func (l *Log) Close() error {
+	l.flushMu.Lock()
 	l.mu.Lock()
 	if l.closed {
 		l.mu.Unlock()
+		l.flushMu.Unlock()
 		return nil
 	}
 	l.closed = true
+	wasBroken := l.broken != nil
 	l.mu.Unlock()
+	ferr := l.flushLocked()
+	l.flushMu.Unlock()
 	close(l.stop)
 	<-l.done
+	l.mu.Lock()
+	cerr := l.seg.Close()
+	l.mu.Unlock()
+	l.wakeWaiters()
+	if wasBroken {
+		ferr = nil
+	}
+	if err := errors.Join(ferr, cerr); err != nil {
+		return fmt.Errorf("audit: close: %w", err)
+	}
 	return nil
 }
 
 func seqKey(seq uint64) []byte {
 	return binary.BigEndian.AppendUint64(nil, seq)
+}
+
+func (l *Log) signHead(count uint64, hash [32]byte, seg, segLast int64) storedHead {
+	sh := storedHead{Count: count, Hash: hex.EncodeToString(hash[:]), Segment: seg, SegmentLast: segLast}
+	sh.Sig = ed25519.Sign(l.key, l.headMessage(sh.Count, sh.Hash))
+	return sh
 }
 
 func (l *Log) headMessage(count uint64, hash string) []byte {
@@ -426,145 +684,31 @@ func (l *Log) checkHeadSig(h *storedHead, pub ed25519.PublicKey) error {
 	return nil
 }
 
-// Head returns the committed count and head hash.
-func (l *Log) Head() (hsm.AuditHead, error) {
-	out := hsm.AuditHead{PublicKey: base64.StdEncoding.EncodeToString(l.pub), Hash: hex.EncodeToString(make([]byte, 32))}
-	err := l.db.View(func(tx *bolt.Tx) error {
-		h, err := readHead(tx)
-		if err != nil || h == nil {
-			return err
-		}
-		out.Count, out.Hash = h.Count, h.Hash
+func copyFields(m map[string]string) map[string]string {
+	if len(m) == 0 {
 		return nil
-	})
-	if err != nil {
-		return hsm.AuditHead{}, fmt.Errorf("audit: read head: %w", err)
 	}
-	return out, nil
+	out := make(map[string]string, len(m))
+	for k, v := range m {
+		out[validUTF8(k)] = validUTF8(v)
+	}
+	return out
 }
 
-// Events returns committed records with Seq >= from, at most limit (0: all).
-func (l *Log) Events(from uint64, limit int) ([]hsm.AuditEvent, error) {
-	var out []hsm.AuditEvent
-	err := l.db.View(func(tx *bolt.Tx) error {
-		c := tx.Bucket(recordsBucket).Cursor()
-		for k, v := c.Seek(seqKey(from)); k != nil; k, v = c.Next() {
-			if limit > 0 && len(out) >= limit {
-				break
-			}
-			var ev hsm.AuditEvent
-			if err := json.Unmarshal(v, &ev); err != nil {
-				return &hsm.AuditError{Seq: binary.BigEndian.Uint64(k), Reason: "record unreadable"}
-			}
-			out = append(out, ev)
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("audit: read events: %w", err)
+// openSegmentForReading opens the segment for Events and Verify, which read
+// it through their own file so that they work on a closed log too. A
+// missing file reads as empty.
+func (l *Log) openSegmentForReading() (io.ReaderAt, func(), error) {
+	f, err := os.Open(l.segPath)
+	if errors.Is(err, os.ErrNotExist) {
+		return emptyReaderAt{}, func() {}, nil
 	}
-	return out, nil
+	if err != nil {
+		return nil, nil, fmt.Errorf("audit: open segment: %w", err)
+	}
+	return f, func() { f.Close() }, nil
 }
 
-// Verify checks every committed record and the signed head with the log's
-// own audit key.
-func (l *Log) Verify() (hsm.AuditHead, error) { return l.VerifyWithKey(l.pub) }
+type emptyReaderAt struct{}
 
-// VerifyWithKey is Verify against a pinned audit public key (the one an
-// auditor recorded at module creation).
-func (l *Log) VerifyWithKey(pub ed25519.PublicKey) (hsm.AuditHead, error) {
-	if len(pub) != ed25519.PublicKeySize {
-		return hsm.AuditHead{}, errors.New("audit: pinned public key has the wrong size")
-	}
-	out := hsm.AuditHead{PublicKey: base64.StdEncoding.EncodeToString(pub)}
-	err := l.db.View(func(tx *bolt.Tx) error {
-		var prev [32]byte
-		var n uint64
-		c := tx.Bucket(recordsBucket).Cursor()
-		for k, v := c.First(); k != nil; k, v = c.Next() {
-			n++
-			if len(k) != 8 {
-				return &hsm.AuditError{Seq: n, Reason: "malformed record key"}
-			}
-			if got := binary.BigEndian.Uint64(k); got != n {
-				return &hsm.AuditError{Seq: n, Reason: fmt.Sprintf("record missing (next stored record is %d)", got)}
-			}
-			var ev hsm.AuditEvent
-			if err := json.Unmarshal(v, &ev); err != nil {
-				return &hsm.AuditError{Seq: n, Reason: "record unreadable"}
-			}
-			if ev.Seq != n {
-				return &hsm.AuditError{Seq: n, Reason: fmt.Sprintf("record says it is number %d (moved)", ev.Seq)}
-			}
-			if ev.Prev != hex.EncodeToString(prev[:]) {
-				return &hsm.AuditError{Seq: n, Reason: "previous-hash link broken"}
-			}
-			h, err := recordHash(&ev)
-			if err != nil {
-				return &hsm.AuditError{Seq: n, Reason: err.Error()}
-			}
-			if hex.EncodeToString(h[:]) != ev.Hash {
-				return &hsm.AuditError{Seq: n, Reason: "record content does not match its hash (altered)"}
-			}
-			prev = h
-		}
-		head, err := readHead(tx)
-		if err != nil {
-			return err
-		}
-		if head == nil {
-			if n == 0 {
-				out.Hash = hex.EncodeToString(prev[:])
-				return nil
-			}
-			return &hsm.AuditError{Seq: n, Reason: "no signed head"}
-		}
-		if err := l.checkHeadSig(head, pub); err != nil {
-			return err
-		}
-		switch {
-		case head.Count > n:
-			return &hsm.AuditError{Seq: n + 1, Reason: fmt.Sprintf("record missing: the signed head counts %d records, %d are stored (truncated)", head.Count, n)}
-		case head.Count < n:
-			return &hsm.AuditError{Seq: head.Count + 1, Reason: fmt.Sprintf("records after the signed head (head counts %d, %d stored)", head.Count, n)}
-		case head.Hash != hex.EncodeToString(prev[:]):
-			return &hsm.AuditError{Seq: n, Reason: "last record does not match the signed head"}
-		}
-		out.Count, out.Hash = n, head.Hash
-		return nil
-	})
-	if err != nil {
-		return hsm.AuditHead{}, err
-	}
-	return out, nil
-}
-
-// VerifyExtends verifies the log as Verify does and also that it extends a
-// head recorded earlier (one printed by a previous verify or quoted in a
-// ceremony transcript): the log holds at least known.Count records and
-// record known.Count still has hash known.Hash. This catches a log that was
-// rewritten and re-signed with the file-resident audit key. If
-// known.PublicKey is set, it must be the log's audit key.
-func (l *Log) VerifyExtends(known hsm.AuditHead) (hsm.AuditHead, error) {
-	if known.PublicKey != "" && known.PublicKey != base64.StdEncoding.EncodeToString(l.pub) {
-		return hsm.AuditHead{}, &hsm.AuditError{Seq: 0, Reason: "the audit key is not the one pinned"}
-	}
-	h, err := l.Verify()
-	if err != nil {
-		return hsm.AuditHead{}, err
-	}
-	if known.Count == 0 {
-		return h, nil
-	}
-	if known.Count > h.Count {
-		return hsm.AuditHead{}, &hsm.AuditError{Seq: h.Count + 1, Reason: fmt.Sprintf("record missing: a known head counts %d records, the log holds %d (truncated)", known.Count, h.Count)}
-	}
-	evs, err := l.Events(known.Count, 1)
-	if err != nil {
-		return hsm.AuditHead{}, err
-	}
-	if len(evs) != 1 || evs[0].Hash != known.Hash {
-		return hsm.AuditHead{}, &hsm.AuditError{Seq: known.Count, Reason: "record does not match the known head (log rewritten)"}
-	}
-	return h, nil
-}
+func (emptyReaderAt) ReadAt([]byte, int64) (int, error) { return 0, io.EOF }

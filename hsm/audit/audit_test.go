@@ -3,9 +3,14 @@ package audit
 import (
 	"crypto/ed25519"
 	"crypto/rand"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/crc32"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -20,20 +25,24 @@ type env struct {
 	path string
 	db   *bolt.DB
 	key  ed25519.PrivateKey
+	opts Options
 	log  *Log
 }
 
-func openEnv(t testing.TB, path string, key ed25519.PrivateKey) *env {
+func openEnv(t testing.TB, path string, key ed25519.PrivateKey, opts Options) *env {
 	t.Helper()
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := Open(db, key, Options{Context: "module-1"})
+	if opts.Context == "" {
+		opts.Context = "module-1"
+	}
+	l, err := Open(db, key, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &env{path: path, db: db, key: key, log: l}
+	e := &env{path: path, db: db, key: key, opts: opts, log: l}
 	t.Cleanup(e.close)
 	return e
 }
@@ -43,28 +52,124 @@ func (e *env) close() {
 	e.db.Close()
 }
 
-func newEnv(t testing.TB, records int) *env {
+// crash stops the log as a kill -9 would: no final sync, no head for the
+// records written since the last flush.
+func (e *env) crash(t testing.TB) {
 	t.Helper()
+	l := e.log
+	l.mu.Lock()
+	l.closed = true
+	l.mu.Unlock()
+	close(l.stop)
+	<-l.done
+	l.seg.Close()
+	e.db.Close()
+}
+
+// reopen opens the same files again with the same options.
+func (e *env) reopen(t testing.TB) *env {
+	t.Helper()
+	return openEnv(t, e.path, e.key, e.opts)
+}
+
+func (e *env) segPath() string { return filepath.Join(filepath.Dir(e.path), SegmentFile) }
+
+func newKey(t testing.TB) ed25519.PrivateKey {
 	_, key, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := openEnv(t, filepath.Join(t.TempDir(), "module.db"), key)
-	for i := range records {
-		if _, err := e.log.Append("sign", "issuing", map[string]string{"key": "k1", "digest": fmt.Sprintf("%064x", i)}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	return key
+}
+
+func newEnvOpts(t testing.TB, opts Options) *env {
+	t.Helper()
+	return openEnv(t, filepath.Join(t.TempDir(), "module.db"), newKey(t), opts)
+}
+
+func newEnv(t testing.TB, records int) *env {
+	t.Helper()
+	e := newEnvOpts(t, Options{})
+	e.appendMixed(t, records)
 	return e
 }
 
-// edit changes the stored records directly, as an attacker with the file would.
+func digestOf(i int) []byte {
+	d := sha256.Sum256([]byte(fmt.Sprint(i)))
+	return d[:]
+}
+
+// appendMixed appends n records: every third one a database event, the
+// others signature records, so the chain runs through both stores.
+func (e *env) appendMixed(t testing.TB, n int) {
+	t.Helper()
+	for i := range n {
+		if i%3 == 0 {
+			if _, err := e.log.Append("share-accepted", "issuing", map[string]string{"index": fmt.Sprint(i)}); err != nil {
+				t.Fatal(err)
+			}
+			continue
+		}
+		e.sign(t, i)
+	}
+}
+
+func (e *env) sign(t testing.TB, i int) Ticket {
+	t.Helper()
+	tk, err := e.log.BeginSign("issuing", "k1", "SHA-256", digestOf(i))
+	if err == nil {
+		err = e.log.Wait(tk)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tk
+}
+
+// edit changes the stored database records directly, as an attacker with
+// the file would.
 func (e *env) edit(t *testing.T, f func(b *bolt.Bucket)) {
 	t.Helper()
 	err := e.db.Update(func(tx *bolt.Tx) error { f(tx.Bucket(recordsBucket)); return nil })
 	if err != nil {
 		t.Fatal(err)
 	}
+}
+
+// frames returns the offsets and lengths of the segment's frames.
+func frames(t testing.TB, data []byte, hdrLen int) (offs, lens []int) {
+	t.Helper()
+	for off := hdrLen; off < len(data); {
+		if len(data)-off < frameHeaderLen {
+			t.Fatalf("partial frame header at %d", off)
+		}
+		n := frameHeaderLen + int(binary.BigEndian.Uint32(data[off:]))
+		offs, lens = append(offs, off), append(lens, n)
+		off += n
+	}
+	return offs, lens
+}
+
+// editSegment rewrites the segment file with f(data, frame offsets, frame
+// lengths).
+func (e *env) editSegment(t *testing.T, f func(data []byte, offs, lens []int) []byte) {
+	t.Helper()
+	data, err := os.ReadFile(e.segPath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	offs, lens := frames(t, data, int(e.log.hdrLen))
+	if err := os.WriteFile(e.segPath(), f(data, offs, lens), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// fixCRC recomputes the CRC of the frame at off, so that only the hash
+// chain can tell the change.
+func fixCRC(data []byte, off int) {
+	n := int(binary.BigEndian.Uint32(data[off:]))
+	body := data[off+frameHeaderLen : off+frameHeaderLen+n]
+	binary.BigEndian.PutUint32(data[off+4:], crc32.Checksum(body, castagnoli))
 }
 
 func TestAppendVerify(t *testing.T) {
@@ -80,145 +185,352 @@ func TestAppendVerify(t *testing.T) {
 	if h.Count != 10 || h != head {
 		t.Fatalf("verify %+v, head %+v", h, head)
 	}
+	all, err := e.log.Events(1, 0)
+	if err != nil || len(all) != 10 {
+		t.Fatalf("events: %d, %v", len(all), err)
+	}
+	for i, ev := range all {
+		if ev.Seq != uint64(i+1) || (i > 0 && ev.Prev != all[i-1].Hash) {
+			t.Fatalf("event %d: %+v", i, ev)
+		}
+		// Every record, whatever its store, has the hash recordHash gives.
+		if got, err := recordHash(&ev); err != nil || hex.EncodeToString(got[:]) != ev.Hash {
+			t.Fatalf("event %d hash: %v", ev.Seq, err)
+		}
+		wantType := "sign"
+		if i%3 == 0 {
+			wantType = "share-accepted"
+		}
+		if ev.Type != wantType {
+			t.Fatalf("event %d type %q, want %q", ev.Seq, ev.Type, wantType)
+		}
+		if ev.Type == "sign" && (ev.Fields["key"] != "k1" || ev.Fields["hash"] != "SHA-256" || ev.Fields["digest"] != hex.EncodeToString(digestOf(i))) {
+			t.Fatalf("sign event %d fields %v", ev.Seq, ev.Fields)
+		}
+	}
 	evs, err := e.log.Events(4, 3)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(evs) != 3 || evs[0].Seq != 4 || evs[2].Seq != 6 || evs[1].Prev != evs[0].Hash {
+	if len(evs) != 3 || evs[0].Seq != 4 || evs[2].Seq != 6 || evs[1].Prev != evs[0].Hash || evs[0].Prev != all[2].Hash {
 		t.Fatalf("events: %+v", evs)
+	}
+	// The signature records are in the segment, the rest in the database.
+	var inDB int
+	e.db.View(func(tx *bolt.Tx) error { inDB = tx.Bucket(recordsBucket).Stats().KeyN; return nil })
+	if inDB != 4 {
+		t.Fatalf("%d records in the database, want 4", inDB)
 	}
 }
 
 func TestVerifyDetectsTampering(t *testing.T) {
+	// newEnv(t, 10): records 1, 4, 7, 10 are in the database; 2, 3, 5, 6,
+	// 8, 9 are segment frames 0..5.
 	tests := []struct {
 		name    string
 		tamper  func(t *testing.T, e *env)
 		wantSeq uint64
 		reason  string
+		// tailBroken: a reopened log refuses appends (the last record no
+		// longer matches the signed head).
+		tailBroken bool
 	}{
-		{"field changed", func(t *testing.T, e *env) {
+		{name: "field changed", tamper: func(t *testing.T, e *env) {
 			e.edit(t, func(b *bolt.Bucket) {
 				var ev hsm.AuditEvent
 				json.Unmarshal(b.Get(seqKey(4)), &ev)
-				ev.Fields["key"] = "k2"
+				ev.Fields["index"] = "9"
 				v, _ := json.Marshal(ev)
 				b.Put(seqKey(4), v)
 			})
-		}, 4, "altered"},
-		{"time changed", func(t *testing.T, e *env) {
+		}, wantSeq: 4, reason: "altered"},
+		{name: "time changed", tamper: func(t *testing.T, e *env) {
 			e.edit(t, func(b *bolt.Bucket) {
 				var ev hsm.AuditEvent
-				json.Unmarshal(b.Get(seqKey(2)), &ev)
+				json.Unmarshal(b.Get(seqKey(7)), &ev)
 				ev.Time = ev.Time.Add(time.Nanosecond)
 				v, _ := json.Marshal(ev)
-				b.Put(seqKey(2), v)
+				b.Put(seqKey(7), v)
 			})
-		}, 2, "altered"},
-		{"record deleted", func(t *testing.T, e *env) {
-			e.edit(t, func(b *bolt.Bucket) { b.Delete(seqKey(5)) })
-		}, 5, "missing"},
-		{"records swapped", func(t *testing.T, e *env) {
+		}, wantSeq: 7, reason: "altered"},
+		{name: "record deleted", tamper: func(t *testing.T, e *env) {
+			e.edit(t, func(b *bolt.Bucket) { b.Delete(seqKey(4)) })
+		}, wantSeq: 4, reason: "missing"},
+		{name: "records swapped", tamper: func(t *testing.T, e *env) {
 			e.edit(t, func(b *bolt.Bucket) {
-				a, c := append([]byte(nil), b.Get(seqKey(3))...), append([]byte(nil), b.Get(seqKey(6))...)
-				b.Put(seqKey(3), c)
-				b.Put(seqKey(6), a)
+				a, c := append([]byte(nil), b.Get(seqKey(4))...), append([]byte(nil), b.Get(seqKey(7))...)
+				b.Put(seqKey(4), c)
+				b.Put(seqKey(7), a)
 			})
-		}, 3, "moved"},
-		{"truncated", func(t *testing.T, e *env) {
-			e.edit(t, func(b *bolt.Bucket) { b.Delete(seqKey(10)); b.Delete(seqKey(9)) })
-		}, 9, "truncated"},
-		{"head re-signed with another key", func(t *testing.T, e *env) {
-			_, other, _ := ed25519.GenerateKey(rand.Reader)
+		}, wantSeq: 4, reason: "moved"},
+		{name: "truncated", tamper: func(t *testing.T, e *env) {
+			e.edit(t, func(b *bolt.Bucket) { b.Delete(seqKey(10)) })
+		}, wantSeq: 10, reason: "truncated", tailBroken: true},
+		{name: "signature digest changed", tamper: func(t *testing.T, e *env) {
+			e.editSegment(t, func(d []byte, offs, lens []int) []byte {
+				d[offs[2]+lens[2]-1] ^= 1 // last digest byte of record 5
+				fixCRC(d, offs[2])
+				return d
+			})
+		}, wantSeq: 5, reason: "altered"},
+		{name: "signature key changed", tamper: func(t *testing.T, e *env) {
+			e.editSegment(t, func(d []byte, offs, lens []int) []byte {
+				i := strings.Index(string(d[offs[3]:]), "k1")
+				d[offs[3]+i+1] = '2'
+				fixCRC(d, offs[3])
+				return d
+			})
+		}, wantSeq: 6, reason: "altered"},
+		{name: "signature record damaged", tamper: func(t *testing.T, e *env) {
+			e.editSegment(t, func(d []byte, offs, lens []int) []byte {
+				d[offs[1]+20] ^= 0x80
+				return d
+			})
+		}, wantSeq: 3, reason: "unreadable"},
+		{name: "signature record deleted", tamper: func(t *testing.T, e *env) {
+			e.editSegment(t, func(d []byte, offs, lens []int) []byte {
+				return append(d[:offs[2]:offs[2]], d[offs[3]:]...)
+			})
+		}, wantSeq: 5, reason: "missing"},
+		{name: "signature records swapped", tamper: func(t *testing.T, e *env) {
+			e.editSegment(t, func(d []byte, offs, lens []int) []byte {
+				out := append([]byte(nil), d[:offs[2]]...)
+				out = append(out, d[offs[3]:offs[3]+lens[3]]...)
+				out = append(out, d[offs[2]:offs[2]+lens[2]]...)
+				return append(out, d[offs[4]:]...)
+			})
+		}, wantSeq: 5, reason: "moved"},
+		{name: "segment truncated", tamper: func(t *testing.T, e *env) {
+			e.editSegment(t, func(d []byte, offs, lens []int) []byte { return d[:offs[4]] })
+		}, wantSeq: 8, reason: "truncated", tailBroken: true},
+		{name: "segment cut inside a record", tamper: func(t *testing.T, e *env) {
+			e.editSegment(t, func(d []byte, offs, lens []int) []byte { return d[:offs[5]+10] })
+		}, wantSeq: 9, reason: "truncated", tailBroken: true},
+		{name: "head re-signed with another key", tamper: func(t *testing.T, e *env) {
+			other := newKey(t)
 			l2 := &Log{key: other, ctx: "module-1"}
 			e.edit(t, func(b *bolt.Bucket) { b.Delete(seqKey(10)) })
 			err := e.db.Update(func(tx *bolt.Tx) error {
-				var ev hsm.AuditEvent
-				json.Unmarshal(tx.Bucket(recordsBucket).Get(seqKey(9)), &ev)
-				sh := storedHead{Count: 9, Hash: ev.Hash, Sig: ed25519.Sign(other, l2.headMessage(9, ev.Hash))}
+				var h storedHead
+				json.Unmarshal(tx.Bucket(headBucket).Get(headKey), &h)
+				sh := l2.signHead(9, [32]byte{}, h.Segment, h.SegmentLast)
 				v, _ := json.Marshal(sh)
 				return tx.Bucket(headBucket).Put(headKey, v)
 			})
 			if err != nil {
 				t.Fatal(err)
 			}
-		}, 9, "signature"},
+		}, wantSeq: 9, reason: "signature", tailBroken: true},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newEnv(t, 10)
 			tc.tamper(t, e)
-			_, err := e.log.Verify()
-			var aerr *hsm.AuditError
-			if !errors.As(err, &aerr) {
-				t.Fatalf("Verify = %v, want *hsm.AuditError", err)
+			check := func(l *Log) {
+				t.Helper()
+				_, err := l.Verify()
+				var aerr *hsm.AuditError
+				if !errors.As(err, &aerr) {
+					t.Fatalf("Verify = %v, want *hsm.AuditError", err)
+				}
+				if aerr.Seq != tc.wantSeq || !strings.Contains(aerr.Reason, tc.reason) {
+					t.Fatalf("got %v, want record %d, reason containing %q", aerr, tc.wantSeq, tc.reason)
+				}
 			}
-			if aerr.Seq != tc.wantSeq || !strings.Contains(aerr.Reason, tc.reason) {
-				t.Fatalf("got %v, want record %d, reason containing %q", aerr, tc.wantSeq, tc.reason)
-			}
-			// A reopened log refuses appends on a tampered chain only when
-			// the tail no longer matches the signed head.
-			e.log.Close()
-			l, err := Open(e.db, e.key, Options{Context: "module-1"})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer l.Close()
-			_, aerr2 := l.Append("seal", "issuing", nil)
-			tailBroken := tc.name == "truncated" || tc.name == "head re-signed with another key"
-			if tailBroken && aerr2 == nil {
-				t.Fatal("append accepted on a log whose tail does not match its signed head")
+			check(e.log)
+			e.close()
+			e2 := e.reopen(t)
+			check(e2.log)
+			_, aerr := e2.log.Append("seal", "issuing", nil)
+			_, serr := e2.log.BeginSign("issuing", "k1", "SHA-256", digestOf(1))
+			if tc.tailBroken && (aerr == nil || serr == nil) {
+				t.Fatalf("append (%v) or signature (%v) accepted on a log whose tail does not match its signed head", aerr, serr)
 			}
 		})
 	}
 }
 
 func TestReopenContinuesChain(t *testing.T) {
-	e := newEnv(t, 3)
+	e := newEnv(t, 5)
 	e.close()
-	e2 := openEnv(t, e.path, e.key)
+	e2 := e.reopen(t)
+	tk := e2.sign(t, 99)
+	if tk.Seq() != 6 {
+		t.Fatalf("seq after reopen = %d, want 6", tk.Seq())
+	}
 	ev, err := e2.log.Append("seal", "root", map[string]string{"reason": "test"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if ev.Seq != 4 {
-		t.Fatalf("seq after reopen = %d, want 4", ev.Seq)
+	if ev.Seq != 7 {
+		t.Fatalf("seq = %d, want 7", ev.Seq)
 	}
-	if h, err := e2.log.Verify(); err != nil || h.Count != 4 || h.Hash != ev.Hash {
+	if h, err := e2.log.Verify(); err != nil || h.Count != 7 || h.Hash != ev.Hash {
 		t.Fatalf("verify after reopen: %+v, %v", h, err)
 	}
 }
 
-func TestOtherContextOrKeyFails(t *testing.T) {
-	e := newEnv(t, 2)
-	other, _, _ := ed25519.GenerateKey(rand.Reader)
-	if _, err := e.log.VerifyWithKey(other); err == nil {
-		t.Fatal("verified with another public key")
+// A crash after records were written but before a flush covered them:
+// the complete records are found, checked and covered on reopen.
+func TestCrashBeforeFlushKeepsWrittenRecords(t *testing.T) {
+	e := newEnvOpts(t, Options{FlushInterval: time.Hour})
+	e.appendMixed(t, 4) // ends with a database record (head 4)
+	for i := range 5 {
+		e.sign(t, 100+i) // written, not flushed: the interval is an hour
 	}
-	l := &Log{db: e.db, pub: e.log.pub, ctx: "module-2"}
-	if _, err := l.Verify(); err == nil {
-		t.Fatal("head of module-1 verified as module-2's")
+	var stored storedHead
+	e.db.View(func(tx *bolt.Tx) error { return json.Unmarshal(tx.Bucket(headBucket).Get(headKey), &stored) })
+	if stored.Count != 4 {
+		t.Fatalf("head before the crash counts %d, want 4 (the flusher ran early?)", stored.Count)
+	}
+	e.crash(t)
+	e2 := e.reopen(t)
+	h, err := e2.log.Verify()
+	if err != nil || h.Count != 9 {
+		t.Fatalf("verify after crash: %+v, %v", h, err)
+	}
+	evs, err := e2.log.Events(5, 0)
+	if err != nil || len(evs) != 5 || evs[4].Fields["digest"] != hex.EncodeToString(digestOf(104)) {
+		t.Fatalf("events after crash: %+v, %v", evs, err)
+	}
+	if tk := e2.sign(t, 200); tk.Seq() != 10 {
+		t.Fatalf("next seq %d, want 10", tk.Seq())
 	}
 }
 
-func TestConcurrentAppends(t *testing.T) {
-	e := newEnv(t, 0)
-	const workers, each = 8, 25
+// A power loss during a write leaves a torn frame at the end of the
+// segment. Verify names it; the next append records an audit-recover event
+// and cuts it off; then the log verifies again.
+func TestTornTail(t *testing.T) {
+	tests := []struct {
+		name  string
+		tear  func(data []byte, offs, lens []int) []byte
+		after uint64 // complete records left
+	}{
+		{"cut inside the last record", func(d []byte, offs, lens []int) []byte { return d[:offs[len(offs)-1]+lens[len(lens)-1]/2] }, 6},
+		{"cut inside the last frame header", func(d []byte, offs, lens []int) []byte { return d[:offs[len(offs)-1]+3] }, 6},
+		{"zeros after the last record", func(d []byte, offs, lens []int) []byte { return append(d, make([]byte, 300)...) }, 7},
+		{"last record garbled", func(d []byte, offs, lens []int) []byte {
+			last := offs[len(offs)-1]
+			for i := last + frameHeaderLen + 20; i < len(d); i++ {
+				d[i] = 0
+			}
+			return d
+		}, 6},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnvOpts(t, Options{FlushInterval: time.Hour})
+			e.appendMixed(t, 4)
+			for i := range 3 {
+				e.sign(t, 100+i) // records 5, 6, 7: unsynced
+			}
+			e.crash(t)
+			e.editSegment(t, tc.tear)
+			e2 := e.reopen(t)
+			_, err := e2.log.Verify()
+			var aerr *hsm.AuditError
+			if !errors.As(err, &aerr) || aerr.Seq != tc.after+1 || !strings.Contains(aerr.Reason, "torn") {
+				t.Fatalf("verify of a torn segment: %v, want torn record %d", err, tc.after+1)
+			}
+			// Reported again after another reopen: nothing was cut yet.
+			e2.close()
+			e3 := e2.reopen(t)
+			if _, err := e3.log.Verify(); !errors.As(err, &aerr) || aerr.Seq != tc.after+1 {
+				t.Fatalf("verify after a second reopen: %v", err)
+			}
+			// The next signature recovers first.
+			tk := e3.sign(t, 300)
+			if tk.Seq() != tc.after+2 {
+				t.Fatalf("signature after recovery has seq %d, want %d", tk.Seq(), tc.after+2)
+			}
+			h, err := e3.log.Verify()
+			if err != nil || h.Count != tc.after+2 {
+				t.Fatalf("verify after recovery: %+v, %v", h, err)
+			}
+			evs, err := e3.log.Events(tc.after+1, 0)
+			if err != nil || len(evs) != 2 || evs[0].Type != "audit-recover" || evs[0].Fields["torn_seq"] != fmt.Sprint(tc.after+1) || evs[1].Type != "sign" {
+				t.Fatalf("events after recovery: %+v, %v", evs, err)
+			}
+			e3.close()
+			if h, err := e3.reopen(t).log.Verify(); err != nil || h.Count != tc.after+2 {
+				t.Fatalf("verify after recovery and reopen: %+v, %v", h, err)
+			}
+		})
+	}
+}
+
+// Records after the head that are complete but do not follow the chain
+// are not a crash: the log refuses appends.
+func TestAlteredTailRefuses(t *testing.T) {
+	e := newEnvOpts(t, Options{FlushInterval: time.Hour})
+	e.appendMixed(t, 4)
+	for i := range 3 {
+		e.sign(t, 100+i)
+	}
+	e.crash(t)
+	e.editSegment(t, func(d []byte, offs, lens []int) []byte {
+		d[offs[len(offs)-2]+lens[len(lens)-2]-1] ^= 1
+		fixCRC(d, offs[len(offs)-2])
+		return d
+	})
+	e2 := e.reopen(t)
+	var aerr *hsm.AuditError
+	if _, err := e2.log.Verify(); !errors.As(err, &aerr) || aerr.Seq != 6 || !strings.Contains(aerr.Reason, "altered") {
+		t.Fatalf("verify: %v", err)
+	}
+	if _, err := e2.log.BeginSign("issuing", "k1", "SHA-256", digestOf(1)); !errors.As(err, &aerr) {
+		t.Fatalf("signature on an altered log: %v", err)
+	}
+	if err := e2.log.Recover(); err != nil {
+		t.Fatalf("recover with nothing torn: %v", err)
+	}
+	if _, err := e2.log.Append("seal", "", nil); err == nil {
+		t.Fatal("append accepted on an altered log")
+	}
+}
+
+func TestOtherContextOrKeyFails(t *testing.T) {
+	e := newEnv(t, 5)
+	if _, err := e.log.VerifyWithKey(newKey(t).Public().(ed25519.PublicKey)); err == nil {
+		t.Fatal("verified with another public key")
+	}
+	e.close()
+	e.opts.Context = "module-2"
+	e2 := e.reopen(t)
+	if _, err := e2.log.Verify(); err == nil {
+		t.Fatal("log of module-1 verified as module-2's")
+	}
+	if _, err := e2.log.BeginSign("issuing", "k1", "SHA-256", digestOf(1)); err == nil {
+		t.Fatal("signature recorded in another module's log")
+	}
+}
+
+func TestConcurrentSignersAndAppends(t *testing.T) {
+	e := newEnvOpts(t, Options{MaxUnsynced: 16})
+	const workers, each = 8, 40
 	var wg sync.WaitGroup
-	errs := make(chan error, workers*each)
+	errs := make(chan error, workers*each+10)
 	for w := range workers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for i := range each {
-				p, err := e.log.Begin("sign", "issuing", map[string]string{"w": fmt.Sprint(w), "i": fmt.Sprint(i)})
+				tk, err := e.log.BeginSign("issuing", fmt.Sprintf("k%d", w), "SHA-256", digestOf(w*1000+i))
 				if err == nil {
-					err = p.Wait()
+					err = e.log.Wait(tk)
 				}
 				if err != nil {
 					errs <- err
+					return
 				}
 			}
 		}()
+	}
+	for i := range 10 {
+		if _, err := e.log.Append("share-accepted", "issuing", map[string]string{"i": fmt.Sprint(i)}); err != nil {
+			errs <- err
+		}
 	}
 	wg.Wait()
 	close(errs)
@@ -226,8 +538,38 @@ func TestConcurrentAppends(t *testing.T) {
 		t.Fatal(err)
 	}
 	h, err := e.log.Verify()
-	if err != nil || h.Count != workers*each {
+	if err != nil || h.Count != workers*each+10 {
 		t.Fatalf("verify: %+v, %v", h, err)
+	}
+	evs, err := e.log.Events(1, 0)
+	if err != nil || len(evs) != workers*each+10 {
+		t.Fatalf("events: %d, %v", len(evs), err)
+	}
+	seen := map[string]bool{}
+	for _, ev := range evs {
+		if ev.Type == "sign" {
+			seen[ev.Fields["digest"]] = true
+		}
+	}
+	if len(seen) != workers*each {
+		t.Fatalf("%d distinct signature digests, want %d", len(seen), workers*each)
+	}
+}
+
+// Wait lets at most MaxUnsynced records run ahead of the last sync; the
+// next one waits for a flush, which starts at once although the interval
+// is an hour.
+func TestUnsyncedBacklogIsBounded(t *testing.T) {
+	e := newEnvOpts(t, Options{FlushInterval: time.Hour, MaxUnsynced: 4})
+	for i := range 4 {
+		e.sign(t, i) // seq 1..4: within the bound, no flush (the interval is an hour)
+	}
+	if got := e.log.synced.Load(); got != 0 {
+		t.Fatalf("synced %d, want 0: the flusher did not wait its interval", got)
+	}
+	tk := e.sign(t, 10) // seq 5 > 0+4: Wait returns only after a flush
+	if got := e.log.synced.Load(); got < tk.Seq() {
+		t.Fatalf("Wait returned with record %d unsynced (synced %d)", tk.Seq(), got)
 	}
 }
 
@@ -235,43 +577,147 @@ func TestCommitFailureIsSticky(t *testing.T) {
 	e := newEnv(t, 1)
 	// Closing the database under the log makes the next commit fail.
 	e.db.Close()
-	if _, err := e.log.Append("sign", "issuing", nil); err == nil {
+	if _, err := e.log.Append("seal", "issuing", nil); err == nil {
 		t.Fatal("append succeeded on a closed database")
 	}
-	if _, err := e.log.Begin("sign", "issuing", nil); err == nil {
-		t.Fatal("log accepted an append after a failed commit")
+	if _, err := e.log.BeginSign("issuing", "k1", "SHA-256", digestOf(1)); err == nil {
+		t.Fatal("log accepted a signature after a failed commit")
+	}
+}
+
+func TestFlushFailureWithholdsSignatures(t *testing.T) {
+	e := newEnvOpts(t, Options{MaxUnsynced: 1, FlushInterval: time.Hour})
+	e.sign(t, 0)
+	if err := e.log.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	e.db.Close() // the next head commit fails
+	tk1, err := e.log.BeginSign("issuing", "k1", "SHA-256", digestOf(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tk2, err := e.log.BeginSign("issuing", "k1", "SHA-256", digestOf(2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = tk1
+	// tk2 is beyond the bound: Wait forces a flush, whose head commit
+	// fails; the signature must be withheld.
+	if err := e.log.Wait(tk2); err == nil && e.log.synced.Load() < tk2.Seq() {
+		t.Fatal("Wait released a record that was not synced on a failing log")
+	}
+	if err := e.log.Sync(); err == nil {
+		t.Fatal("sync succeeded on a closed database")
+	}
+	if _, err := e.log.BeginSign("issuing", "k1", "SHA-256", digestOf(3)); err == nil {
+		t.Fatal("log accepted a signature after a failed flush")
 	}
 }
 
 func TestClosedLogRefuses(t *testing.T) {
-	e := newEnv(t, 1)
+	e := newEnv(t, 2)
 	e.log.Close()
 	if _, err := e.log.Append("seal", "", nil); !errors.Is(err, ErrClosed) {
 		t.Fatalf("append after close: %v", err)
 	}
+	if _, err := e.log.BeginSign("issuing", "k1", "SHA-256", digestOf(1)); !errors.Is(err, ErrClosed) {
+		t.Fatalf("signature after close: %v", err)
+	}
+	// Reading still works on a closed log.
+	if h, err := e.log.Verify(); err != nil || h.Count != 2 {
+		t.Fatalf("verify after close: %+v, %v", h, err)
+	}
 }
 
-func BenchmarkAppend(b *testing.B) {
-	e := newEnv(b, 0)
-	fields := map[string]string{"key": "0123456789abcdef0123456789abcdef", "digest": strings.Repeat("ab", 32)}
-	b.Run("serial", func(b *testing.B) {
-		for b.Loop() {
-			if _, err := e.log.Append("sign", "issuing", fields); err != nil {
-				b.Fatal(err)
-			}
+func TestSignFieldLimits(t *testing.T) {
+	e := newEnv(t, 0)
+	for name, f := range map[string]func() error{
+		"no key":      func() error { _, err := e.log.BeginSign("p", "", "SHA-256", digestOf(1)); return err },
+		"no digest":   func() error { _, err := e.log.BeginSign("p", "k", "SHA-256", nil); return err },
+		"long digest": func() error { _, err := e.log.BeginSign("p", "k", "SHA-256", make([]byte, 256)); return err },
+		"bad utf8":    func() error { _, err := e.log.BeginSign("p\xff", "k", "SHA-256", digestOf(1)); return err },
+	} {
+		if err := f(); err == nil {
+			t.Errorf("%s: accepted", name)
 		}
+	}
+	if h, err := e.log.Verify(); err != nil || h.Count != 0 {
+		t.Fatalf("verify: %+v, %v", h, err)
+	}
+}
+
+func TestSegmentFileMode(t *testing.T) {
+	e := newEnv(t, 3)
+	st, err := os.Stat(e.segPath())
+	if err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("segment mode: %v, %v", st, err)
+	}
+}
+
+func TestSignHashMatchesRecordHash(t *testing.T) {
+	prev := sha256.Sum256([]byte("prev"))
+	for _, digest := range [][]byte{digestOf(1), {0}, make([]byte, 64)} {
+		rec := signRecord{seq: 42, time: time.Date(2026, 1, 2, 3, 4, 5, 6789, time.UTC).UnixNano(), partition: "issuing", key: "0123abcd", hashName: "SHA-512", digest: digest}
+		rec.hash = signHash(rec.seq, rec.time, rec.partition, rec.key, rec.hashName, rec.digest, &prev)
+		ev := rec.event(prev)
+		want, err := recordHash(&ev)
+		if err != nil || want != rec.hash {
+			t.Fatalf("signHash differs from recordHash for %+v", rec)
+		}
+	}
+}
+
+func TestVerifyExtends(t *testing.T) {
+	e := newEnv(t, 5)
+	known, err := e.log.Head()
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.appendMixed(t, 3)
+	if h, err := e.log.VerifyExtends(known); err != nil || h.Count != 8 {
+		t.Fatalf("extends: %+v, %v", h, err)
+	}
+	// Rewrite the whole log with the file's own key: Verify passes, the
+	// known head does not.
+	e.log.Close()
+	err = e.db.Update(func(tx *bolt.Tx) error {
+		if err := tx.DeleteBucket(recordsBucket); err != nil {
+			return err
+		}
+		if _, err := tx.CreateBucket(recordsBucket); err != nil {
+			return err
+		}
+		return tx.Bucket(headBucket).Delete(headKey)
 	})
-	b.Run("parallel", func(b *testing.B) {
-		b.SetParallelism(64)
-		b.RunParallel(func(pb *testing.PB) {
-			for pb.Next() {
-				if _, err := e.log.Append("sign", "issuing", fields); err != nil {
-					b.Error(err)
-					return
-				}
-			}
-		})
-	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(e.segPath()); err != nil {
+		t.Fatal(err)
+	}
+	l, err := Open(e.db, e.key, Options{Context: "module-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.log = l
+	e.appendMixed(t, 6)
+	if _, err := l.Verify(); err != nil {
+		t.Fatalf("rewritten log should verify on its own: %v", err)
+	}
+	var aerr *hsm.AuditError
+	if _, err := l.VerifyExtends(known); !errors.As(err, &aerr) || aerr.Seq != 5 {
+		t.Fatalf("rewritten log against the known head: %v", err)
+	}
+	short := known
+	short.Count = 9
+	if _, err := l.VerifyExtends(short); !errors.As(err, &aerr) || !strings.Contains(aerr.Reason, "truncated") {
+		t.Fatalf("longer known head: %v", err)
+	}
+	other := known
+	other.PublicKey = "AAAA"
+	if _, err := l.VerifyExtends(other); err == nil {
+		t.Fatal("accepted another pinned key")
+	}
 }
 
 func TestRecordEncodingMatchesJSON(t *testing.T) {
@@ -323,60 +769,81 @@ func FuzzRecordEncoding(f *testing.F) {
 	})
 }
 
-func TestVerifyExtends(t *testing.T) {
-	e := newEnv(t, 5)
-	known, err := e.log.Head()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for range 3 {
-		if _, err := e.log.Append("seal", "root", nil); err != nil {
-			t.Fatal(err)
+// FuzzSegment feeds arbitrary bytes to the segment reader (the segment
+// file is outside input): it must not panic, and every frame it accepts
+// must re-encode to the same bytes.
+func FuzzSegment(f *testing.F) {
+	h := sha256.Sum256([]byte("h"))
+	good := appendSignFrame(nil, 1, 12345, &h, "issuing", "k1", "SHA-256", digestOf(1))
+	good = appendSignFrame(good, 2, 12346, &h, "", "k2", "message-sha256", digestOf(2))
+	f.Add(good)
+	f.Add(good[:len(good)-3])
+	f.Add(append(append([]byte(nil), good...), 0, 0, 0, 0, 0, 0, 0, 0))
+	f.Add([]byte{0, 0, 0, 49, 0, 0, 0, 0})
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		sr := newSegReader(strings.NewReader(string(data)), 0, int64(len(data)))
+		var rec signRecord
+		for range 1000 {
+			start := sr.off
+			ok, err := sr.next(&rec)
+			if err != nil || !ok {
+				var ferr *frameError
+				if err != nil && !errors.As(err, &ferr) {
+					t.Fatalf("non-frame error: %v", err)
+				}
+				return
+			}
+			again := appendSignFrame(nil, rec.seq, rec.time, &rec.hash, rec.partition, rec.key, rec.hashName, rec.digest)
+			if string(again) != string(data[start:sr.off]) {
+				t.Fatalf("frame at %d does not re-encode to itself", start)
+			}
 		}
-	}
-	if h, err := e.log.VerifyExtends(known); err != nil || h.Count != 8 {
-		t.Fatalf("extends: %+v, %v", h, err)
-	}
-	// Rewrite the whole log with the file's own key: Verify passes, the
-	// known head does not.
-	e.log.Close()
-	err = e.db.Update(func(tx *bolt.Tx) error {
-		if err := tx.DeleteBucket(recordsBucket); err != nil {
-			return err
-		}
-		if _, err := tx.CreateBucket(recordsBucket); err != nil {
-			return err
-		}
-		return tx.Bucket(headBucket).Delete(headKey)
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	l, err := Open(e.db, e.key, Options{Context: "module-1"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	for range 6 {
-		if _, err := l.Append("sign", "issuing", map[string]string{"forged": "yes"}); err != nil {
-			t.Fatal(err)
+}
+
+func BenchmarkAppend(b *testing.B) {
+	e := newEnv(b, 0)
+	fields := map[string]string{"key": "0123456789abcdef0123456789abcdef", "reason": "bench"}
+	for b.Loop() {
+		if _, err := e.log.Append("seal", "issuing", fields); err != nil {
+			b.Fatal(err)
 		}
 	}
-	if _, err := l.Verify(); err != nil {
-		t.Fatalf("rewritten log should verify on its own: %v", err)
-	}
-	var aerr *hsm.AuditError
-	if _, err := l.VerifyExtends(known); !errors.As(err, &aerr) || aerr.Seq != 5 {
-		t.Fatalf("rewritten log against the known head: %v", err)
-	}
-	short := known
-	short.Count = 9
-	if _, err := l.VerifyExtends(short); !errors.As(err, &aerr) || !strings.Contains(aerr.Reason, "truncated") {
-		t.Fatalf("longer known head: %v", err)
-	}
-	other := known
-	other.PublicKey = "AAAA"
-	if _, err := l.VerifyExtends(other); err == nil {
-		t.Fatal("accepted another pinned key")
-	}
+}
+
+// BenchmarkBeginSign is the audit cost of one signature: the record
+// written (BeginSign) and released (Wait).
+func BenchmarkBeginSign(b *testing.B) {
+	e := newEnv(b, 0)
+	digest := digestOf(1)
+	key := "0123456789abcdef0123456789abcdef"
+	b.Run("serial", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			tk, err := e.log.BeginSign("issuing", key, "SHA-256", digest)
+			if err == nil {
+				err = e.log.Wait(tk)
+			}
+			if err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("parallel", func(b *testing.B) {
+		b.ReportAllocs()
+		b.SetParallelism(64)
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				tk, err := e.log.BeginSign("issuing", key, "SHA-256", digest)
+				if err == nil {
+					err = e.log.Wait(tk)
+				}
+				if err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
+	})
 }

@@ -8,6 +8,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rsa"
+	"crypto/sha256"
 	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
@@ -452,8 +453,14 @@ func (s *keySigner) Sign(_ io.Reader, digest []byte, opts crypto.SignerOpts) ([]
 		}
 		return nil, err
 	}
-	fields := map[string]string{"key": s.rec.ID, "digest": hex.EncodeToString(digest), "hash": opts.HashFunc().String()}
-	pending, err := p.m.log.Begin("sign", p.name, fields)
+	// The audit record holds the digest, or for a signature over a whole
+	// message its SHA-256, as hsm/soft records it.
+	recorded, hashName := digest, opts.HashFunc().String()
+	if opts.HashFunc() == 0 {
+		sum := sha256.Sum256(digest)
+		recorded, hashName = sum[:], "message-sha256"
+	}
+	ticket, err := p.m.log.BeginSign(p.name, s.rec.ID, hashName, recorded)
 	if err != nil {
 		p.mu.RUnlock()
 		if last {
@@ -463,7 +470,7 @@ func (s *keySigner) Sign(_ io.Reader, digest []byte, opts crypto.SignerOpts) ([]
 	}
 	sig, serr := ts.Sign(nil, digest, opts)
 	p.mu.RUnlock()
-	werr := pending.Wait()
+	werr := p.m.log.Wait(ticket)
 	if last {
 		p.sealAfterOperation(gen)
 	}

@@ -358,8 +358,11 @@ type signer struct {
 func (s *signer) Public() crypto.PublicKey { return s.pub }
 
 // Sign signs digest with the key once the partition is active. Its audit
-// record (key ID and digest) is queued before the signature is computed
-// and the signature is returned only once the record is durable.
+// record (key ID and digest, or for Ed25519 the SHA-256 of the message) is
+// written to the module's audit segment before the signature is computed,
+// and the signature is returned only after that write: a signature this
+// process hands out always has its record, even if the process is killed
+// the next moment (see hsm/audit for the power-loss bound).
 func (s *signer) Sign(rnd io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, error) {
 	priv, last, err := s.p.useKey(s.id)
 	if err != nil {
@@ -369,16 +372,16 @@ func (s *signer) Sign(rnd io.Reader, digest []byte, opts crypto.SignerOpts) ([]b
 	if opts != nil {
 		h = opts.HashFunc()
 	}
-	fields := map[string]string{"key": s.id, "digest": hex.EncodeToString(digest)}
+	recorded, hashName := digest, ""
 	if h != 0 {
-		fields["hash"] = h.String()
+		hashName = h.String()
 	} else {
 		// Ed25519 signs the message itself; record its SHA-256.
 		sum := sha256.Sum256(digest)
-		fields["digest"] = hex.EncodeToString(sum[:])
-		fields["hash"] = "message-sha256"
+		recorded, hashName = sum[:], "message-sha256"
 	}
-	pending, err := s.p.m.log.Begin("sign", s.p.name, fields)
+	log := s.p.m.log
+	ticket, err := log.BeginSign(s.p.name, s.id, hashName, recorded)
 	if err != nil {
 		if last {
 			s.p.seal("operation signatures spent")
@@ -386,7 +389,7 @@ func (s *signer) Sign(rnd io.Reader, digest []byte, opts crypto.SignerOpts) ([]b
 		return nil, fmt.Errorf("soft: %w", err)
 	}
 	sig, serr := priv.Sign(rnd, digest, opts)
-	werr := pending.Wait()
+	werr := log.Wait(ticket)
 	if last {
 		if err := s.p.seal("operation signatures spent"); err != nil && werr == nil {
 			werr = err

@@ -12,15 +12,25 @@
 // the file (flipping "exportable", changing a label or the ciphertext) makes
 // that key fail to load with *hsm.KeyLoadError; other keys are unaffected.
 //
-// Every event goes to the module's audit log (hsm/audit) in the same file.
-// Its Ed25519 signing key and the lockout state are not behind the quorum,
-// because a sealed module must record rejected shares and enforce lockouts;
-// they are protected by the file's permissions only (see hsm/audit).
+// Every event goes to the module's audit log (hsm/audit): signature records
+// to the append-only segment audit.seg beside module.db (mode 0600), every
+// other event to module.db, all in one hash chain under a head signed by
+// the module's Ed25519 audit key. A signature is returned only after its
+// record has been written to the segment, so killing the process never
+// loses the record of a signature it handed out; a power loss can lose at
+// most the records written since the last background sync (a few
+// milliseconds, and never more than audit.DefaultMaxUnsynced records).
+// After a crash, Open keeps the records found after the signed head and
+// reports a torn last record through Verify until the next audited event
+// records its loss (see hsm/audit). The audit key and the lockout state are
+// not behind the quorum, because a sealed module must record rejected
+// shares and enforce lockouts; they are protected by the files' permissions
+// only (see hsm/audit).
 //
 // What soft does not do: it is not tamper-resistant hardware. Private keys
 // live in this process's memory while active (Go cannot reliably wipe them),
-// and anyone who can write module.db can destroy it or rewrite its audit
-// log. Use hsm/pkcs11 where that matters.
+// and anyone who can write the module directory can destroy it or rewrite
+// its audit log. Use hsm/pkcs11 where that matters.
 package soft
 
 import (
@@ -50,6 +60,10 @@ import (
 
 // FileName is the module's database inside its directory.
 const FileName = "module.db"
+
+// AuditFileName is the module's audit segment (signature records) inside
+// its directory.
+const AuditFileName = audit.SegmentFile
 
 var (
 	metaBucket       = []byte("meta")
@@ -153,7 +167,9 @@ func Open(dir string, opts Options) (*Module, error) {
 		db.Close()
 		return nil, errors.New("soft: stored audit key is malformed")
 	}
-	m.log, err = audit.Open(db, ed25519.NewKeyFromSeed(seed), audit.Options{Context: m.meta.ID, Clock: m.clock, Logger: m.logger})
+	m.log, err = audit.Open(db, ed25519.NewKeyFromSeed(seed), audit.Options{
+		Context: m.meta.ID, Clock: m.clock, Logger: m.logger, Segment: filepath.Join(dir, AuditFileName),
+	})
 	if err != nil {
 		db.Close()
 		return nil, fmt.Errorf("soft: %w", err)

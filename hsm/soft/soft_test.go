@@ -8,7 +8,10 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha256"
+	"encoding/binary"
 	"errors"
+	"hash/crc32"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -522,7 +525,15 @@ func TestAuditTrailAndTamper(t *testing.T) {
 	if h, err := f.m.Audit().Verify(); err != nil || h.Count != uint64(len(evs)) {
 		t.Fatalf("verify: %+v, %v", h, err)
 	}
-	// Change a record in the file: verify names it.
+	// Change records in the files: verify names the first one changed.
+	f.m.Close()
+	tamperSignRecord(t, f.dir) // record 7, in the segment
+	f.open(t)
+	_, err = f.m.Audit().Verify()
+	var aerr *hsm.AuditError
+	if !errors.As(err, &aerr) || aerr.Seq != 7 || !strings.Contains(aerr.Reason, "altered") {
+		t.Fatalf("verify after changing the sign record: %v", err)
+	}
 	f.m.Close()
 	db, err := bolt.Open(filepath.Join(f.dir, FileName), 0o600, nil)
 	if err != nil {
@@ -530,15 +541,34 @@ func TestAuditTrailAndTamper(t *testing.T) {
 	}
 	db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket([]byte("audit"))
-		k := []byte{0, 0, 0, 0, 0, 0, 0, 7}
-		return b.Put(k, bytes.Replace(b.Get(k), []byte(`"sign"`), []byte(`"seal"`), 1))
+		k := []byte{0, 0, 0, 0, 0, 0, 0, 6} // key-generate, in the database
+		return b.Put(k, bytes.Replace(b.Get(k), []byte(`"key-generate"`), []byte(`"key-destroy"`), 1))
 	})
 	db.Close()
 	f.open(t)
-	_, err = f.m.Audit().Verify()
-	var aerr *hsm.AuditError
-	if !errors.As(err, &aerr) || aerr.Seq != 7 {
-		t.Fatalf("verify after tamper: %v", err)
+	if _, err = f.m.Audit().Verify(); !errors.As(err, &aerr) || aerr.Seq != 6 {
+		t.Fatalf("verify after changing a database record: %v", err)
+	}
+}
+
+// tamperSignRecord flips a digest bit of the first signature record in the
+// module's audit segment and fixes the frame's CRC (the frame layout is
+// documented in hsm/audit), so that only the hash chain can tell.
+func tamperSignRecord(t *testing.T, dir string) {
+	t.Helper()
+	path := filepath.Join(dir, AuditFileName)
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hdr := bytes.IndexByte(data, 0) + 1 // the magic ends with a NUL
+	off := hdr + 1 + int(data[hdr])     // then the length-prefixed context
+	n := int(binary.BigEndian.Uint32(data[off:]))
+	body := data[off+8 : off+8+n]
+	body[len(body)-1] ^= 1 // the digest is the body's last field
+	binary.BigEndian.PutUint32(data[off+4:], crc32.Checksum(body, crc32.MakeTable(crc32.Castagnoli)))
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
 	}
 }
 

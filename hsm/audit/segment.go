@@ -1,0 +1,233 @@
+package audit
+
+import (
+	"bufio"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"time"
+	"unicode/utf8"
+
+	"github.com/hsmca/hsmca/hsm"
+)
+
+// The segment file holds the signature records, appended one write(2)
+// each. Layout:
+//
+//	header: segMagic | u8 len(context) | context
+//	frame:  u32 len(body) | u32 CRC-32C(body) | body
+//	body:   u8 kind (1: sign) | u64 seq | i64 time (Unix ns) | [32]byte record hash |
+//	        u8 len | partition | u8 len | key ID | u8 len | hash name | u8 len | digest
+//
+// Integers are big-endian. The record hash is the one recordHash computes
+// for the same record as an hsm.AuditEvent (type "sign", fields digest (hex),
+// hash, key), so a signature record is one link of the single chain that
+// also runs through the records in the database. The CRC tells a frame
+// damaged by a crash (torn) from a well-formed one; it is no defence against
+// tampering, the hash chain is.
+
+const segMagic = "hsmca audit segment v1\x00"
+
+const (
+	frameHeaderLen = 8
+	kindSign       = 1
+	bodyFixedLen   = 1 + 8 + 8 + 32 + 4 // kind, seq, time, hash, four lengths
+	maxField       = 255
+	maxBodyLen     = bodyFixedLen + 4*maxField
+	maxFrameLen    = frameHeaderLen + maxBodyLen
+)
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// segHeader is the segment's first bytes; the context binds the segment to
+// one module.
+func segHeader(ctx string) []byte {
+	h := append([]byte(segMagic), byte(len(ctx)))
+	return append(h, ctx...)
+}
+
+// signRecord is a decoded segment frame.
+type signRecord struct {
+	seq       uint64
+	time      int64
+	hash      [32]byte
+	partition string
+	key       string
+	hashName  string
+	digest    []byte
+}
+
+// event converts the record to an hsm.AuditEvent with the given previous
+// hash.
+func (r *signRecord) event(prev [32]byte) hsm.AuditEvent {
+	return hsm.AuditEvent{
+		Seq:       r.seq,
+		Time:      time.Unix(0, r.time).UTC(),
+		Type:      "sign",
+		Partition: r.partition,
+		Fields:    map[string]string{"key": r.key, "digest": hex.EncodeToString(r.digest), "hash": r.hashName},
+		Prev:      hex.EncodeToString(prev[:]),
+		Hash:      hex.EncodeToString(r.hash[:]),
+	}
+}
+
+// checkSignFields validates what BeginSign records.
+func checkSignFields(partition, key, hashName string, digest []byte) error {
+	switch {
+	case key == "" || hashName == "" || len(digest) == 0:
+		return errors.New("audit: a signature record needs a key ID, a hash name and a digest")
+	case len(partition) > maxField || len(key) > maxField || len(hashName) > maxField || len(digest) > maxField:
+		return fmt.Errorf("audit: a signature record's fields are limited to %d bytes each", maxField)
+	case !utf8.ValidString(partition) || !utf8.ValidString(key) || !utf8.ValidString(hashName):
+		return errors.New("audit: a signature record's partition, key ID and hash name must be UTF-8")
+	}
+	return nil
+}
+
+// signHash is recordHash for a "sign" event with fields digest (hex), hash
+// and key, computed without building the event: it runs for every
+// signature.
+func signHash(seq uint64, t int64, partition, key, hashName string, digest []byte, prev *[32]byte) [32]byte {
+	var buf [768]byte
+	b := append(buf[:0], recordDomain...)
+	b = binary.BigEndian.AppendUint64(b, seq)
+	b = binary.BigEndian.AppendUint64(b, uint64(t))
+	b = appendString(b, "sign")
+	b = appendString(b, partition)
+	b = binary.BigEndian.AppendUint32(b, 3) // fields, in sorted order
+	b = appendString(b, "digest")
+	b = binary.BigEndian.AppendUint32(b, uint32(2*len(digest)))
+	b = hex.AppendEncode(b, digest)
+	b = appendString(b, "hash")
+	b = appendString(b, hashName)
+	b = appendString(b, "key")
+	b = appendString(b, key)
+	b = append(b, prev[:]...)
+	return sha256.Sum256(b)
+}
+
+// appendSignFrame appends one frame. The fields must have passed
+// checkSignFields.
+func appendSignFrame(b []byte, seq uint64, t int64, h *[32]byte, partition, key, hashName string, digest []byte) []byte {
+	start := len(b)
+	b = append(b, 0, 0, 0, 0, 0, 0, 0, 0) // length and CRC, set below
+	b = append(b, kindSign)
+	b = binary.BigEndian.AppendUint64(b, seq)
+	b = binary.BigEndian.AppendUint64(b, uint64(t))
+	b = append(b, h[:]...)
+	b = append(b, byte(len(partition)))
+	b = append(b, partition...)
+	b = append(b, byte(len(key)))
+	b = append(b, key...)
+	b = append(b, byte(len(hashName)))
+	b = append(b, hashName...)
+	b = append(b, byte(len(digest)))
+	b = append(b, digest...)
+	body := b[start+frameHeaderLen:]
+	binary.BigEndian.PutUint32(b[start:], uint32(len(body)))
+	binary.BigEndian.PutUint32(b[start+4:], crc32.Checksum(body, castagnoli))
+	return b
+}
+
+// frameError is a frame that cannot be read. incomplete is set when the
+// data ends inside the frame (a write cut short, or truncation).
+type frameError struct {
+	off        int64
+	incomplete bool
+	reason     string
+}
+
+func (e *frameError) Error() string {
+	return fmt.Sprintf("audit: segment frame at offset %d: %s", e.off, e.reason)
+}
+
+// decodeBody parses a frame body whose CRC has been checked.
+func decodeBody(body []byte, r *signRecord) error {
+	if len(body) < bodyFixedLen || body[0] != kindSign {
+		return errors.New("unknown record kind")
+	}
+	r.seq = binary.BigEndian.Uint64(body[1:])
+	r.time = int64(binary.BigEndian.Uint64(body[9:]))
+	copy(r.hash[:], body[17:49])
+	rest := body[49:]
+	var fields [4][]byte
+	for i := range fields {
+		if len(rest) < 1 || len(rest) < 1+int(rest[0]) {
+			return errors.New("field runs past the frame")
+		}
+		n := int(rest[0])
+		fields[i], rest = rest[1:1+n], rest[1+n:]
+	}
+	if len(rest) != 0 {
+		return errors.New("trailing bytes in the frame")
+	}
+	r.partition, r.key, r.hashName = string(fields[0]), string(fields[1]), string(fields[2])
+	r.digest = append(r.digest[:0], fields[3]...)
+	if err := checkSignFields(r.partition, r.key, r.hashName, r.digest); err != nil {
+		return err
+	}
+	return nil
+}
+
+// segReader reads frames in order from one region of the segment.
+type segReader struct {
+	r    *bufio.Reader
+	off  int64 // offset of the next frame
+	end  int64
+	body []byte
+}
+
+func newSegReader(ra io.ReaderAt, from, end int64) *segReader {
+	return &segReader{r: bufio.NewReaderSize(io.NewSectionReader(ra, from, end-from), 64<<10), off: from, end: end}
+}
+
+// next reads the frame at s.off into r. It returns false at the end of the
+// region, or a *frameError for a frame that cannot be read (s.off is then
+// that frame's offset, and the reader must not be used further).
+func (s *segReader) next(r *signRecord) (bool, error) {
+	if s.off >= s.end {
+		return false, nil
+	}
+	if s.end-s.off < frameHeaderLen {
+		return false, &frameError{off: s.off, incomplete: true, reason: "the segment ends inside a frame header"}
+	}
+	var hdr [frameHeaderLen]byte
+	if _, err := io.ReadFull(s.r, hdr[:]); err != nil {
+		return false, s.readError(err)
+	}
+	n := int64(binary.BigEndian.Uint32(hdr[:]))
+	if n < bodyFixedLen || n > maxBodyLen {
+		return false, &frameError{off: s.off, reason: fmt.Sprintf("frame length %d out of range", n)}
+	}
+	if s.end-s.off-frameHeaderLen < n {
+		return false, &frameError{off: s.off, incomplete: true, reason: "the segment ends inside a frame"}
+	}
+	if cap(s.body) < int(n) {
+		s.body = make([]byte, maxBodyLen)
+	}
+	body := s.body[:n]
+	if _, err := io.ReadFull(s.r, body); err != nil {
+		return false, s.readError(err)
+	}
+	if crc32.Checksum(body, castagnoli) != binary.BigEndian.Uint32(hdr[4:]) {
+		return false, &frameError{off: s.off, reason: "checksum mismatch"}
+	}
+	if err := decodeBody(body, r); err != nil {
+		return false, &frameError{off: s.off, reason: err.Error()}
+	}
+	s.off += frameHeaderLen + n
+	return true, nil
+}
+
+// readError reports a read that ended early: the file is shorter than the
+// region (truncated).
+func (s *segReader) readError(err error) error {
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		return &frameError{off: s.off, incomplete: true, reason: "the segment ends inside a frame"}
+	}
+	return fmt.Errorf("audit: read segment: %w", err)
+}

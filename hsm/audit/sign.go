@@ -1,0 +1,220 @@
+package audit
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// Ticket names a signature record written by BeginSign.
+type Ticket struct{ seq uint64 }
+
+// Seq is the record's sequence number.
+func (t Ticket) Seq() uint64 { return t.seq }
+
+// BeginSign records one signature: a "sign" event of partition with fields
+// key, digest (hex of digest) and hash (hashName). When it returns without
+// error the record is in the segment file (written, not yet synced), so it
+// survives the process being killed. The caller computes the signature
+// next and must call Wait before it releases the signature.
+//
+// Each field is at most 255 bytes; partition, key and hashName must be
+// UTF-8. For a signature over a whole message (Ed25519), record a digest
+// of the message.
+func (l *Log) BeginSign(partition, key, hashName string, digest []byte) (Ticket, error) {
+	if err := checkSignFields(partition, key, hashName, digest); err != nil {
+		return Ticket{}, err
+	}
+	now := l.clock().UnixNano()
+	for range 2 {
+		l.mu.Lock()
+		if l.torn != nil || l.closed || l.broken != nil {
+			err := l.signBlockedLocked()
+			l.mu.Unlock()
+			if err != nil {
+				return Ticket{}, err
+			}
+			if err := l.Recover(); err != nil {
+				return Ticket{}, err
+			}
+			continue
+		}
+		seq := l.seq + 1
+		h := signHash(seq, now, partition, key, hashName, digest, &l.prev)
+		l.buf = appendSignFrame(l.buf[:0], seq, now, &h, partition, key, hashName, digest)
+		if _, err := l.seg.WriteAt(l.buf, l.off); err != nil {
+			err = fmt.Errorf("audit: write signature record %d: %w", seq, err)
+			l.logger.Error("audit write failed; module refuses further audited operations", "err", err)
+			l.failLocked(err)
+			l.mu.Unlock()
+			return Ticket{}, err
+		}
+		l.seq, l.prev, l.lastRec = seq, h, l.off
+		l.off += int64(len(l.buf))
+		l.mu.Unlock()
+		if !l.scheduled.Load() && !l.scheduled.Swap(true) {
+			l.kickFlusher()
+		}
+		return Ticket{seq: seq}, nil
+	}
+	return Ticket{}, fmt.Errorf("audit: log refuses appends: %w", l.tornError())
+}
+
+// signBlockedLocked says why BeginSign cannot write now; nil means only a
+// torn end is in the way (Recover it). Called with mu held.
+func (l *Log) signBlockedLocked() error {
+	switch {
+	case l.closed:
+		return ErrClosed
+	case l.broken != nil:
+		return fmt.Errorf("audit: log refuses appends: %w", l.broken)
+	}
+	return nil
+}
+
+func (l *Log) tornError() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.torn != nil {
+		return l.torn.auditError()
+	}
+	return l.broken
+}
+
+// Wait returns once the ticket's record may be acted on: at once while at
+// most MaxUnsynced records are written but not yet synced, otherwise when
+// the flusher has caught up. It fails if the log broke before the record
+// was synced; the caller must then withhold the signature.
+func (l *Log) Wait(t Ticket) error {
+	if !l.failed.Load() && t.seq <= l.synced.Load()+l.maxUnsynced {
+		return nil
+	}
+	// Counted before the kick, so that the flusher skips its interval.
+	l.waiters.Add(1)
+	l.kickFlusher()
+	l.syncMu.Lock()
+	for !l.failed.Load() && t.seq > l.synced.Load()+l.maxUnsynced {
+		l.syncCond.Wait()
+	}
+	l.syncMu.Unlock()
+	l.waiters.Add(-1)
+	if l.failed.Load() && t.seq > l.synced.Load() {
+		l.mu.Lock()
+		err := l.broken
+		l.mu.Unlock()
+		return fmt.Errorf("audit: record %d not synced: %w", t.seq, err)
+	}
+	return nil
+}
+
+func (l *Log) kickFlusher() {
+	select {
+	case l.kick <- struct{}{}:
+	default:
+	}
+}
+
+// markSynced records that records up to seq are synced and wakes waiting
+// signers. Called with flushMu held, so seq only grows.
+func (l *Log) markSynced(seq uint64) {
+	if seq > l.synced.Load() {
+		l.synced.Store(seq)
+	}
+	if l.waiters.Load() > 0 {
+		l.wakeWaiters()
+	}
+}
+
+func (l *Log) wakeWaiters() {
+	l.syncMu.Lock()
+	l.syncCond.Broadcast()
+	l.syncMu.Unlock()
+}
+
+// flusher syncs the segment and signs a new head when records are waiting,
+// at most once per interval, so that records written meanwhile share one
+// sync.
+func (l *Log) flusher() {
+	defer close(l.done)
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	last := time.Now()
+	for {
+		select {
+		case <-l.kick:
+		case <-l.stop:
+			return
+		}
+		// Wait out the interval, unless a signer is blocked on the
+		// backlog bound: then it kicks again and the flush starts at once.
+		for l.waiters.Load() == 0 {
+			d := l.interval - time.Since(last)
+			if d <= 0 {
+				break
+			}
+			timer.Reset(d)
+			select {
+			case <-timer.C:
+			case <-l.kick:
+				timer.Stop()
+			case <-l.stop:
+				timer.Stop()
+				return
+			}
+		}
+		last = time.Now()
+		// Records written from here on kick again.
+		l.scheduled.Store(false)
+		l.flushMu.Lock()
+		_ = l.flushLocked() // failures are sticky and logged
+		l.flushMu.Unlock()
+	}
+}
+
+// Sync makes every record written so far durable and covers it with a new
+// signed head.
+func (l *Log) Sync() error {
+	l.flushMu.Lock()
+	defer l.flushMu.Unlock()
+	return l.flushLocked()
+}
+
+// flushLocked syncs the segment up to its current end and stores a signed
+// head for the last record. Called with flushMu held.
+func (l *Log) flushLocked() error {
+	l.mu.Lock()
+	seq, prev, off, last, broken, seg := l.seq, l.prev, l.off, l.lastRec, l.broken, l.seg
+	l.mu.Unlock()
+	if broken != nil {
+		return broken
+	}
+	if seq <= l.headSeq {
+		return nil
+	}
+	if off > l.syncedOff {
+		if err := seg.Sync(); err != nil {
+			return l.fail(fmt.Errorf("audit: sync segment: %w", err))
+		}
+		l.syncedOff = off
+	}
+	l.markSynced(seq)
+	hv, err := json.Marshal(l.signHead(seq, prev, off, last))
+	if err == nil {
+		err = l.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(headBucket).Put(headKey, hv) })
+	}
+	if err != nil {
+		return l.fail(fmt.Errorf("audit: store head %d: %w", seq, err))
+	}
+	l.headSeq = seq
+	return nil
+}
+
+func (l *Log) fail(err error) error {
+	l.logger.Error("audit flush failed; module refuses further audited operations", "err", err)
+	l.mu.Lock()
+	l.failLocked(err)
+	l.mu.Unlock()
+	return err
+}
