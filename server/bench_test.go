@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"io"
 	"net/http"
+	"syscall"
 	"testing"
 
 	"golang.org/x/crypto/ocsp"
@@ -49,6 +50,7 @@ func BenchmarkOCSPCached(b *testing.B) {
 	})
 	b.StopTimer()
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "responses/s")
+	reportPeakRSS(b)
 }
 
 // BenchmarkAdminIssue measures admin-API issuances per second over the
@@ -71,4 +73,14 @@ func BenchmarkAdminIssue(b *testing.B) {
 	})
 	b.StopTimer()
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "issuances/s")
+	reportPeakRSS(b)
+}
+
+// reportPeakRSS adds the process's peak resident set size (the server runs
+// in the benchmark's process) to the benchmark's output.
+func reportPeakRSS(b *testing.B) {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err == nil {
+		b.ReportMetric(float64(ru.Maxrss)/1024, "peak-RSS-MiB")
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -12,6 +13,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/base64"
 	"errors"
+	"fmt"
 	"io"
 	"math/big"
 	"net"
@@ -21,6 +23,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"golang.org/x/crypto/ocsp"
 
 	"github.com/hsmca/hsmca/ca"
@@ -513,5 +517,47 @@ func TestShutdownSealsAndRemovesSocket(t *testing.T) {
 	}
 	if _, err := http.Get(e.httpURL + "/healthz"); err == nil {
 		t.Fatal("still serving after shutdown")
+	}
+}
+
+func TestCountingSignerAndOutcomes(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m, err := NewMetrics(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := newFakeQuorum()
+	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	s := m.CountingSigner("issuing-1", gateSigner{Signer: k, q: q})
+	digest := make([]byte, 32)
+	if _, err := s.Sign(rand.Reader, digest, crypto.SHA256); !errors.Is(err, ca.ErrSealed) {
+		t.Fatalf("sealed sign: %v", err)
+	}
+	q.active = true
+	if _, err := s.Sign(rand.Reader, digest, crypto.SHA256); err != nil {
+		t.Fatal(err)
+	}
+	for _, result := range []string{"ok", "sealed"} {
+		var mm dto.Metric
+		if err := m.sigs.WithLabelValues("issuing-1", result).Write(&mm); err != nil {
+			t.Fatal(err)
+		}
+		if got := mm.GetCounter().GetValue(); got != 1 {
+			t.Errorf("%s signatures: %v, want 1", result, got)
+		}
+	}
+	for _, tc := range []struct {
+		err  error
+		want string
+	}{
+		{nil, "ok"},
+		{fmt.Errorf("x: %w", ca.ErrSealed), "sealed"},
+		{&ca.ErrPolicy{Name: "a", Reason: "no"}, "rejected"},
+		{&ca.ErrBadCSR{Rule: "sig"}, "rejected"},
+		{errors.New("disk"), "error"},
+	} {
+		if got := issuanceOutcome(tc.err); got != tc.want {
+			t.Errorf("outcome(%v) = %s, want %s", tc.err, got, tc.want)
+		}
 	}
 }
