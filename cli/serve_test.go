@@ -8,10 +8,13 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"io"
+	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -26,6 +29,8 @@ import (
 	"github.com/miekg/dns"
 	xacme "golang.org/x/crypto/acme"
 
+	"github.com/hsmca/hsmca/acme"
+	"github.com/hsmca/hsmca/ca"
 	"github.com/hsmca/hsmca/server"
 )
 
@@ -490,4 +495,69 @@ func TestServeSIGHUPReload(t *testing.T) {
 	if err := p.stop(t, syscall.SIGTERM); err != nil {
 		t.Fatalf("serve exit: %v", err)
 	}
+}
+
+type stubQuorum struct{ st server.QuorumStatus }
+
+func (s *stubQuorum) Status() (server.QuorumStatus, error)         { return s.st, nil }
+func (s *stubQuorum) AddShare([]byte) (server.QuorumStatus, error) { return s.st, nil }
+func (s *stubQuorum) Seal() error                                  { return nil }
+
+// TestACMEAdapterErrors: the adapter turns CA domain errors into the ACME
+// errors the acme package answers with.
+func TestACMEAdapterErrors(t *testing.T) {
+	q := &stubQuorum{st: server.QuorumStatus{Partition: "issuing", State: server.StateCollecting, Presented: 1, Threshold: 2}}
+	a := &acmeCA{quorum: q, retryAfter: 7 * time.Second}
+	_, err := a.Issue(context.Background(), acme.IssueRequest{CSR: []byte{1}})
+	var ue *acme.UnavailableError
+	if !errors.As(err, &ue) || ue.Detail != "CA awaits quorum (1 of 2)" || ue.RetryAfter != 7*time.Second {
+		t.Fatalf("sealed issue: %#v", err)
+	}
+	ids := []acme.Identifier{{Type: "dns", Value: "a.example"}, {Type: "ip", Value: "10.0.0.1"}}
+	for _, tc := range []struct {
+		name  string
+		err   error
+		check func(error) bool
+	}{
+		{"sealed", fmt.Errorf("ca: sign: %w", ca.ErrSealed), func(e error) bool { var u *acme.UnavailableError; return errors.As(e, &u) }},
+		{"policy dns", &ca.ErrPolicy{Name: "a.example", Reason: "denied"}, func(e error) bool {
+			var r *acme.RejectedError
+			return errors.As(e, &r) && r.Identifier == ids[0] && r.Reason == "denied"
+		}},
+		{"policy ip", &ca.ErrPolicy{Name: "10.0.0.1", Reason: "range"}, func(e error) bool {
+			var r *acme.RejectedError
+			return errors.As(e, &r) && r.Identifier == ids[1]
+		}},
+		{"bad csr", &ca.ErrBadCSR{Rule: "key too small"}, func(e error) bool { var b *acme.BadCSRError; return errors.As(e, &b) }},
+		{"lint", &ca.ErrLint{Results: []ca.LintResult{{Lint: "e_x", Status: "error"}}}, func(e error) bool { var b *acme.BadCSRError; return errors.As(e, &b) }},
+		{"unknown serial", ca.ErrUnknownSerial, func(e error) bool { return errors.Is(e, acme.ErrNotFound) }},
+		{"internal", errors.New("disk full"), func(e error) bool { return e.Error() == "disk full" }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := a.mapErr(tc.err, ids); !tc.check(got) {
+				t.Fatalf("mapErr(%v) = %#v", tc.err, got)
+			}
+		})
+	}
+	// withoutRoot drops a self-signed last certificate only.
+	root := selfSigned(t, "r")
+	if got := withoutRoot([][]byte{{1}, root}); len(got) != 1 {
+		t.Fatalf("withoutRoot kept the root: %d", len(got))
+	}
+	if got := withoutRoot([][]byte{root}); len(got) != 1 {
+		t.Fatalf("withoutRoot dropped a lone certificate")
+	}
+}
+
+// selfSigned makes a self-signed CA certificate (DER).
+func selfSigned(t *testing.T, cn string) []byte {
+	t.Helper()
+	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: cn}, NotBefore: time.Now(), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, k.Public(), k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return der
 }
