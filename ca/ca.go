@@ -103,6 +103,7 @@ type profileState struct {
 	name     string
 	p        Profile
 	registry lint.Registry
+	linters  certLinters // registry's certificate lints, prepared once
 	policy   compiledPolicy
 	keyTypes map[string]bool
 	sanTypes map[string]bool

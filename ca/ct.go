@@ -45,13 +45,13 @@ func (c *CA) issueWithCT(ctx context.Context, prof *profileState, iss *issuerSta
 	}
 	serial := SerialString(pre.SerialNumber)
 	c.log.Info("ca: precertificate serial recorded", "serial", serial, "issuer", iss.Name, "profile", prof.name)
-	precert, err := c.signFinal(iss, &pre, csr.PublicKey, lintedPre)
+	precert, err := c.signFinal(iss, lintedPre)
 	if err != nil {
 		return nil, err
 	}
 
 	sctCtx, cancel := context.WithTimeout(ctx, prof.p.CT.Deadline.D())
-	scts, sctErr := c.scts.GetSCTs(sctCtx, append([][]byte{precert.Raw}, iss.chainDER...))
+	scts, sctErr := c.scts.GetSCTs(sctCtx, append([][]byte{precert}, iss.chainDER...))
 	cancel()
 	var failures []string
 	if sctErr != nil {
@@ -75,18 +75,19 @@ func (c *CA) issueWithCT(ctx context.Context, prof *profileState, iss *issuerSta
 	if err != nil {
 		return nil, err
 	}
-	if err := precertCorresponds(precert, lintedFinal); err != nil {
+	// lintedPre carries the signed precertificate's TBSCertificate.
+	if err := precertCorresponds(lintedPre, lintedFinal); err != nil {
 		return nil, err
 	}
-	cert, err := c.signFinal(iss, &final, csr.PublicKey, lintedFinal)
+	cert, err := c.signFinal(iss, lintedFinal)
 	if err != nil {
 		return nil, err
 	}
-	if err := c.store.StoreIssued(context.WithoutCancel(ctx), serial, cert.Raw, failures); err != nil {
+	if err := c.store.StoreIssued(context.WithoutCancel(ctx), serial, cert, failures); err != nil {
 		return nil, fmt.Errorf("ca: store issued certificate %s: %w", serial, err)
 	}
 	c.log.Info("ca: certificate issued", "serial", serial, "issuer", iss.Name, "profile", prof.name, "scts", len(scts))
-	return c.certFromParts(serial, cert, iss, prof.name, ids, StatusValid, failures), nil
+	return c.certFromParts(serial, cert, lintedFinal, iss, prof.name, ids, StatusValid, failures), nil
 }
 
 // sctListExtension encodes the RFC 6962 §3.3 SignedCertificateTimestampList

@@ -116,16 +116,16 @@ func (c *CA) Issue(ctx context.Context, req IssueRequest) (*Certificate, error) 
 
 	// From here on a real signature may exist: a cancelled request must
 	// not keep the signed certificate out of the store.
-	final, err := c.signFinal(iss, tmpl, csr.PublicKey, linted)
+	final, err := c.signFinal(iss, linted)
 	if err != nil {
 		c.log.Warn("ca: signing failed; pending record kept", "serial", serial, "err", err)
 		return nil, err
 	}
-	if err := c.store.StoreIssued(context.WithoutCancel(ctx), serial, final.Raw, nil); err != nil {
+	if err := c.store.StoreIssued(context.WithoutCancel(ctx), serial, final, nil); err != nil {
 		return nil, fmt.Errorf("ca: store issued certificate %s: %w", serial, err)
 	}
 	c.log.Info("ca: certificate issued", "serial", serial, "issuer", iss.Name, "profile", prof.name)
-	return c.certFromParts(serial, final, iss, prof.name, ids, StatusValid, nil), nil
+	return c.certFromParts(serial, final, linted, iss, prof.name, ids, StatusValid, nil), nil
 }
 
 // CheckNames checks DNS names and IP addresses against the name policy of
@@ -289,7 +289,7 @@ func ParseSerial(s string) (string, error) {
 
 // lintCopy signs tmpl with the issuer's throwaway key and lints the result.
 func (c *CA) lintCopy(prof *profileState, iss *issuerState, tmpl *x509.Certificate, pub any, ids identifiers) (*x509.Certificate, error) {
-	der, err := x509.CreateCertificate(nil, tmpl, iss.lintParent, pub, iss.lintKey)
+	der, err := buildLintCopy(tmpl, iss.lintParent, pub, iss.lintKey)
 	if err != nil {
 		return nil, fmt.Errorf("ca: build certificate: %w", err)
 	}
@@ -303,30 +303,35 @@ func (c *CA) lintCopy(prof *profileState, iss *issuerState, tmpl *x509.Certifica
 	return cert, nil
 }
 
-// signFinal signs tmpl with the issuer key and checks that the result is
-// the linted certificate: identical TBSCertificate bytes and a signature
-// that verifies under the issuer certificate's key.
-//
-// The signature check is x509.CreateCertificate's own: it verifies what
-// the signer returned against Signer.Public(), which is checked here to be
-// the issuer certificate's key, so a second verification would only
-// repeat it.
-func (c *CA) signFinal(iss *issuerState, tmpl *x509.Certificate, pub any, linted *x509.Certificate) (*x509.Certificate, error) {
+// signFinal has the issuer key sign the linted copy's TBSCertificate
+// itself, so the result is the linted certificate by construction, and
+// verifies that signature under the issuer certificate's key before
+// anything is stored or returned. It returns the final certificate's DER.
+func (c *CA) signFinal(iss *issuerState, linted *x509.Certificate) ([]byte, error) {
 	if k, ok := iss.Signer.Public().(interface{ Equal(crypto.PublicKey) bool }); !ok || !k.Equal(iss.Cert.PublicKey) {
 		return nil, fmt.Errorf("ca: issuer %s: signer public key no longer matches the issuer certificate", iss.Name)
 	}
-	der, err := x509.CreateCertificate(nil, tmpl, iss.Cert, pub, iss.Signer)
+	tbs, alg, err := certificateParts(linted.Raw)
+	if err != nil {
+		return nil, err
+	}
+	if !bytes.Equal(tbs, linted.RawTBSCertificate) {
+		return nil, errors.New("ca: linted copy's TBSCertificate does not round-trip; refusing it")
+	}
+	opts, err := signerOpts(linted.SignatureAlgorithm)
+	if err != nil {
+		return nil, err
+	}
+	// A nil rand, as x509.CreateCertificate was called with before: the
+	// signer picks its own randomness (or signs deterministically).
+	sig, err := crypto.SignMessage(iss.Signer, nil, tbs, opts)
 	if err != nil {
 		return nil, wrapSign("sign certificate", err)
 	}
-	final, err := x509.ParseCertificate(der)
-	if err != nil {
-		return nil, fmt.Errorf("ca: parse signed certificate: %w", err)
+	if err := iss.Cert.CheckSignature(linted.SignatureAlgorithm, tbs, sig); err != nil {
+		return nil, fmt.Errorf("ca: issuer %s: signature returned by the signer does not verify; refusing it: %w", iss.Name, err)
 	}
-	if !bytes.Equal(final.RawTBSCertificate, linted.RawTBSCertificate) {
-		return nil, errors.New("ca: signed certificate differs from the linted one; refusing it")
-	}
-	return final, nil
+	return assembleCertificate(tbs, alg, sig)
 }
 
 func (c *CA) pendingRecord(prof *profileState, iss *issuerState, cert *x509.Certificate, ids identifiers, precert bool) Record {
@@ -344,15 +349,17 @@ func (c *CA) pendingRecord(prof *profileState, iss *issuerState, cert *x509.Cert
 	}
 }
 
-func (c *CA) certFromParts(serial string, cert *x509.Certificate, iss *issuerState, profile string, ids identifiers, st Status, ctFailures []string) *Certificate {
+// certFromParts describes the final certificate der, whose TBSCertificate
+// is linted's.
+func (c *CA) certFromParts(serial string, der []byte, linted *x509.Certificate, iss *issuerState, profile string, ids identifiers, st Status, ctFailures []string) *Certificate {
 	return &Certificate{
 		Serial:     serial,
-		DER:        cert.Raw,
+		DER:        der,
 		Chain:      iss.chainDER,
 		Issuer:     iss.Name,
 		Profile:    profile,
-		NotBefore:  cert.NotBefore,
-		NotAfter:   cert.NotAfter,
+		NotBefore:  linted.NotBefore,
+		NotAfter:   linted.NotAfter,
 		Names:      ids.strings(),
 		Status:     st,
 		CTFailures: ctFailures,

@@ -4,12 +4,14 @@ import (
 	"bytes"
 	"crypto/x509"
 	"fmt"
+	"reflect"
 	"slices"
 	"sort"
 
 	zx509 "github.com/zmap/zcrypto/x509"
 	"github.com/zmap/zlint/v3"
 	"github.com/zmap/zlint/v3/lint"
+	"github.com/zmap/zlint/v3/util"
 )
 
 // DefaultLintSources are the zlint sources run when a profile's
@@ -128,21 +130,138 @@ func (c *CA) LintNames(profile string) ([]string, error) {
 // lint runs zlint and hsmca's own checks over a certificate signed by the
 // throwaway key, returning every finding at warning level or above.
 func (c *CA) lint(ps *profileState, iss *issuerState, cert *x509.Certificate, der []byte, ids identifiers) []LintResult {
-	var out []LintResult
 	zc, err := zx509.ParseCertificate(der)
 	if err != nil {
 		return []LintResult{{Lint: "hsmca_zcrypto_parse", Status: "fatal", Details: err.Error()}}
 	}
-	rs := zlint.LintCertificateEx(zc, ps.registry)
-	for name, r := range rs.Results {
-		switch r.Status {
-		case lint.Warn, lint.Error, lint.Fatal:
-			out = append(out, LintResult{Lint: name, Status: r.Status.String(), Details: r.Details})
-		}
-	}
+	out := ps.linters.run(zc)
 	out = append(out, ownChecks(ps, iss, cert, ids)...)
 	sort.Slice(out, func(i, j int) bool { return out[i].Lint < out[j].Lint })
 	return out
+}
+
+// reusableLints are zlint v3 certificate lints whose implementation
+// structs have fields, reviewed (zlint v3.7.3) to be set only by the lint's
+// constructor or Configure and only read by CheckApplies and Execute, so
+// one configured instance can serve every certificate, concurrently.
+// Lints with fields that are not listed are built afresh for each
+// certificate, as zlint does.
+var reusableLints = map[string]bool{
+	"e_dnsname_bad_character_in_label":   true, // compiled regexp
+	"w_rsa_public_exponent_not_in_range": true, // *big.Int bound, only compared
+	"e_ca_common_name_missing":           true, // *CABFBaselineRequirementsConfig
+	"e_ca_country_name_invalid":          true,
+	"e_ca_country_name_missing":          true,
+	"e_ca_organization_name_missing":     true,
+	"e_ca_multiple_reserved_policy_oids": true, // CrossCert bool
+	"e_subj_orgunit_in_ca_cert":          true,
+}
+
+// certLinter is one selected zlint certificate lint, prepared once.
+type certLinter struct {
+	l *lint.CertificateLint
+	// shared is the configured instance used for every certificate, or
+	// nil when each certificate needs a fresh one.
+	shared lint.CertificateLintInterface
+	config lint.Configuration
+}
+
+// certLinters runs the lints of a registry directly, with the semantics of
+// zlint.LintCertificateEx (framework filter by source, Configure,
+// CheckApplies, CheckEffective, Execute, a panic becomes a fatal result)
+// but without its per-certificate costs that do not lint anything: a new
+// instance and a reflective Configure of every lint, a result map with
+// every lint's metadata, the framework's applicability tests repeated per
+// lint. Only warnings, errors and fatals are reported.
+type certLinters []certLinter
+
+// newCertLinters prepares every certificate lint of reg.
+func newCertLinters(reg lint.Registry) (certLinters, error) {
+	cfg := reg.GetConfiguration()
+	var out certLinters
+	for _, l := range reg.CertificateLints().Lints() {
+		cl := certLinter{l: l, config: cfg}
+		inst := l.Lint()
+		_, configurable := inst.(lint.Configurable)
+		if reusableLints[l.Name] || (!configurable && statelessLint(inst)) {
+			if err := cfg.MaybeConfigure(inst, l.Name); err != nil {
+				return nil, fmt.Errorf("configure zlint lint %s: %w", l.Name, err)
+			}
+			cl.shared = inst
+		}
+		out = append(out, cl)
+	}
+	return out, nil
+}
+
+// statelessLint reports whether a lint's implementation has no state at
+// all: a pointer to an empty struct.
+func statelessLint(inst lint.CertificateLintInterface) bool {
+	t := reflect.TypeOf(inst)
+	return t != nil && t.Kind() == reflect.Pointer && t.Elem().Kind() == reflect.Struct && t.Elem().Size() == 0
+}
+
+// certFacts are zlint's framework applicability tests, made once per
+// certificate instead of once per lint.
+type certFacts struct {
+	serverAuth, emailProtection, codeSigning bool
+}
+
+func certFactsOf(c *zx509.Certificate) certFacts {
+	return certFacts{
+		serverAuth:      util.IsServerAuthCert(c),
+		emailProtection: util.IsEmailProtectionCert(c),
+		codeSigning:     util.IsCodeSigning(c.PolicyIdentifiers),
+	}
+}
+
+// run lints c and returns the warnings, errors and fatals.
+func (ls certLinters) run(c *zx509.Certificate) []LintResult {
+	facts := certFactsOf(c)
+	var out []LintResult
+	for i := range ls {
+		if r := ls[i].execute(c, &facts); r.Status >= lint.Warn {
+			out = append(out, LintResult{Lint: ls[i].l.Name, Status: r.Status.String(), Details: r.Details})
+		}
+	}
+	return out
+}
+
+// notApplicable stands for zlint's NA and NE results, which report
+// nothing; never modified.
+var notApplicable = &lint.LintResult{Status: lint.NA}
+
+// execute is zlint's (*lint.CertificateLint).Execute with the framework
+// facts precomputed and the instance reused where that is safe.
+func (cl *certLinter) execute(c *zx509.Certificate, f *certFacts) (res *lint.LintResult) {
+	defer func() {
+		if err := recover(); err != nil {
+			res = &lint.LintResult{Status: lint.Fatal, Details: fmt.Sprintf("'%s' panicked. Error: %v", cl.l.Name, err)}
+		}
+	}()
+	if !cl.l.OverrideFrameworkFilter {
+		switch {
+		case cl.l.Source == lint.CABFBaselineRequirements && !f.serverAuth,
+			cl.l.Source == lint.CABFSMIMEBaselineRequirements && !f.emailProtection,
+			cl.l.Source == lint.CABFCSBaselineRequirements && !f.codeSigning:
+			return notApplicable
+		}
+	}
+	impl := cl.shared
+	if impl == nil {
+		impl = cl.l.Lint()
+		if err := cl.config.MaybeConfigure(impl, cl.l.Name); err != nil {
+			return &lint.LintResult{Status: lint.Fatal, Details: err.Error()}
+		}
+	}
+	if !impl.CheckApplies(c) || !cl.l.CheckEffective(c) {
+		return notApplicable
+	}
+	if res = impl.Execute(c); res == nil {
+		// zlint itself would crash on this; refuse the certificate.
+		res = &lint.LintResult{Status: lint.Fatal, Details: "lint returned no result"}
+	}
+	return res
 }
 
 // ownChecks are the checks zlint cannot make because they need the

@@ -128,11 +128,15 @@ func newProfileState(name string, p Profile) (*profileState, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ca: profile %s: %w", name, err)
 	}
+	linters, err := newCertLinters(reg)
+	if err != nil {
+		return nil, fmt.Errorf("ca: profile %s: %w", name, err)
+	}
 	pol, err := compilePolicy(p.Policy)
 	if err != nil {
 		return nil, fmt.Errorf("ca: profile %s: %w", name, err)
 	}
-	ps := &profileState{name: name, p: p, registry: reg, policy: pol, keyTypes: map[string]bool{}, sanTypes: map[string]bool{}}
+	ps := &profileState{name: name, p: p, registry: reg, linters: linters, policy: pol, keyTypes: map[string]bool{}, sanTypes: map[string]bool{}}
 	for _, k := range p.AllowedKeyTypes {
 		ps.keyTypes[k] = true
 	}
