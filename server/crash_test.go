@@ -324,7 +324,7 @@ func TestCrashUnderLoad(t *testing.T) {
 		t.Fatal("set HSMCA to the hsmca binary (make test-crash does)")
 	}
 	bin, _ = filepath.Abs(bin)
-	const kills = 4
+	const kills = 5
 	seed := uint64(time.Now().UnixNano())
 	rng := mrand.New(mrand.NewPCG(seed, 0))
 	t.Logf("seed %d", seed)
@@ -394,7 +394,7 @@ func TestCrashUnderLoad(t *testing.T) {
 		}
 		// Kill at a random moment: after a random number of further
 		// certificates reached the recording clients (bounded in time).
-		want := rec.count() + 2 + rng.IntN(6)
+		want := rec.count() + 5 + rng.IntN(20)
 		deadline := time.Now().Add(3 * time.Minute)
 		for rec.count() < want && time.Now().Before(deadline) {
 			time.Sleep(20 * time.Millisecond) // polling a counter
