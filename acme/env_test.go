@@ -417,3 +417,9 @@ func waitFor(t testing.TB, what string, cond func() bool) {
 }
 
 var testLogger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+
+func (c *fakeCA) revokedCount() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.revoked)
+}

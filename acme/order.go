@@ -3,6 +3,7 @@ package acme
 import (
 	"context"
 	"crypto"
+	"crypto/rand"
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/pem"
@@ -260,6 +261,14 @@ func (s *Server) handleNewOrder(w http.ResponseWriter, q *request) *Problem {
 	return s.writeJSON(w, http.StatusCreated, s.url(pOrder+o.ID), s.orderJSON(o, status))
 }
 
+// newToken is a challenge token: 256 random bits, base64url (RFC 8555 §8.1
+// wants at least 128 and a well-formed base64url string).
+func newToken() string {
+	var b [32]byte
+	rand.Read(b[:])
+	return base64.RawURLEncoding.EncodeToString(b[:])
+}
+
 func (s *Server) validatedAt(a *Authz) time.Time {
 	for _, c := range a.Challenges {
 		if c.Status == StatusValid {
@@ -271,7 +280,7 @@ func (s *Server) validatedAt(a *Authz) time.Time {
 
 func (s *Server) newAuthz(acct string, id Identifier, wild bool, expires time.Time) *Authz {
 	a := &Authz{ID: newID(), AccountID: acct, Identifier: id, Wildcard: wild, Status: StatusPending,
-		Expires: expires, Token: newID() + newID()[:11]}
+		Expires: expires, Token: newToken()}
 	if wild {
 		a.Identifier.Value = strings.TrimPrefix(id.Value, "*.")
 	}
