@@ -48,7 +48,3 @@ func (p *Partition) testDropSessions() error {
 	}
 	return p.lib.raw.CloseAllSessions(p.slot)
 }
-
-// testSetAuditNoSync turns fsync of the module database off or on, so that
-// benchmarks can separate the wrapper's own cost from the disk's.
-func (m *Module) testSetAuditNoSync(v bool) { m.db.NoSync = v }
