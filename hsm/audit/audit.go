@@ -147,25 +147,34 @@ type Log struct {
 	interval    time.Duration
 	maxUnsynced uint64
 
+	// Lock order: flushMu, writeMu, mu, syncMu.
+	//
 	// flushMu serialises what syncs the segment or commits to the
-	// database: flushes, Append, Recover, Close. It is taken before mu.
+	// database: flushes, Append, Recover, Close.
 	flushMu   sync.Mutex
 	headSeq   uint64 // count of the stored head
 	syncedOff int64  // segment bytes known to be synced
+	// writeMu makes one goroutine at a time write the pending frames.
+	writeMu sync.Mutex
 
-	// mu guards the chain's position and the segment's write end. Signers
-	// hold it for one hash and one write(2).
-	mu      sync.Mutex
-	seq     uint64   // last assigned sequence number
-	prev    [32]byte // hash of record seq
-	seg     *os.File
-	off     int64 // end of the last complete record in the segment
-	lastRec int64 // offset of the segment's last record (0: none)
-	buf     []byte
-	broken  error     // sticky: a failed write or commit, or a log that does not verify
-	torn    *tornTail // a damaged segment end found by Open, not yet cut
-	closed  bool
+	// mu guards the chain's position, the pending frames and the
+	// segment's write end. Signers hold it for one hash and one encoding.
+	mu       sync.Mutex
+	seq      uint64   // last assigned sequence number
+	prev     [32]byte // hash of record seq
+	pend     []byte   // frames of records after wseq, not yet written, to go at off
+	pendLast int      // offset in pend of its last frame
+	spare    []byte   // the other pending buffer, reused
+	wseq     uint64   // last record written (or committed)
+	whash    [32]byte // its hash
+	seg      *os.File
+	off      int64     // end of the last complete record written to the segment
+	lastRec  int64     // offset of the segment's last written record (0: none)
+	broken   error     // sticky: a failed write or commit, or a log that does not verify
+	torn     *tornTail // a damaged segment end found by Open, not yet cut
+	closed   bool
 
+	written   atomic.Uint64 // wseq, for the fast path
 	synced    atomic.Uint64 // records up to here are synced or committed
 	failed    atomic.Bool   // broken is set
 	scheduled atomic.Bool   // the flusher has been kicked and not yet started a flush
@@ -230,7 +239,8 @@ func Open(db *bolt.DB, key ed25519.PrivateKey, opts Options) (*Log, error) {
 		segPath:     opts.Segment,
 		interval:    opts.FlushInterval,
 		maxUnsynced: uint64(opts.MaxUnsynced),
-		buf:         make([]byte, 0, maxFrameLen),
+		pend:        make([]byte, 0, 16*maxFrameLen),
+		spare:       make([]byte, 0, 16*maxFrameLen),
 		kick:        make(chan struct{}, 1),
 		stop:        make(chan struct{}),
 		done:        make(chan struct{}),
@@ -269,6 +279,8 @@ func Open(db *bolt.DB, key ed25519.PrivateKey, opts Options) (*Log, error) {
 		l.seg.Close()
 		return nil, err
 	}
+	l.wseq, l.whash = l.seq, l.prev
+	l.written.Store(l.seq)
 	l.synced.Store(l.seq)
 	if l.broken != nil {
 		l.failed.Store(true)
@@ -483,9 +495,11 @@ func (l *Log) Append(typ, partition string, fields map[string]string) (hsm.Audit
 }
 
 // appendLocked commits one database record with a new head. Called with
-// flushMu held; it holds mu throughout, so no signature record can come
-// between this record and the one before.
+// flushMu held; it holds writeMu and mu throughout, so no signature record
+// can come between this record and the one before.
 func (l *Log) appendLocked(now time.Time, typ, partition string, fields map[string]string) (hsm.AuditEvent, error) {
+	l.writeMu.Lock()
+	defer l.writeMu.Unlock()
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.closed {
@@ -493,6 +507,9 @@ func (l *Log) appendLocked(now time.Time, typ, partition string, fields map[stri
 	}
 	if l.broken != nil {
 		return hsm.AuditEvent{}, fmt.Errorf("audit: log refuses appends: %w", l.broken)
+	}
+	if err := l.writeHeldLocked(); err != nil {
+		return hsm.AuditEvent{}, err
 	}
 	// The signature records before this one must not be lost to a power
 	// failure that this record survives: that would leave a gap.
@@ -537,6 +554,8 @@ func (l *Log) appendLocked(now time.Time, typ, partition string, fields map[stri
 		return hsm.AuditEvent{}, err
 	}
 	l.seq, l.prev, l.headSeq = ev.Seq, h, ev.Seq
+	l.wseq, l.whash = ev.Seq, h
+	l.written.Store(ev.Seq)
 	l.markSynced(ev.Seq)
 	return ev, nil
 }

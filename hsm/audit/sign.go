@@ -15,10 +15,11 @@ type Ticket struct{ seq uint64 }
 func (t Ticket) Seq() uint64 { return t.seq }
 
 // BeginSign records one signature: a "sign" event of partition with fields
-// key, digest (hex of digest) and hash (hashName). When it returns without
-// error the record is in the segment file (written, not yet synced), so it
-// survives the process being killed. The caller computes the signature
-// next and must call Wait before it releases the signature.
+// key, digest (hex of digest) and hash (hashName). It gives the record its
+// place in the chain and queues its frame; the caller computes the
+// signature next and must call Wait before it releases the signature. Wait
+// writes the record if no other caller's Wait or the flusher has done so
+// meanwhile: records of concurrent signatures share one write(2).
 //
 // Each field is at most 255 bytes; partition, key and hashName must be
 // UTF-8. For a signature over a whole message (Ed25519), record a digest
@@ -43,23 +44,82 @@ func (l *Log) BeginSign(partition, key, hashName string, digest []byte) (Ticket,
 		}
 		seq := l.seq + 1
 		h := signHash(seq, now, partition, key, hashName, digest, &l.prev)
-		l.buf = appendSignFrame(l.buf[:0], seq, now, &h, partition, key, hashName, digest)
-		if _, err := l.seg.WriteAt(l.buf, l.off); err != nil {
-			err = fmt.Errorf("audit: write signature record %d: %w", seq, err)
-			l.logger.Error("audit write failed; module refuses further audited operations", "err", err)
-			l.failLocked(err)
-			l.mu.Unlock()
-			return Ticket{}, err
-		}
-		l.seq, l.prev, l.lastRec = seq, h, l.off
-		l.off += int64(len(l.buf))
+		l.pendLast = len(l.pend)
+		l.pend = appendSignFrame(l.pend, seq, now, &h, partition, key, hashName, digest)
+		l.seq, l.prev = seq, h
 		l.mu.Unlock()
-		if !l.scheduled.Load() && !l.scheduled.Swap(true) {
-			l.kickFlusher()
-		}
 		return Ticket{seq: seq}, nil
 	}
 	return Ticket{}, fmt.Errorf("audit: log refuses appends: %w", l.tornError())
+}
+
+// writePending writes the pending frames unless record upto is written
+// already.
+func (l *Log) writePending(upto uint64) error {
+	l.writeMu.Lock()
+	defer l.writeMu.Unlock()
+	if l.written.Load() >= upto {
+		return nil
+	}
+	return l.writeLocked()
+}
+
+// writeLocked writes every pending frame with one write(2), without
+// holding mu during the call, so that signers keep queueing. Called with
+// writeMu held.
+func (l *Log) writeLocked() error {
+	l.mu.Lock()
+	if l.broken != nil {
+		err := l.broken
+		l.mu.Unlock()
+		return fmt.Errorf("audit: log refuses appends: %w", err)
+	}
+	if len(l.pend) == 0 {
+		l.mu.Unlock()
+		return nil
+	}
+	batch, off, last := l.pend, l.off, l.off+int64(l.pendLast)
+	seq, h := l.seq, l.prev // every assigned record is in the batch
+	l.pend, l.spare = l.spare[:0], nil
+	seg := l.seg
+	l.mu.Unlock()
+	_, err := seg.WriteAt(batch, off)
+	l.mu.Lock()
+	if err != nil {
+		err = fmt.Errorf("audit: write signature records to %d: %w", seq, err)
+		l.logger.Error("audit write failed; module refuses further audited operations", "err", err)
+		l.failLocked(err)
+		l.mu.Unlock()
+		return err
+	}
+	l.off += int64(len(batch))
+	l.wseq, l.whash, l.lastRec = seq, h, last
+	l.spare = batch[:0]
+	l.mu.Unlock()
+	l.written.Store(seq)
+	if !l.scheduled.Load() && !l.scheduled.Swap(true) {
+		l.kickFlusher()
+	}
+	return nil
+}
+
+// writeHeldLocked writes the pending frames while holding mu (for the rare
+// database appends). Called with writeMu and mu held.
+func (l *Log) writeHeldLocked() error {
+	if len(l.pend) == 0 {
+		return nil
+	}
+	if _, err := l.seg.WriteAt(l.pend, l.off); err != nil {
+		err = fmt.Errorf("audit: write signature records to %d: %w", l.seq, err)
+		l.failLocked(err)
+		return err
+	}
+	l.lastRec = l.off + int64(l.pendLast)
+	l.off += int64(len(l.pend))
+	l.wseq, l.whash = l.seq, l.prev
+	l.pend = l.pend[:0]
+	l.written.Store(l.seq)
+	return nil
 }
 
 // signBlockedLocked says why BeginSign cannot write now; nil means only a
@@ -83,11 +143,17 @@ func (l *Log) tornError() error {
 	return l.broken
 }
 
-// Wait returns once the ticket's record may be acted on: at once while at
-// most MaxUnsynced records are written but not yet synced, otherwise when
-// the flusher has caught up. It fails if the log broke before the record
-// was synced; the caller must then withhold the signature.
+// Wait returns once the ticket's record may be acted on: it is written
+// (by this call, if nobody has written it yet), and at most MaxUnsynced
+// records are written but not yet synced (otherwise Wait blocks until the
+// flusher has caught up). It fails if the log broke before the record was
+// synced; the caller must then withhold the signature.
 func (l *Log) Wait(t Ticket) error {
+	if l.written.Load() < t.seq {
+		if err := l.writePending(t.seq); err != nil {
+			return err
+		}
+	}
 	if !l.failed.Load() && t.seq <= l.synced.Load()+l.maxUnsynced {
 		return nil
 	}
@@ -184,8 +250,14 @@ func (l *Log) Sync() error {
 // flushLocked syncs the segment up to its current end and stores a signed
 // head for the last record. Called with flushMu held.
 func (l *Log) flushLocked() error {
+	l.writeMu.Lock()
+	werr := l.writeLocked() // frames whose Wait has not come yet
+	l.writeMu.Unlock()
+	if werr != nil {
+		return werr
+	}
 	l.mu.Lock()
-	seq, prev, off, last, broken, seg := l.seq, l.prev, l.off, l.lastRec, l.broken, l.seg
+	seq, prev, off, last, broken, seg := l.wseq, l.whash, l.off, l.lastRec, l.broken, l.seg
 	l.mu.Unlock()
 	if broken != nil {
 		return broken
