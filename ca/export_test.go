@@ -27,3 +27,17 @@ func LintDER(c *CA, profile string, der []byte) ([]LintResult, error) {
 	}
 	return out, nil
 }
+
+// LintDERDirect lints der the way issuance does (zcrypto parse, then the
+// profile's prepared lints run directly), for BenchmarkLintOnly.
+func LintDERDirect(c *CA, profile string, der []byte) ([]LintResult, error) {
+	ps, ok := c.profiles[profile]
+	if !ok {
+		return nil, fmt.Errorf("no profile %s", profile)
+	}
+	zc, err := zx509.ParseCertificate(der)
+	if err != nil {
+		return nil, err
+	}
+	return ps.linters.run(zc), nil
+}
