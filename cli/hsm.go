@@ -328,6 +328,9 @@ Activating a running CA (shares accumulate across calls) comes with
 				return err
 			}
 			defer m.Close()
+			if partition == "" {
+				partition = partitionOfShares(m, q)
+			}
 			p, err := pickPartition(m, partition)
 			if err != nil {
 				return err
@@ -347,7 +350,7 @@ Activating a running CA (shares accumulate across calls) comes with
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&partition, "partition", "", "partition `NAME` (default: the only partition)")
+	cmd.Flags().StringVar(&partition, "partition", "", "partition `NAME` (default: the partition the shares belong to)")
 	addQuorumFlags(cmd, &q)
 	return cmd
 }

@@ -351,6 +351,11 @@ func runHSMEndToEnd(t *testing.T, b e2eBackend) {
 		if !strings.Contains(r.stdout, "valid quorum") {
 			t.Errorf("age activate:\n%s", r)
 		}
+		// Without --partition, the shares say which partition they are for.
+		r = mustRun(t, work, m("activate", "--module", mod, shareArgs(bob, alice), "--identity", idFiles["bob"], "--identity", idFiles["alice"])...)
+		if !strings.Contains(r.stdout, "partition root") {
+			t.Errorf("activate without --partition:\n%s", r)
+		}
 		mustFail(t, work, 1, []string{alice, "--identity"}, m("activate", "--module", mod, "--partition", "root", shareArgs(alice, bob))...)
 		mustFail(t, work, 1, []string{bob}, m("activate", "--module", mod, "--partition", "root", shareArgs(alice, bob),
 			"--identity", idFiles["alice"], "--identity", idFiles["carol"])...)

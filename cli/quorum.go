@@ -327,3 +327,29 @@ func readTypedShare(readLine func() ([]byte, error)) (string, error) {
 	}
 	return b.String(), nil
 }
+
+// partitionOfShares returns the partition named inside the first share
+// file of q, when the module has a partition of that name, or "" (the
+// caller then falls back to its default; read errors are reported when the
+// shares are presented). Stdin ("-") is not read here.
+func partitionOfShares(m hsm.Module, q quorumFlags) string {
+	if len(q.shares) == 0 || q.shares[0] == "-" {
+		return ""
+	}
+	ids, err := loadIdentities(q.identities)
+	if err != nil {
+		return ""
+	}
+	data, err := readLimited(q.shares[0], nil)
+	if err != nil {
+		return ""
+	}
+	s, err := decodeShare(data, ids)
+	if err != nil || s.Module != m.ID() {
+		return ""
+	}
+	if _, err := m.Partition(s.Partition); err != nil {
+		return ""
+	}
+	return s.Partition
+}
