@@ -27,6 +27,10 @@ type Partition struct {
 	name string
 	coll *quorum.Collector
 
+	// opMu serializes AddShare and Seal, so that a seal requested while a
+	// quorum is being completed seals the resulting activation.
+	opMu sync.Mutex
+
 	// mu guards the activation state below. Signatures hold it for
 	// reading; activation and sealing take it for writing, so a seal waits
 	// for signatures in flight and none starts after it.
@@ -136,6 +140,8 @@ func (p *Partition) Status() (hsm.PartitionStatus, error) {
 // sealed, the error says why, and the shares must be presented again.
 // A share presented to an active partition is ignored.
 func (p *Partition) AddShare(s hsm.Share) (hsm.PartitionStatus, error) {
+	p.opMu.Lock()
+	defer p.opMu.Unlock()
 	p.mu.RLock()
 	active := p.ctx != nil
 	p.mu.RUnlock()
@@ -252,6 +258,8 @@ func (p *Partition) SetOperationSignatures(n int) error {
 // Seal logs out of the token, closes every session, wipes the PIN and drops
 // presented shares. Sealing a sealed partition is not an error.
 func (p *Partition) Seal() error {
+	p.opMu.Lock()
+	defer p.opMu.Unlock()
 	p.coll.Reset()
 	p.mu.Lock()
 	defer p.mu.Unlock()
