@@ -70,7 +70,9 @@ THE DEMO KEEPS ALL SHARES IN ONE DIRECTORY. Real custodians each keep their
 own share, apart from the others and from the server.`,
 		Example: `  hsmca quickstart --dir ./demo
   hsmca quickstart --dir ./demo --https-addr 127.0.0.1:9443 --http-addr 127.0.0.1:9080
-  hsmca quickstart --dir ./demo --resolver 127.0.0.1:5353`,
+  hsmca quickstart --dir ./demo --resolver 127.0.0.1:5353
+  # CT for the server profile; the log must accept DIR/root.pem (made by the first run)
+  hsmca quickstart --dir ./demo --ct-log http://127.0.0.1:6962/2026 --ct-log-key log-pub.pem`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
@@ -89,6 +91,11 @@ func runQuickstart(ctx context.Context, e *env, f quickstartFlags) error {
 		return err
 	}
 	cfgPath := filepath.Join(dir, qsConfig)
+	// Bad --ct-* flags are refused before a first run creates anything;
+	// startServe applies them.
+	if _, err := f.ctOverride(); err != nil {
+		return err
+	}
 	if !fileExists(cfgPath) {
 		if fileExists(filepath.Join(dir, qsModule)) {
 			return withHint(fmt.Errorf("quickstart: %s holds a module but no %s: an earlier first run stopped half way", dir, qsConfig),
@@ -127,6 +134,10 @@ func runQuickstart(ctx context.Context, e *env, f quickstartFlags) error {
 	}
 	r.srv.KickCRL()
 	r.printReady(e)
+	if len(f.ctLogs) > 0 {
+		fmt.Fprintf(e.stdout, "hsmca quickstart: profile server embeds SCTs from %d CT log(s) (mode %s); each log must accept the root %s\n",
+			len(f.ctLogs), ctModeOrDefault(f.ctMode), filepath.Join(dir, qsRoot))
+	}
 	printQuickstartHelp(e, dir, cfg, r)
 	return r.run(ctx)
 }
@@ -461,4 +472,11 @@ func httpPort(cfg *Config) int {
 		return cfg.ACME.HTTP01Port
 	}
 	return 80
+}
+
+func ctModeOrDefault(m string) string {
+	if m == "" {
+		return string(ca.CTEmbed)
+	}
+	return m
 }

@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"sort"
 	"strings"
 	"sync/atomic"
@@ -21,6 +22,7 @@ import (
 
 	"github.com/hsmca/hsmca/acme"
 	"github.com/hsmca/hsmca/ca"
+	"github.com/hsmca/hsmca/ct"
 	"github.com/hsmca/hsmca/hsm"
 	"github.com/hsmca/hsmca/server"
 	"github.com/hsmca/hsmca/store"
@@ -37,18 +39,129 @@ func newCACmd(e *env) *cobra.Command {
 	return cmd
 }
 
-// serveFlags override the config's listeners and resolver.
+// serveFlags override the config's listeners and resolver, and can turn
+// Certificate Transparency on for the server profile.
 type serveFlags struct {
 	config    string
 	httpsAddr string
 	httpAddr  string
 	resolver  string
+	ctLogs    []string
+	ctLogKeys []string
+	ctMode    string
 }
 
 func (f *serveFlags) add(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&f.httpsAddr, "https-addr", "", "HTTPS listen `ADDR` for ACME and the admin API (default: the config's, 127.0.0.1:8443)")
 	cmd.Flags().StringVar(&f.httpAddr, "http-addr", "", "plain HTTP listen `ADDR` for CRL, OCSP and AIA (default: the config's, 127.0.0.1:8080)")
 	cmd.Flags().StringVar(&f.resolver, "resolver", "", "DNS server `HOST:PORT` for every ACME validation lookup (overrides acme.resolver)")
+	cmd.Flags().StringArrayVar(&f.ctLogs, "ct-log", nil, "CT log submission `URL` (RFC 6962 add-pre-chain under it) added to the config's ct.logs; repeatable, paired in order with --ct-log-key; turns CT on for the server profile")
+	cmd.Flags().StringArrayVar(&f.ctLogKeys, "ct-log-key", nil, "public key `FILE` (PEM or DER) of the --ct-log at the same position; repeatable")
+	cmd.Flags().StringVar(&f.ctMode, "ct-mode", "", "CT `MODE` of the server profile: embed (no certificate without the SCT policy met; the default with --ct-log) or best-effort")
+}
+
+// ctFlagProfile is the profile whose CT mode the --ct-* flags set.
+const ctFlagProfile = "server"
+
+// ctOverride is what the --ct-* flags change in a config: logs added to
+// ct.logs and the server profile's CT mode. The zero value changes nothing.
+type ctOverride struct {
+	logs []ct.LogConfig
+	mode ca.CTMode
+}
+
+// ctOverride checks the --ct-* flags (pairing, key files, mode) without
+// touching any config, so that quickstart can refuse bad flags before its
+// first run creates anything.
+func (f *serveFlags) ctOverride() (ctOverride, error) {
+	if len(f.ctLogs) == 0 && len(f.ctLogKeys) == 0 && f.ctMode == "" {
+		return ctOverride{}, nil
+	}
+	o := ctOverride{mode: ca.CTEmbed}
+	switch ca.CTMode(f.ctMode) {
+	case "":
+	case ca.CTEmbed, ca.CTBestEffort:
+		o.mode = ca.CTMode(f.ctMode)
+	default:
+		return ctOverride{}, usagef("ct: --ct-mode %q: want embed or best-effort", f.ctMode)
+	}
+	keys := make([]string, len(f.ctLogKeys))
+	for i, k := range f.ctLogKeys {
+		if k == "" {
+			keys[i] = k // FlagLogs names the log whose key is empty
+			continue
+		}
+		abs, err := filepath.Abs(k)
+		if err != nil {
+			return ctOverride{}, usagef("ct: --ct-log-key %s: %w", k, err)
+		}
+		fi, err := os.Stat(abs)
+		if err != nil {
+			return ctOverride{}, usagef("ct: --ct-log-key: %w", err)
+		}
+		if !fi.Mode().IsRegular() {
+			return ctOverride{}, usagef("ct: --ct-log-key %s: not a regular file", k)
+		}
+		keys[i] = abs
+	}
+	logs, err := ct.FlagLogs(f.ctLogs, keys)
+	if err != nil {
+		return ctOverride{}, usageError{withHint(err, "pass --ct-log URL --ct-log-key FILE once per log, each key right after its log")}
+	}
+	o.logs = logs
+	return o, nil
+}
+
+// apply adds the override's logs to cfg.CT and sets the server profile's CT
+// mode, keeping everything else the config says about that profile.
+func (o ctOverride) apply(cfg *Config) error {
+	if o.mode == "" {
+		return nil
+	}
+	cfg.CT.Logs = append(cfg.CT.Logs, o.logs...)
+	if len(cfg.CT.Logs) == 0 && cfg.CT.LogList == "" {
+		return usageError{withHint(errors.New("ct: --ct-mode needs CT logs"), "add --ct-log URL --ct-log-key FILE, or configure ct.logs in the config file")}
+	}
+	if cfg.CA.Profiles == nil {
+		cfg.CA.Profiles = map[string]ca.Profile{}
+	}
+	p, ok := cfg.CA.Profiles[ctFlagProfile]
+	if !ok {
+		// A profile entry keeps only the booleans it writes, so start from
+		// the whole built-in profile rather than from an empty entry.
+		p = ca.DefaultProfiles()[ctFlagProfile]
+	}
+	p.CT.Mode = o.mode
+	cfg.CA.Profiles[ctFlagProfile] = p
+	return nil
+}
+
+// stagedRegisterer collects the collectors a reloaded CA registers, so that
+// they replace the running CA's collectors of the same names only once the
+// reload has succeeded.
+type stagedRegisterer struct{ cs []prometheus.Collector }
+
+func (s *stagedRegisterer) Register(c prometheus.Collector) error {
+	s.cs = append(s.cs, c)
+	return nil
+}
+
+func (s *stagedRegisterer) MustRegister(cs ...prometheus.Collector) {
+	s.cs = append(s.cs, cs...)
+}
+
+func (s *stagedRegisterer) Unregister(prometheus.Collector) bool { return false }
+
+// commit swaps the staged collectors into reg; Unregister matches by
+// descriptors, so it removes the previous CA's collectors of the same metrics.
+func (s *stagedRegisterer) commit(reg prometheus.Registerer) error {
+	for _, c := range s.cs {
+		reg.Unregister(c)
+		if err := reg.Register(c); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func newServeCmd(e *env) *cobra.Command {
@@ -70,12 +183,18 @@ under /admin/ (mutual TLS with an operator certificate); plain HTTP
 The server's own TLS key (server.tls_key) is a plain 0600 file, outside the
 HSM on purpose, so that it can serve while sealed.
 
+Certificate Transparency: --ct-log URL --ct-log-key FILE (repeatable, paired
+in order) add logs to the config's ct.logs and set the server profile's
+ct.mode to embed (or --ct-mode best-effort), without editing the config.
+
 Signals: SIGTERM or SIGINT stop accepting, finish requests in flight, seal and
 close the store; SIGHUP re-reads the config's profiles and name policy and the
 TLS certificate (listeners, ACME settings and issuers need a restart).`,
 		Example: `  hsmca ca serve --config ca.yaml
   hsmca ca serve --config ca.yaml --https-addr 0.0.0.0:443 --http-addr 0.0.0.0:80
-  hsmca ca serve --config ca.yaml --resolver 127.0.0.1:5353   # validate against a test DNS`,
+  hsmca ca serve --config ca.yaml --resolver 127.0.0.1:5353   # validate against a test DNS
+  # SCTs from a CT log embedded in every server-profile certificate
+  hsmca ca serve --config ca.yaml --ct-log http://127.0.0.1:6962/2026 --ct-log-key log-pub.pem`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cfg, err := LoadConfig(f.config)
@@ -145,6 +264,13 @@ func startServe(e *env, cfg *Config, configPath string, f serveFlags) (_ *runnin
 	}
 	if f.httpAddr != "" {
 		cfg.Server.HTTPAddr = f.httpAddr
+	}
+	cto, err := f.ctOverride()
+	if err != nil {
+		return nil, err
+	}
+	if err := cto.apply(cfg); err != nil {
+		return nil, err
 	}
 	log := newLogger(e, cfg.Server)
 	r := &running{cfg: cfg, log: log}
@@ -234,9 +360,18 @@ func startServe(e *env, cfg *Config, configPath string, f serveFlags) (_ *runnin
 		if err != nil {
 			return nil, err
 		}
-		nc, err := openCA(ncfg, r.m, r.st, caDeps{Logger: log, WrapSigner: wrap})
+		if err := cto.apply(ncfg); err != nil {
+			return nil, err
+		}
+		// The new CA's CT metrics replace the old ones in /metrics only
+		// if it starts.
+		staged := &stagedRegisterer{}
+		nc, err := openCA(ncfg, r.m, r.st, caDeps{Logger: log, Registerer: staged, WrapSigner: wrap})
 		if err != nil {
 			return nil, err
+		}
+		if err := staged.commit(reg); err != nil {
+			return nil, fmt.Errorf("metrics: %w", err)
 		}
 		cur.Store(nc)
 		return nc, nil
