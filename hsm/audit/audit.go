@@ -28,7 +28,7 @@
 //     (fsynced) before Append returns.
 //   - Power loss: may lose signature records that were written but not yet
 //     synced. A background flusher syncs the segment (fsync) at most every
-//     FlushInterval (default 2 ms) once records are waiting, then signs and
+//     FlushInterval (default 5 ms) once records are waiting, then signs and
 //     stores a new head. Wait blocks a signer while more than MaxUnsynced
 //     (default 1024) records are written but not synced, so a power loss
 //     loses at most the records of the last flush interval and never more
@@ -103,7 +103,7 @@ const (
 
 // Defaults for Options.
 const (
-	DefaultFlushInterval = 2 * time.Millisecond
+	DefaultFlushInterval = 5 * time.Millisecond
 	DefaultMaxUnsynced   = 1024
 )
 

@@ -17,10 +17,10 @@ import (
 )
 
 // Signing benchmarks come in pairs: the partition signer (audit record
-// committed before the signature is returned) next to the same operation
-// on a plain crypto key. "serial" is one caller; "parallel" is 64 callers
-// per core, like a CA under load, where audit records of concurrent
-// signatures share one commit.
+// written to the segment before the signature is returned, synced in the
+// background) next to the same operation on a plain crypto key. "serial"
+// is one caller; "parallel" is 64 callers per core, like a CA under load,
+// where audit records of concurrent signatures share one write(2).
 
 func benchSigner(b *testing.B, s crypto.Signer) {
 	digest := sha256.Sum256([]byte("hsmca benchmark"))
@@ -103,9 +103,11 @@ func BenchmarkActivate3of5(b *testing.B) {
 // the raw key in alternating phases of the same run, so that load from
 // other processes on a shared machine hits both alike. It reports "ratio":
 // audited signatures per second / raw signatures per second, for several
-// numbers of concurrent callers. Each audited signature waits for its
-// record's commit (fsync), so the ratio grows with the callers that share
-// a commit: with one caller it is bounded by the disk's sync latency.
+// numbers of concurrent callers (issue 2 asks for at least 0.9). An
+// audited signature costs one record hash and, shared with concurrent
+// callers, one write(2); the fsync and the head signature run in the
+// background (hsm/audit), so the ratio no longer depends on the disk's
+// sync latency.
 func BenchmarkSignP256Ratio(b *testing.B) {
 	raw, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
