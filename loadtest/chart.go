@@ -13,7 +13,8 @@ import (
 var chartColors = []string{"#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02"}
 
 // WriteChart draws orders/s against concurrency, one line per server, as
-// a self-contained SVG. The x axis is categorical (the measured client
+// a self-contained SVG. Points of rounds cut off by the time cap (a server
+// that stopped answering) are hollow and labelled. The x axis is categorical (the measured client
 // counts, evenly spaced); the y axis starts at zero.
 func WriteChart(w io.Writer, title string, sum []PeerSummary) error {
 	const (
@@ -76,8 +77,16 @@ func WriteChart(w io.Writer, title string, sum []PeerSummary) error {
 		fmt.Fprintf(&b, `<polyline fill="none" stroke="%s" stroke-width="2" points="%s"/>`+"\n", col, strings.Join(pts, " "))
 		for _, s := range sum {
 			if s.Server == srv {
-				fmt.Fprintf(&b, `<circle cx="%.1f" cy="%.1f" r="4" fill="%s"><title>%s, %d clients: %.2f orders/s, p99 %.0f ms</title></circle>`+"\n",
-					x(s.Clients), y(s.OrdersPerSec), col, html.EscapeString(s.Server), s.Clients, s.OrdersPerSec, s.P99ms)
+				fill, note := col, ""
+				if len(s.Stopped) > 0 {
+					// A server that stopped answering: hollow point, labelled.
+					fill = "white"
+					note = fmt.Sprintf(" (stalled after %.0f orders)", s.StalledAfter)
+					fmt.Fprintf(&b, `<text x="%.1f" y="%.1f" font-size="10" fill="%s">stalled after %.0f orders</text>`+"\n",
+						x(s.Clients)+6, y(s.OrdersPerSec)-6, col, s.StalledAfter)
+				}
+				fmt.Fprintf(&b, `<circle cx="%.1f" cy="%.1f" r="4" fill="%s" stroke="%s" stroke-width="2"><title>%s, %d clients: %.2f orders/s, p99 %.0f ms%s</title></circle>`+"\n",
+					x(s.Clients), y(s.OrdersPerSec), fill, col, html.EscapeString(s.Server), s.Clients, s.OrdersPerSec, s.P99ms, note)
 			}
 		}
 		ly := top + 10 + 20*i

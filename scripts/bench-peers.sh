@@ -15,7 +15,7 @@
 # against the generator's stub DNS and http-01 server on loopback.
 #
 # Writes bench/peers.json (every run and the medians), bench/peers.txt (the
-# table) and docs/peers.svg (orders/s vs clients per server). Stops everything
+# table), bench/peers-runs/ (each run's report) and docs/peers.svg (orders/s vs clients per server). Stops everything
 # it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,8 +39,11 @@ HSMCA_HTTPS=$((BASE + 300))
 HSMCA_HTTP=$((BASE + 301))
 
 WORK=$(mktemp -d /tmp/bench-peers.XXXXXX)
-RUNS="$WORK/runs"
+# Each run's report is kept (bench/peers-runs/SERVER_cN_rR.json and .rss)
+# so that the table and chart can be redrawn with `loadtest peers`.
+RUNS=bench/peers-runs
 mkdir -p "$RUNS" bench docs
+rm -f "$RUNS"/*.json "$RUNS"/*.rss
 SERVER_PID=""
 cleanup() {
   if [ -n "$SERVER_PID" ]; then stop_pid "$SERVER_PID"; fi
