@@ -29,6 +29,7 @@ import (
 
 type benchKeys struct {
 	mod     *Module
+	share   hsm.Share
 	wrapped map[string]crypto.Signer
 	direct  map[string]crypto.Signer
 	err     error
@@ -52,6 +53,7 @@ func benchFixture(b *testing.B) *benchKeys {
 		}
 		f.mod = mod.(*Module)
 		part, _ := f.mod.TokenPartition("issuing")
+		f.share = shares[0]
 		if _, f.err = part.AddShare(shares[0]); f.err != nil {
 			return
 		}
@@ -177,6 +179,25 @@ func BenchmarkAuditSign(b *testing.B) {
 			b.Fatal(err)
 		}
 		if err := f.mod.log.Wait(t); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkSealActivate is one seal (logout, close sessions) and one
+// activation (recover the secret from the share, derive the PIN, log in,
+// open the session pool) of a 1-of-1 partition.
+func BenchmarkSealActivate(b *testing.B) {
+	f := benchFixture(b)
+	part, err := f.mod.TokenPartition("issuing")
+	if err != nil {
+		b.Fatal(err)
+	}
+	for range b.N {
+		if err := part.Seal(); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := part.AddShare(f.share); err != nil {
 			b.Fatal(err)
 		}
 	}
