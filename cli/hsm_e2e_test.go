@@ -340,6 +340,21 @@ func runHSMEndToEnd(t *testing.T, b e2eBackend) {
 		if r.code != 0 {
 			t.Errorf("activate with a share on stdin:\n%s", r)
 		}
+		// A plain share readable by others works, with a warning.
+		loose := filepath.Join(work, "loose-share.txt")
+		if err := os.WriteFile(loose, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(loose, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		r = mustRun(t, work, m("activate", "--module", mod, "--partition", "issuing", shareArgs(share("shares", 1), loose, share("shares", 4)))...)
+		if !strings.Contains(r.stderr, "warning: plain-text share file "+loose+" is readable by other users") {
+			t.Errorf("no warning for a share file with mode 0644:\n%s", r)
+		}
+		if strings.Contains(mustRun(t, work, m("activate", "--module", mod, "--partition", "issuing", shareArgs(share("shares", 1), share("shares", 2), share("shares", 4)))...).stderr, "warning") {
+			t.Error("warning for 0600 share files")
+		}
 		// Without shares and without a terminal: a usage error that says what to do.
 		mustFail(t, work, 2, []string{"--share"}, m("activate", "--module", mod, "--partition", "issuing")...)
 	})

@@ -200,6 +200,11 @@ func readShareFile(e *env, path string, ids []age.Identity) (hsm.Share, error) {
 		return hsm.Share{}, fmt.Errorf("share file %s: %w", path, err)
 	}
 	s, err := decodeShare(data, ids)
+	if err == nil && path != "-" && !isAge(bytes.TrimLeft(data, " \t\r\n")) {
+		if fi, serr := os.Stat(path); serr == nil && fi.Mode().Perm()&0o077 != 0 {
+			fmt.Fprintf(e.stderr, "warning: plain-text share file %s is readable by other users (mode %04o); chmod 600 it\n", path, fi.Mode().Perm())
+		}
+	}
 	if err != nil {
 		err = fmt.Errorf("share file %s: %w", path, err)
 		if errors.Is(err, errNeedIdentity) {
