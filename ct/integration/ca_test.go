@@ -27,7 +27,7 @@ type pki struct {
 	interKey    *ecdsa.PrivateKey
 }
 
-func newPKI(t *testing.T) *pki {
+func newPKI(t testing.TB) *pki {
 	t.Helper()
 	rootKey, _ := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
 	interKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -60,7 +60,7 @@ func newPKI(t *testing.T) *pki {
 
 // newCA is a CA with one profile "ct" (the default server profile with CT
 // in mode) getting SCTs from sub, on a real store file.
-func newCA(t *testing.T, p *pki, mode ca.CTMode, sub ca.SCTSource) *ca.CA {
+func newCA(t testing.TB, p *pki, mode ca.CTMode, sub ca.SCTSource) *ca.CA {
 	t.Helper()
 	prof := ca.DefaultProfiles()["server"]
 	prof.CT = ca.CTConfig{Mode: mode}
@@ -81,7 +81,7 @@ func newCA(t *testing.T, p *pki, mode ca.CTMode, sub ca.SCTSource) *ca.CA {
 	return c
 }
 
-func csr(t *testing.T, names ...string) []byte {
+func csr(t testing.TB, names ...string) []byte {
 	t.Helper()
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{DNSNames: names}, key)
