@@ -118,6 +118,10 @@ type issuerState struct {
 	lintParent *x509.Certificate
 	lintKey    crypto.Signer
 	keyType    string
+	// sigAlgo is the signature algorithm crypto/x509 picks for the
+	// issuer's key type, sigAlgDER its AlgorithmIdentifier encoding.
+	sigAlgo   x509.SignatureAlgorithm
+	sigAlgDER []byte
 	// ocsp signs OCSP responses: the issuer itself or a delegated
 	// responder.
 	ocspCert   *x509.Certificate
@@ -242,7 +246,11 @@ func newIssuerState(is Issuer) (*issuerState, error) {
 	}
 	parent := *is.Cert
 	parent.PublicKey = key.Public()
-	st := &issuerState{Issuer: is, lintParent: &parent, lintKey: key, keyType: kt, ocspCert: is.Cert, ocspSigner: is.Signer}
+	algo, algDER, err := probeSignatureAlgorithm(&parent, key)
+	if err != nil {
+		return nil, fmt.Errorf("ca: issuer %q: %w", is.Name, err)
+	}
+	st := &issuerState{Issuer: is, lintParent: &parent, lintKey: key, keyType: kt, sigAlgo: algo, sigAlgDER: algDER, ocspCert: is.Cert, ocspSigner: is.Signer}
 	st.chainDER = append(st.chainDER, is.Cert.Raw)
 	for _, c := range is.Chain {
 		st.chainDER = append(st.chainDER, c.Raw)

@@ -26,13 +26,13 @@ var (
 func (c *CA) issueWithCT(ctx context.Context, prof *profileState, iss *issuerState, tmpl *x509.Certificate, csr *x509.CertificateRequest, ids identifiers) (*Certificate, error) {
 	pre := *tmpl
 	pre.ExtraExtensions = []pkix.Extension{{Id: oidCTPoison, Critical: true, Value: asn1NULL}}
-	var lintedPre *x509.Certificate
+	var lintedPre *lintedCert
 	var err error
 	for attempt := 0; ; attempt++ {
 		if pre.SerialNumber, err = c.newSerial(); err != nil {
 			return nil, err
 		}
-		if lintedPre, err = c.lintCopy(prof, iss, &pre, csr.PublicKey, ids); err != nil {
+		if lintedPre, err = c.lintCopy(prof, iss, &pre, csr, ids); err != nil {
 			return nil, err
 		}
 		err = c.store.ReserveSerial(ctx, c.pendingRecord(prof, iss, lintedPre, ids, true))
@@ -71,12 +71,20 @@ func (c *CA) issueWithCT(ctx context.Context, prof *profileState, iss *issuerSta
 		}
 		final.ExtraExtensions = []pkix.Extension{ext}
 	}
-	lintedFinal, err := c.lintCopy(prof, iss, &final, csr.PublicKey, ids)
+	lintedFinal, err := c.lintCopy(prof, iss, &final, csr, ids)
 	if err != nil {
 		return nil, err
 	}
 	// lintedPre carries the signed precertificate's TBSCertificate.
-	if err := precertCorresponds(lintedPre, lintedFinal); err != nil {
+	preCert, err := x509.ParseCertificate(lintedPre.der)
+	if err != nil {
+		return nil, fmt.Errorf("ca: parse precertificate: %w", err)
+	}
+	finalCert, err := x509.ParseCertificate(lintedFinal.der)
+	if err != nil {
+		return nil, fmt.Errorf("ca: parse linted certificate: %w", err)
+	}
+	if err := precertCorresponds(preCert, finalCert); err != nil {
 		return nil, err
 	}
 	cert, err := c.signFinal(iss, lintedFinal)

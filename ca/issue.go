@@ -13,6 +13,8 @@ import (
 	"net"
 	"strings"
 	"time"
+
+	zx509 "github.com/zmap/zcrypto/x509"
 )
 
 // IssueRequest asks for one certificate.
@@ -94,12 +96,12 @@ func (c *CA) Issue(ctx context.Context, req IssueRequest) (*Certificate, error) 
 		return c.issueWithCT(ctx, prof, iss, tmpl, csr, ids)
 	}
 
-	var linted *x509.Certificate
+	var linted *lintedCert
 	for attempt := 0; ; attempt++ {
 		if tmpl.SerialNumber, err = c.newSerial(); err != nil {
 			return nil, err
 		}
-		if linted, err = c.lintCopy(prof, iss, tmpl, csr.PublicKey, ids); err != nil {
+		if linted, err = c.lintCopy(prof, iss, tmpl, csr, ids); err != nil {
 			return nil, err
 		}
 		rec := c.pendingRecord(prof, iss, linted, ids, false)
@@ -287,79 +289,83 @@ func ParseSerial(s string) (string, error) {
 	return SerialString(n), nil
 }
 
-// lintCopy signs tmpl with the issuer's throwaway key and lints the result.
-func (c *CA) lintCopy(prof *profileState, iss *issuerState, tmpl *x509.Certificate, pub any, ids identifiers) (*x509.Certificate, error) {
-	der, err := buildLintCopy(tmpl, iss.lintParent, pub, iss.lintKey)
+// lintCopy signs tmpl with the issuer's throwaway key and lints the result
+// (zlint and hsmca's own checks); csr is the checked request.
+func (c *CA) lintCopy(prof *profileState, iss *issuerState, tmpl *x509.Certificate, csr *x509.CertificateRequest, ids identifiers) (*lintedCert, error) {
+	der, err := buildLintCopy(tmpl, iss.lintParent, csr.PublicKey, iss.lintKey)
 	if err != nil {
 		return nil, fmt.Errorf("ca: build certificate: %w", err)
 	}
-	cert, err := x509.ParseCertificate(der)
+	tbs, alg, err := certificateParts(der)
 	if err != nil {
-		return nil, fmt.Errorf("ca: parse linted copy: %w", err)
+		return nil, err
 	}
-	if res := c.lint(prof, iss, cert, der, ids); len(res) > 0 {
+	if !bytes.Equal(alg, iss.sigAlgDER) {
+		return nil, fmt.Errorf("ca: issuer %s: linted copy has an unexpected signature algorithm", iss.Name)
+	}
+	zc, err := zx509.ParseCertificate(der)
+	if err != nil {
+		return nil, &ErrLint{Results: []LintResult{{Lint: "hsmca_zcrypto_parse", Status: "fatal", Details: err.Error()}}}
+	}
+	if !bytes.Equal(zc.RawTBSCertificate, tbs) {
+		return nil, errors.New("ca: linted copy's TBSCertificate does not round-trip; refusing it")
+	}
+	if res := c.lint(prof, iss, zc, ids); len(res) > 0 {
 		return nil, &ErrLint{Results: res}
 	}
-	return cert, nil
+	return &lintedCert{der: der, tbs: tbs, sigAlg: alg, z: zc}, nil
 }
 
 // signFinal has the issuer key sign the linted copy's TBSCertificate
 // itself, so the result is the linted certificate by construction, and
 // verifies that signature under the issuer certificate's key before
 // anything is stored or returned. It returns the final certificate's DER.
-func (c *CA) signFinal(iss *issuerState, linted *x509.Certificate) ([]byte, error) {
+func (c *CA) signFinal(iss *issuerState, linted *lintedCert) ([]byte, error) {
 	if k, ok := iss.Signer.Public().(interface{ Equal(crypto.PublicKey) bool }); !ok || !k.Equal(iss.Cert.PublicKey) {
 		return nil, fmt.Errorf("ca: issuer %s: signer public key no longer matches the issuer certificate", iss.Name)
 	}
-	tbs, alg, err := certificateParts(linted.Raw)
-	if err != nil {
-		return nil, err
-	}
-	if !bytes.Equal(tbs, linted.RawTBSCertificate) {
-		return nil, errors.New("ca: linted copy's TBSCertificate does not round-trip; refusing it")
-	}
-	opts, err := signerOpts(linted.SignatureAlgorithm)
+	opts, err := signerOpts(iss.sigAlgo)
 	if err != nil {
 		return nil, err
 	}
 	// A nil rand, as x509.CreateCertificate was called with before: the
 	// signer picks its own randomness (or signs deterministically).
-	sig, err := crypto.SignMessage(iss.Signer, nil, tbs, opts)
+	sig, err := crypto.SignMessage(iss.Signer, nil, linted.tbs, opts)
 	if err != nil {
 		return nil, wrapSign("sign certificate", err)
 	}
-	if err := iss.Cert.CheckSignature(linted.SignatureAlgorithm, tbs, sig); err != nil {
+	if err := iss.Cert.CheckSignature(iss.sigAlgo, linted.tbs, sig); err != nil {
 		return nil, fmt.Errorf("ca: issuer %s: signature returned by the signer does not verify; refusing it: %w", iss.Name, err)
 	}
-	return assembleCertificate(tbs, alg, sig)
+	return assembleCertificate(linted.tbs, linted.sigAlg, sig)
 }
 
-func (c *CA) pendingRecord(prof *profileState, iss *issuerState, cert *x509.Certificate, ids identifiers, precert bool) Record {
+func (c *CA) pendingRecord(prof *profileState, iss *issuerState, cert *lintedCert, ids identifiers, precert bool) Record {
 	return Record{
-		Serial:    SerialString(cert.SerialNumber),
+		Serial:    SerialString(cert.z.SerialNumber),
 		Issuer:    iss.Name,
 		Profile:   prof.name,
 		Status:    StatusPending,
 		Precert:   precert,
-		DER:       cert.Raw,
+		DER:       cert.der,
 		Names:     ids.strings(),
-		NotBefore: cert.NotBefore,
-		NotAfter:  cert.NotAfter,
+		NotBefore: cert.z.NotBefore,
+		NotAfter:  cert.z.NotAfter,
 		Created:   c.clock().UTC(),
 	}
 }
 
 // certFromParts describes the final certificate der, whose TBSCertificate
 // is linted's.
-func (c *CA) certFromParts(serial string, der []byte, linted *x509.Certificate, iss *issuerState, profile string, ids identifiers, st Status, ctFailures []string) *Certificate {
+func (c *CA) certFromParts(serial string, der []byte, linted *lintedCert, iss *issuerState, profile string, ids identifiers, st Status, ctFailures []string) *Certificate {
 	return &Certificate{
 		Serial:     serial,
 		DER:        der,
 		Chain:      iss.chainDER,
 		Issuer:     iss.Name,
 		Profile:    profile,
-		NotBefore:  linted.NotBefore,
-		NotAfter:   linted.NotAfter,
+		NotBefore:  linted.z.NotBefore,
+		NotAfter:   linted.z.NotAfter,
 		Names:      ids.strings(),
 		Status:     st,
 		CTFailures: ctFailures,

@@ -2,12 +2,12 @@ package ca
 
 import (
 	"bytes"
-	"crypto/x509"
 	"fmt"
 	"reflect"
 	"slices"
 	"sort"
 
+	zrsa "github.com/zmap/zcrypto/rsa"
 	zx509 "github.com/zmap/zcrypto/x509"
 	"github.com/zmap/zlint/v3"
 	"github.com/zmap/zlint/v3/lint"
@@ -129,13 +129,9 @@ func (c *CA) LintNames(profile string) ([]string, error) {
 
 // lint runs zlint and hsmca's own checks over a certificate signed by the
 // throwaway key, returning every finding at warning level or above.
-func (c *CA) lint(ps *profileState, iss *issuerState, cert *x509.Certificate, der []byte, ids identifiers) []LintResult {
-	zc, err := zx509.ParseCertificate(der)
-	if err != nil {
-		return []LintResult{{Lint: "hsmca_zcrypto_parse", Status: "fatal", Details: err.Error()}}
-	}
+func (c *CA) lint(ps *profileState, iss *issuerState, zc *zx509.Certificate, ids identifiers) []LintResult {
 	out := ps.linters.run(zc)
-	out = append(out, ownChecks(ps, iss, cert, ids)...)
+	out = append(out, ownChecks(ps, iss, zc, ids)...)
 	sort.Slice(out, func(i, j int) bool { return out[i].Lint < out[j].Lint })
 	return out
 }
@@ -265,8 +261,9 @@ func (cl *certLinter) execute(c *zx509.Certificate, f *certFacts) (res *lint.Lin
 }
 
 // ownChecks are the checks zlint cannot make because they need the
-// request, the profile or the issuer.
-func ownChecks(ps *profileState, iss *issuerState, cert *x509.Certificate, ids identifiers) []LintResult {
+// request, the profile or the issuer. They read the linted copy as zcrypto
+// parsed it for zlint, so the encoded certificate is parsed only once.
+func ownChecks(ps *profileState, iss *issuerState, cert *zx509.Certificate, ids identifiers) []LintResult {
 	var out []LintResult
 	bad := func(name, format string, args ...any) {
 		out = append(out, LintResult{Lint: name, Status: "error", Details: fmt.Sprintf(format, args...)})
@@ -278,7 +275,7 @@ func ownChecks(ps *profileState, iss *issuerState, cert *x509.Certificate, ids i
 	if max := ps.p.Validity.D() + ps.p.Backdate.D(); cert.NotAfter.Sub(cert.NotBefore) > max {
 		bad("hsmca_validity_within_profile", "validity %v exceeds the profile's %v", cert.NotAfter.Sub(cert.NotBefore), max)
 	}
-	if kt, err := keyTypeOf(cert.PublicKey); err != nil || !ps.keyTypes[kt] {
+	if kt, err := zKeyType(cert.PublicKey); err != nil || !ps.keyTypes[kt] {
 		bad("hsmca_key_type_allowed", "subject key type %s is not allowed by profile %s", kt, ps.name)
 	}
 	if cert.IsCA {
@@ -293,14 +290,35 @@ func ownChecks(ps *profileState, iss *issuerState, cert *x509.Certificate, ids i
 	if ps.server && len(cert.DNSNames)+len(cert.IPAddresses) == 0 {
 		bad("hsmca_server_names", "a server certificate needs at least one DNS name or IP address")
 	}
-	got := identifiers{dns: cert.DNSNames, ips: cert.IPAddresses, emails: cert.EmailAddresses, uris: cert.URIs}
-	if !slices.Equal(got.strings(), ids.strings()) {
-		bad("hsmca_names_match_request", "certificate names %v differ from the checked request names %v", got.strings(), ids.strings())
+	got := make([]string, 0, len(cert.DNSNames)+len(cert.IPAddresses)+len(cert.EmailAddresses)+len(cert.URIs))
+	got = append(got, cert.DNSNames...)
+	for _, ip := range cert.IPAddresses {
+		got = append(got, ip.String())
 	}
-	if n := len(cert.DNSNames) + len(cert.IPAddresses) + len(cert.EmailAddresses) + len(cert.URIs); n > ps.p.MaxSANs {
+	got = append(got, cert.EmailAddresses...)
+	got = append(got, cert.URIs...)
+	want := ids.strings()
+	if !slices.Equal(got, want) {
+		bad("hsmca_names_match_request", "certificate names %v differ from the checked request names %v", got, want)
+	}
+	if n := len(cert.OtherNames) + len(cert.DirectoryNames) + len(cert.EDIPartyNames) + len(cert.RegisteredIDs) + len(cert.FailedToParseNames); n > 0 {
+		bad("hsmca_names_match_request", "certificate carries %d subject alternative names of kinds hsmca never issues", n)
+	}
+	if n := len(got); n > ps.p.MaxSANs {
 		bad("hsmca_max_sans", "%d names exceed the profile's %d", n, ps.p.MaxSANs)
 	}
 	return out
+}
+
+// zKeyType is keyTypeOf for a public key as zcrypto parses it.
+func zKeyType(pub any) (string, error) {
+	switch k := pub.(type) {
+	case *zx509.AugmentedECDSA:
+		return keyTypeOf(k.Pub)
+	case *zrsa.PublicKey: // zcrypto's RSA key type, with a big.Int exponent
+		return fmt.Sprintf("rsa-%d", k.N.BitLen()), nil
+	}
+	return keyTypeOf(pub)
 }
 
 // crlLintExclusions are CRL lints hsmca does not run: BR 7.2.2 forbids

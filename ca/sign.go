@@ -4,10 +4,14 @@ import (
 	"crypto"
 	"crypto/rsa"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"errors"
 	"fmt"
 	"io"
+	"math/big"
+	"time"
 
+	zx509 "github.com/zmap/zcrypto/x509"
 	"golang.org/x/crypto/cryptobyte"
 	cbasn1 "golang.org/x/crypto/cryptobyte/asn1"
 )
@@ -59,6 +63,15 @@ func (t *tbsCapture) SignMessage(rand io.Reader, msg []byte, opts crypto.SignerO
 	}
 	t.tbs, t.sig = msg, sig
 	return nil, errTBSCaptured
+}
+
+// lintedCert is a linted copy: the certificate signed by the throwaway key
+// that passed every lint, parsed once (by zcrypto, for zlint).
+type lintedCert struct {
+	der    []byte
+	tbs    []byte // its TBSCertificate, which the issuer key signs
+	sigAlg []byte // DER AlgorithmIdentifier, in the TBS and outside it
+	z      *zx509.Certificate
 }
 
 // buildLintCopy returns the DER of tmpl issued by parent (the issuer's
@@ -145,4 +158,32 @@ func signerOpts(algo x509.SignatureAlgorithm) (crypto.SignerOpts, error) {
 		return crypto.Hash(0), nil
 	}
 	return nil, fmt.Errorf("ca: signature algorithm %v is not supported", algo)
+}
+
+// probeSignatureAlgorithm makes one throwaway certificate under parent
+// with the throwaway key and returns the signature algorithm crypto/x509
+// picks for that key type (the same for every certificate, as templates
+// leave SignatureAlgorithm unset) and its DER AlgorithmIdentifier.
+func probeSignatureAlgorithm(parent *x509.Certificate, throwaway crypto.Signer) (x509.SignatureAlgorithm, []byte, error) {
+	now := time.Now()
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "hsmca signature algorithm probe"},
+		NotBefore: now, NotAfter: now.Add(time.Hour),
+	}
+	der, err := x509.CreateCertificate(nil, tmpl, parent, throwaway.Public(), throwaway)
+	if err != nil {
+		return 0, nil, err
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return 0, nil, err
+	}
+	_, alg, err := certificateParts(der)
+	if err != nil {
+		return 0, nil, err
+	}
+	if _, err := signerOpts(cert.SignatureAlgorithm); err != nil {
+		return 0, nil, err
+	}
+	return cert.SignatureAlgorithm, alg, nil
 }

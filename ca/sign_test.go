@@ -125,22 +125,32 @@ func (b badSigner) Sign(r io.Reader, dg []byte, o crypto.SignerOpts) ([]byte, er
 func TestSignFinal(t *testing.T) {
 	issKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	issCert := testIssuer(t, issKey)
-	throwaway, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	lintParent := *issCert
-	lintParent.PublicKey = throwaway.Public()
+	st, err := newIssuerState(Issuer{Name: "t", Cert: issCert, Signer: issKey})
+	if err != nil {
+		t.Fatal(err)
+	}
 	leafKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	der, err := buildLintCopy(testLeafTemplate(), &lintParent, leafKey.Public(), throwaway)
+	der, err := buildLintCopy(testLeafTemplate(), st.lintParent, leafKey.Public(), st.lintKey)
 	if err != nil {
 		t.Fatal(err)
 	}
-	linted, err := x509.ParseCertificate(der)
+	tbs, alg, err := certificateParts(der)
 	if err != nil {
 		t.Fatal(err)
 	}
+	if !bytes.Equal(alg, st.sigAlgDER) {
+		t.Fatal("linted copy's algorithm is not the probed one")
+	}
+	linted := &lintedCert{der: der, tbs: tbs, sigAlg: alg}
 	c := &CA{}
+	with := func(s crypto.Signer) *issuerState {
+		cp := *st
+		cp.Signer = s
+		return &cp
+	}
 	for name, signer := range map[string]crypto.Signer{"key": issKey, "digest-only": digestOnlySigner{issKey}} {
 		t.Run(name, func(t *testing.T) {
-			final, err := c.signFinal(&issuerState{Issuer: Issuer{Name: "t", Cert: issCert, Signer: signer}}, linted)
+			final, err := c.signFinal(with(signer), linted)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -148,7 +158,7 @@ func TestSignFinal(t *testing.T) {
 			if err != nil {
 				t.Fatalf("final certificate does not parse: %v", err)
 			}
-			if !bytes.Equal(fc.RawTBSCertificate, linted.RawTBSCertificate) {
+			if !bytes.Equal(fc.RawTBSCertificate, tbs) {
 				t.Error("final TBSCertificate is not the linted one")
 			}
 			if err := fc.CheckSignatureFrom(issCert); err != nil {
@@ -156,12 +166,12 @@ func TestSignFinal(t *testing.T) {
 			}
 		})
 	}
-	_, err = c.signFinal(&issuerState{Issuer: Issuer{Name: "t", Cert: issCert, Signer: badSigner{issKey}}}, linted)
+	_, err = c.signFinal(with(badSigner{issKey}), linted)
 	if err == nil || !strings.Contains(err.Error(), "does not verify") {
 		t.Fatalf("bad signature: err %v, want a refusal", err)
 	}
 	other, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if _, err := c.signFinal(&issuerState{Issuer: Issuer{Name: "t", Cert: issCert, Signer: other}}, linted); err == nil {
+	if _, err := c.signFinal(with(other), linted); err == nil {
 		t.Fatal("a signer with another key was used")
 	}
 }
