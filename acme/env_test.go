@@ -322,7 +322,7 @@ func newEnvOpts(t testing.TB, mod func(*acme.Config), opts acme.Options) *env {
 		TLSALPN01Port:        e.chal.tlsPort,
 		Resolver:             e.dns.addr,
 		ValidationTimeout:    5 * time.Second,
-		ValidationRetries:    1,
+		ValidationRetries:    2,
 		ValidationRetryDelay: 50 * time.Millisecond,
 		RetryAfter:           time.Second,
 		Profiles:             map[string]string{"server": "TLS server certificates", "short": "short-lived"},
