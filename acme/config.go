@@ -83,11 +83,11 @@ type Config struct {
 // Burst. Zero values mean the generous defaults; a negative Rate disables
 // the limit.
 type RateLimits struct {
-	AccountRate  float64 `yaml:"account_rate"`  // default 50/s
-	AccountBurst int     `yaml:"account_burst"` // default 200
-	IPRate       float64 `yaml:"ip_rate"`       // default 200/s
-	IPBurst      int     `yaml:"ip_burst"`      // default 1000
-	// NewOrderRate limits newOrder per account (default 20/s, burst 100).
+	AccountRate  float64 `yaml:"account_rate"`  // default 100/s
+	AccountBurst int     `yaml:"account_burst"` // default 500
+	IPRate       float64 `yaml:"ip_rate"`       // default 1000/s
+	IPBurst      int     `yaml:"ip_burst"`      // default 5000
+	// NewOrderRate limits newOrder per account (default 50/s, burst 300).
 	NewOrderRate  float64 `yaml:"new_order_rate"`
 	NewOrderBurst int     `yaml:"new_order_burst"`
 }
@@ -183,22 +183,22 @@ func (c *Config) setDefaults() error {
 	}
 	rl := &c.RateLimits
 	if rl.AccountRate == 0 {
-		rl.AccountRate = 50
+		rl.AccountRate = 100
 	}
 	if rl.AccountBurst <= 0 {
-		rl.AccountBurst = 200
+		rl.AccountBurst = 500
 	}
 	if rl.IPRate == 0 {
-		rl.IPRate = 200
+		rl.IPRate = 1000
 	}
 	if rl.IPBurst <= 0 {
-		rl.IPBurst = 1000
+		rl.IPBurst = 5000
 	}
 	if rl.NewOrderRate == 0 {
-		rl.NewOrderRate = 20
+		rl.NewOrderRate = 50
 	}
 	if rl.NewOrderBurst <= 0 {
-		rl.NewOrderBurst = 100
+		rl.NewOrderBurst = 300
 	}
 	if c.Resolver != "" {
 		if _, _, err := net.SplitHostPort(c.Resolver); err != nil {
