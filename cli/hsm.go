@@ -208,6 +208,7 @@ type partitionStatus struct {
 func newHSMStatusCmd(e *env, f *hsmFlags) *cobra.Command {
 	var asJSON bool
 	var partition string
+	var t adminTarget
 	cmd := &cobra.Command{
 		Use:   "status",
 		Short: "Show each partition's state, k of M, keys and lockout",
@@ -221,6 +222,9 @@ in the memory of the process that uses the keys.`,
   hsmca hsm status --module ./module --json | jq '.partitions[] | {name, state}'`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if t.remote() {
+				return remoteStatus(e, &t, asJSON)
+			}
 			m, err := openModule(f.module)
 			if err != nil {
 				return err
@@ -294,6 +298,7 @@ in the memory of the process that uses the keys.`,
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON for scripts")
 	cmd.Flags().StringVar(&partition, "partition", "", "show only partition `NAME`")
+	addAdminFlags(cmd, &t)
 	return cmd
 }
 
@@ -303,6 +308,7 @@ func newHSMActivateCmd(e *env, f *hsmFlags) *cobra.Command {
 	var (
 		partition string
 		q         quorumFlags
+		t         adminTarget
 	)
 	cmd := &cobra.Command{
 		Use:   "activate",
@@ -316,13 +322,20 @@ partition is sealed again when the command exits: activation lives in the
 memory of the process that uses the keys. Bad shares count towards the
 partition's lockout.
 
-Activating a running CA (shares accumulate across calls) comes with
-` + "`hsmca ca serve`" + ` through its admin API.`,
+With --socket PATH (on the CA's machine) or --server URL (mutual TLS with an
+operator certificate) the shares go to a running ` + "`hsmca ca serve`" + ` instead:
+there they accumulate across calls, so custodians can present their shares
+one at a time from their own machines. Age-encrypted shares are decrypted
+locally; only the share's text travels.`,
 		Example: `  hsmca hsm activate --module ./module --partition issuing \
       --share shares/share-1.txt --share shares/share-4.txt --share shares/share-5.txt
+  hsmca hsm activate --socket /var/lib/hsmca/admin.sock --share my-share.txt
   hsmca hsm activate --module ./module --partition root --share alice.age --identity ~/alice.key`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if t.remote() {
+				return remoteActivate(e, &t, q)
+			}
 			m, err := openModule(f.module)
 			if err != nil {
 				return err
@@ -352,6 +365,7 @@ Activating a running CA (shares accumulate across calls) comes with
 	}
 	cmd.Flags().StringVar(&partition, "partition", "", "partition `NAME` (default: the partition the shares belong to)")
 	addQuorumFlags(cmd, &q)
+	addAdminFlags(cmd, &t)
 	return cmd
 }
 
@@ -437,6 +451,7 @@ func checkAllShares(e *env, p hsm.Partition, q quorumFlags) (int, error) {
 
 func newHSMSealCmd(e *env, f *hsmFlags) *cobra.Command {
 	var partition string
+	var t adminTarget
 	cmd := &cobra.Command{
 		Use:   "seal",
 		Short: "Seal a partition now",
@@ -445,10 +460,15 @@ func newHSMSealCmd(e *env, f *hsmFlags) *cobra.Command {
 Activation lives in the memory of the process that uses the keys. A module
 directory opened by this command is always sealed, so on a module directory
 this only confirms the partition exists and explains where activation lives.
-Sealing a running CA comes with ` + "`hsmca ca serve`" + ` through its admin API.`,
-		Example: `  hsmca hsm seal --module ./module --partition issuing`,
+With --socket PATH or --server URL it seals a running ` + "`hsmca ca serve`" + ` at
+once; issuance stops with the next request.`,
+		Example: `  hsmca hsm seal --module ./module --partition issuing
+  hsmca hsm seal --socket ./demo/admin.sock`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if t.remote() {
+				return remoteSeal(e, &t)
+			}
 			m, err := openModule(f.module)
 			if err != nil {
 				return err
@@ -466,5 +486,6 @@ Sealing a running CA comes with ` + "`hsmca ca serve`" + ` through its admin API
 		},
 	}
 	cmd.Flags().StringVar(&partition, "partition", "", "partition `NAME` (default: the only partition)")
+	addAdminFlags(cmd, &t)
 	return cmd
 }

@@ -25,4 +25,5 @@ func (c *Config) AddFlags(fs *pflag.FlagSet) {
 	fs.BoolVar(&c.Insecure, "insecure", false, "do not verify the directory's TLS certificate")
 	fs.DurationVar(&c.Poll, "poll", 10*time.Millisecond, "polling interval when the server sends no Retry-After")
 	fs.BoolVar(&c.AllowRemote, "allow-remote", false, "allow a directory or DNS address that is not on loopback")
+	fs.StringVar(&c.SaveCerts, "save-certs", "", "write every downloaded certificate chain into `DIR` (one PEM file per order)")
 }

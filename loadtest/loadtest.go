@@ -28,6 +28,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -79,6 +80,10 @@ type Config struct {
 	Poll time.Duration
 	// AllowRemote permits a URL or DNS address that is not on loopback.
 	AllowRemote bool
+	// SaveCerts, if set, is a directory where every downloaded certificate
+	// chain is written (one PEM file per order, named after the client and
+	// order), so that a test can check afterwards what clients received.
+	SaveCerts string
 }
 
 // Limits on a run's size.
@@ -406,8 +411,11 @@ func (r *run) worker(ctx context.Context, ci int, c *acmeClient, key crypto.Sign
 		}
 		r.inFlight.Add(1)
 		start := time.Now()
-		_, err := c.issue(ctx, r.solver, cfg.Challenge, names, key)
+		chain, err := c.issue(ctx, r.solver, cfg.Challenge, names, key)
 		end := time.Now()
+		if err == nil && cfg.SaveCerts != "" {
+			err = saveChain(cfg.SaveCerts, names[0], chain)
+		}
 		r.inFlight.Add(-1)
 		if err != nil && ctx.Err() != nil {
 			r.mu.Lock()
@@ -462,4 +470,18 @@ func cpuTime() time.Duration {
 		return 0
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// saveChain writes a received chain to dir/<first name>.pem. Names are unique
+// per order, so an existing file means the same order was issued twice.
+func saveChain(dir, name string, chain []byte) error {
+	f, err := os.OpenFile(filepath.Join(dir, name+".pem"), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return clientErr("save-certs", "%v", err)
+	}
+	if _, err := f.Write(chain); err != nil {
+		f.Close()
+		return clientErr("save-certs", "%v", err)
+	}
+	return f.Close()
 }

@@ -378,11 +378,17 @@ func TestCrashUnderLoad(t *testing.T) {
 	}
 
 	loadOrders := 0
+	var ltDirs []string // where the loadtest saved every chain it received
 	for round := 0; round < kills; round++ {
 		p := start(t, dir, bin, "ca", "serve", "--config", cfgPath, "--resolver", dnsAddr)
 		activate(p)
+		ltCerts := filepath.Join(dir, fmt.Sprintf("loadtest-certs-%d", round))
+		if err := os.Mkdir(ltCerts, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		ltDirs = append(ltDirs, ltCerts)
 		lt := start(t, dir, bin, "loadtest", "acme", "--url", dirURL, "--ca-bundle", root, "--clients", "4",
-			"--duration", "90s", "--max-time", "2m", "--http-port", http01, "--dns-addr", dnsAddr, "--json")
+			"--duration", "90s", "--max-time", "2m", "--http-port", http01, "--dns-addr", dnsAddr, "--json", "--save-certs", ltCerts)
 		stop := make(chan struct{})
 		var wg sync.WaitGroup
 		for id := range 2 {
@@ -422,6 +428,33 @@ func TestCrashUnderLoad(t *testing.T) {
 	// Restart, re-activate, check.
 	p := start(t, dir, bin, "ca", "serve", "--config", cfgPath, "--resolver", dnsAddr)
 	activate(p)
+	// The loadtest clients' certificates count as received too.
+	ltReceived := 0
+	for _, d := range ltDirs {
+		files, err := filepath.Glob(filepath.Join(d, "*.pem"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range files {
+			b, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			blk, _ := pem.Decode(b)
+			if blk == nil {
+				t.Fatalf("%s: the loadtest saved no PEM certificate", f)
+			}
+			c, err := x509.ParseCertificate(blk.Bytes)
+			if err != nil {
+				t.Fatalf("%s: %v", f, err)
+			}
+			rec.add(c.SerialNumber.Text(16), blk.Bytes)
+			ltReceived++
+		}
+	}
+	if ltReceived == 0 {
+		t.Fatal("the loadtest saved no certificate in any round")
+	}
 	if len(rec.dupes) > 0 {
 		t.Fatalf("serials received twice: %v", rec.dupes)
 	}
@@ -498,8 +531,8 @@ func TestCrashUnderLoad(t *testing.T) {
 	if err != nil {
 		t.Fatalf("hsm audit verify: %v\n%s", err, out)
 	}
-	fmt.Printf("crash test: %d kills, %d loadtest orders completed, %d recorded orders placed (%d checked, none stuck in processing), %d certificates received and checked, %d records in the store, audit log verified (seed %d)\n",
-		kills, loadOrders, len(rec.orders), checkedOrders, len(rec.certs), records, seed)
+	fmt.Printf("crash test: %d kills, %d loadtest orders completed (%d certificates saved by the loadtest), %d recorded orders placed (%d checked, none stuck in processing), %d certificates received and checked, %d records in the store, audit log verified (seed %d)\n",
+		kills, loadOrders, ltReceived, len(rec.orders), checkedOrders, len(rec.certs), records, seed)
 }
 
 func tail(s string, n int) string {
