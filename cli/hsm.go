@@ -464,7 +464,7 @@ With --socket PATH or --server URL it seals a running ` + "`hsmca ca serve`" + `
 once; issuance stops with the next request.`,
 		Example: `  hsmca hsm seal --module ./module --partition issuing
   hsmca hsm seal --socket ./demo/admin.sock`,
-		Args:    cobra.NoArgs,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if t.remote() {
 				return remoteSeal(e, &t)
