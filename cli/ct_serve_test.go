@@ -273,15 +273,11 @@ func TestServeCTFlagsMetrics(t *testing.T) {
 
 	// SIGHUP builds a new CA with a new Submitter: the flags still apply
 	// and /metrics follows the new Submitter (which counts from zero).
-	before := strings.Count(p.out.String(), "server: reloaded configuration")
-	p.cmd.Process.Signal(syscall.SIGHUP)
-	deadline := time.Now().Add(time.Minute)
-	for strings.Count(p.out.String(), "server: reloaded configuration") == before {
-		if time.Now().After(deadline) || p.exited() {
-			t.Fatalf("no reload within a minute:\n%s", p.out)
-		}
-		time.Sleep(20 * time.Millisecond) // polling another process's output
+	if strings.Contains(p.out.String(), "server: reloaded configuration") {
+		t.Fatal("reloaded before SIGHUP")
 	}
+	p.cmd.Process.Signal(syscall.SIGHUP)
+	waitOutput(t, p, "server: reloaded configuration")
 	for _, n := range []string{"ct2.example.internal", "ct3.example.internal"} {
 		if c := issue("server", n); !hasSCTList(c) {
 			t.Fatalf("%s after reload has no SCT list", n)
@@ -344,31 +340,30 @@ func (u *ctLegoUser) GetEmail() string                       { return "ops@examp
 func (u *ctLegoUser) GetRegistration() *acme.ExtendedAccount { return u.reg }
 func (u *ctLegoUser) GetPrivateKey() crypto.Signer           { return u.key }
 
-// TestLegoCTTesseraCT is issue 8's ACME acceptance run: quickstart with
-// --ct-log pointing at a real TesseraCT log, lego (as a library) obtains a
-// certificate over http-01, finalize answers "processing" while the SCT is
-// collected (finalize_wait is 10ms; TesseraCT answers only once a checkpoint
-// covers the entry), and the certificate's embedded SCT passes
-// `hsmca ct verify`, openssl shows it, and the log's checkpoint grew.
-func TestLegoCTTesseraCT(t *testing.T) {
-	if testing.Short() {
-		t.Skip("end-to-end")
+// waitOutput polls p's output until it contains want (one minute at most).
+func waitOutput(t *testing.T, p *serverProc, want string) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for !strings.Contains(p.out.String(), want) {
+		if time.Now().After(deadline) || p.exited() {
+			t.Fatalf("output lacks %q:\n%s", want, p.out)
+		}
+		time.Sleep(20 * time.Millisecond) // polling another process's output
 	}
-	cttest.TesseraCTBinary(t) // skip early (or fail in CI) without the log
-	dir := t.TempDir()
-	qs, _, _ := startQuickstart(t, dir)
+}
+
+// ctACMECA makes a quickstart CA in a temp dir and stops it, then points
+// http-01 validation at a free port (where legoObtain's provider server
+// listens) and sets a short finalize_wait and Retry-After, so that a
+// finalize that waits for SCTs answers "processing" and lego polls briskly.
+func ctACMECA(t *testing.T) (dir, httpURL, chalPort string) {
+	t.Helper()
+	dir = t.TempDir()
+	qs, _, httpURL := startQuickstart(t, dir)
 	if err := qs.stop(t, syscall.SIGTERM); err != nil {
 		t.Fatalf("quickstart: %v\n%s", err, qs.out)
 	}
-	rootPath := filepath.Join(dir, "root.pem")
-	root := readCertPEM(t, rootPath)
-	ts := cttest.StartTesseraCT(t, root)
-	keyPath := writeLogKey(t, dir, "tesseract.pem", ts.Key.Public())
-
-	// http-01 validation at a port lego's provider server listens on, a
-	// short finalize_wait and Retry-After so that the processing state
-	// shows and lego polls briskly.
-	_, chalPort, _ := net.SplitHostPort(freeAddr(t))
+	_, chalPort, _ = net.SplitHostPort(freeAddr(t))
 	cfgPath := filepath.Join(dir, "ca.yaml")
 	b, err := os.ReadFile(cfgPath)
 	if err != nil {
@@ -378,12 +373,15 @@ func TestLegoCTTesseraCT(t *testing.T) {
 	if err := os.WriteFile(cfgPath, b, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	p, httpsURL, _ := startQuickstart(t, dir, "--resolver", dnsStub(t), "--ct-log", ts.URL, "--ct-log-key", keyPath)
-	if !strings.Contains(p.out.String(), "embeds SCTs from 1 CT log(s) (mode embed)") {
-		t.Errorf("quickstart does not say that CT is on:\n%s", p.out)
-	}
-	size0 := ts.TreeSize(t)
+	return dir, httpURL, chalPort
+}
 
+// legoObtain registers a new lego account at the CA and obtains a
+// certificate for name over http-01 (lego's own provider server on
+// chalPort). It returns the certificate resource, the parsed chain, and the
+// "HTTP-code status" of every finalize answer.
+func legoObtain(t *testing.T, httpsURL string, root *x509.Certificate, chalPort, name string) (*certificate.Resource, []*x509.Certificate, []string, error) {
+	t.Helper()
 	pool := x509.NewCertPool()
 	pool.AddCert(root)
 	rec := &finalizeRecorder{next: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
@@ -404,15 +402,10 @@ func TestLegoCTTesseraCT(t *testing.T) {
 	if err := client.Challenge.SetHTTP01Provider(http01.NewProviderServer("127.0.0.1", chalPort)); err != nil {
 		t.Fatal(err)
 	}
-	name := "ct-lego.example.internal"
 	res, err := client.Certificate.Obtain(ctx, certificate.ObtainRequest{Domains: []string{name}, Bundle: true, KeyType: certcrypto.EC256})
 	if err != nil {
-		t.Fatalf("obtain: %v\n--- server\n%s", err, tail(p.out.String(), 4000))
+		return nil, nil, rec.get(), err
 	}
-	if got := rec.get(); len(got) != 1 || got[0] != "200 processing" {
-		t.Fatalf("finalize answers %q, want one \"200 processing\" (finalize must not wait for the SCTs)", got)
-	}
-
 	var chain []*x509.Certificate
 	for rest := res.Certificate; ; {
 		var blk *pem.Block
@@ -425,8 +418,39 @@ func TestLegoCTTesseraCT(t *testing.T) {
 		}
 		chain = append(chain, c)
 	}
-	if len(chain) < 2 || chain[0].DNSNames[0] != name {
-		t.Fatalf("lego got %d certificates", len(chain))
+	if len(chain) < 2 || len(chain[0].DNSNames) != 1 || chain[0].DNSNames[0] != name {
+		t.Fatalf("lego got %d certificates for %s", len(chain), name)
+	}
+	return res, chain, rec.get(), nil
+}
+
+// TestLegoCTTesseraCT is issue 8's ACME acceptance run: quickstart with
+// --ct-log pointing at a real TesseraCT log, lego (as a library) obtains a
+// certificate over http-01, finalize answers "processing" while the SCT is
+// collected (finalize_wait is 10ms; TesseraCT answers only once a checkpoint
+// covers the entry), and the certificate's embedded SCT passes
+// `hsmca ct verify`, openssl shows it, and the log's checkpoint grew.
+func TestLegoCTTesseraCT(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end")
+	}
+	cttest.TesseraCTBinary(t) // skip early (or fail in CI) without the log
+	dir, _, chalPort := ctACMECA(t)
+	root := readCertPEM(t, filepath.Join(dir, "root.pem"))
+	ts := cttest.StartTesseraCT(t, root)
+	keyPath := writeLogKey(t, dir, "tesseract.pem", ts.Key.Public())
+
+	p, httpsURL, _ := startQuickstart(t, dir, "--resolver", dnsStub(t), "--ct-log", ts.URL, "--ct-log-key", keyPath)
+	waitOutput(t, p, "embeds SCTs from 1 CT log(s) (mode embed)")
+	size0 := ts.TreeSize(t)
+
+	name := "ct-lego.example.internal"
+	res, chain, finalize, err := legoObtain(t, httpsURL, root, chalPort, name)
+	if err != nil {
+		t.Fatalf("obtain: %v\n--- server\n%s", err, tail(p.out.String(), 4000))
+	}
+	if len(finalize) != 1 || finalize[0] != "200 processing" {
+		t.Fatalf("finalize answers %q, want one \"200 processing\" (finalize must not wait for the SCTs)", finalize)
 	}
 	if !hasSCTList(chain[0]) {
 		t.Fatal("the ACME certificate has no SCT list")
@@ -458,4 +482,99 @@ func TestLegoCTTesseraCT(t *testing.T) {
 	if err := p.stop(t, syscall.SIGTERM); err != nil {
 		t.Fatalf("quickstart exit: %v\n%s", err, p.out)
 	}
+}
+
+// TestACMECTRefusingLog: `ca serve --ct-log` with a log that refuses every
+// chain (HTTP 400). In embed mode the lego order fails, the server log names
+// the log's failure and the precertificate's serial stays on record as
+// pending and can be revoked. With --ct-mode best-effort the order
+// succeeds with a certificate that carries no SCT list.
+func TestACMECTRefusingLog(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end")
+	}
+	dir, httpURL, chalPort := ctACMECA(t)
+	root := readCertPEM(t, filepath.Join(dir, "root.pem"))
+	refuse := cttest.NewFakeLog(t, cttest.Refuse)
+	keyPath := writeLogKey(t, dir, "refusing-log.pem", refuse.Key.Public())
+	sock := filepath.Join(dir, "admin.sock")
+	serve := func(extra ...string) *serverProc {
+		t.Helper()
+		args := append([]string{"ca", "serve", "--config", filepath.Join(dir, "ca.yaml"), "--resolver", dnsStub(t),
+			"--ct-log", refuse.URL, "--ct-log-key", keyPath}, extra...)
+		p := startProc(t, dir, args...)
+		waitHealth(t, p, httpURL, isSealed)
+		mustRun(t, dir, "hsm", "activate", "--socket", sock,
+			"--share", filepath.Join(dir, "shares/issuing/share-1.txt"), "--share", filepath.Join(dir, "shares/issuing/share-3.txt"))
+		return p
+	}
+	https := func() string {
+		b, err := os.ReadFile(filepath.Join(dir, "ca.yaml"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := regexp.MustCompile(`(?m)^  https_addr: (\S+)$`).FindSubmatch(b)
+		if m == nil {
+			t.Fatalf("no https_addr in ca.yaml:\n%s", b)
+		}
+		return "https://" + string(m[1])
+	}()
+
+	t.Run("embed", func(t *testing.T) {
+		p := serve()
+		_, _, finalize, err := legoObtain(t, https, root, chalPort, "refused.example.internal")
+		if err == nil {
+			t.Fatal("obtain succeeded although the only log refuses")
+		}
+		if !strings.Contains(err.Error(), "serverInternal") {
+			t.Errorf("lego error %v, want a serverInternal problem", err)
+		}
+		// The refusal is quick, so finalize may answer the problem itself
+		// or "processing" first.
+		if len(finalize) != 1 || (finalize[0] != "500 " && finalize[0] != "200 processing") {
+			t.Errorf("finalize answers %q, want one answer: 500 or 200 processing", finalize)
+		}
+		if refuse.Calls() == 0 {
+			t.Fatal("the log saw no submission")
+		}
+		out := p.out.String()
+		if !strings.Contains(out, "certificate transparency policy not met") || !strings.Contains(out, "http_4xx") {
+			t.Errorf("server log does not name the log's failure:\n%s", tail(out, 4000))
+		}
+		r := mustRun(t, dir, "cert", "list", "--pending", "--json", "--socket", sock)
+		var recs []certJSON
+		if err := json.Unmarshal([]byte(r.stdout), &recs); err != nil {
+			t.Fatalf("cert list --json: %v\n%s", err, r)
+		}
+		var serial string
+		for _, c := range recs {
+			if len(c.Names) == 1 && c.Names[0] == "refused.example.internal" {
+				serial = c.Serial
+			}
+		}
+		if serial == "" {
+			t.Fatalf("no pending record for the precertificate:\n%s", r)
+		}
+		mustRun(t, dir, "cert", "revoke", serial, "--reason", "superseded", "--socket", sock)
+		if err := p.stop(t, syscall.SIGTERM); err != nil {
+			t.Fatalf("serve exit: %v\n%s", err, p.out)
+		}
+	})
+	t.Run("best-effort", func(t *testing.T) {
+		calls := refuse.Calls()
+		p := serve("--ct-mode", "best-effort")
+		_, chain, _, err := legoObtain(t, https, root, chalPort, "best-effort.example.internal")
+		if err != nil {
+			t.Fatalf("obtain: %v\n--- server\n%s", err, tail(p.out.String(), 4000))
+		}
+		if hasSCTList(chain[0]) {
+			t.Error("best-effort certificate carries an SCT list although the log refused")
+		}
+		if refuse.Calls() == calls {
+			t.Error("best-effort issuance did not submit to the log")
+		}
+		if err := p.stop(t, syscall.SIGTERM); err != nil {
+			t.Fatalf("serve exit: %v\n%s", err, p.out)
+		}
+	})
 }
