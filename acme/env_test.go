@@ -213,18 +213,27 @@ type challengeServers struct {
 	httpPort, tlsPort int
 	mu                sync.Mutex
 	tokens            map[string]string
+	redirects         map[string]string // path -> Location
 	certs             map[string]*tls.Certificate
 }
 
 func newChallengeServers(t testing.TB) *challengeServers {
 	t.Helper()
-	c := &challengeServers{tokens: map[string]string{}, certs: map[string]*tls.Certificate{}}
+	c := &challengeServers{tokens: map[string]string{}, certs: map[string]*tls.Certificate{}, redirects: map[string]string{}}
 	hl, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	hs := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c.mu.Lock()
+		to, redirect := c.redirects[r.URL.Path]
+		c.mu.Unlock()
+		if redirect {
+			http.Redirect(w, r, to, http.StatusFound)
+			return
+		}
 		tok := strings.TrimPrefix(r.URL.Path, "/.well-known/acme-challenge/")
+		tok = strings.TrimPrefix(tok, "/moved/")
 		c.mu.Lock()
 		ka, ok := c.tokens[tok]
 		c.mu.Unlock()
@@ -270,6 +279,12 @@ func newChallengeServers(t testing.TB) *challengeServers {
 func (c *challengeServers) setToken(tok, ka string) {
 	c.mu.Lock()
 	c.tokens[tok] = ka
+	c.mu.Unlock()
+}
+
+func (c *challengeServers) setRedirect(path, to string) {
+	c.mu.Lock()
+	c.redirects[path] = to
 	c.mu.Unlock()
 }
 

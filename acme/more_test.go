@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
+	"fmt"
 	"net/http"
 	"sync"
 	"testing"
@@ -375,5 +376,50 @@ func TestKeyChangeRefusals(t *testing.T) {
 	}
 	if r := a.post(a.kid, nil, signOpts{}); r.problemType() != hacme.ProbUnauthorized {
 		t.Fatalf("old key after rollover: %d %s", r.code, r.body)
+	}
+}
+
+// TestHTTP01Redirects: a redirect on the http-01 port is followed; one to
+// another port is not.
+func TestHTTP01Redirects(t *testing.T) {
+	e := newEnv(t, func(c *hacme.Config) { c.ValidationRetries = -1 })
+	a := newRaw(t, e)
+	a.register()
+	for _, tc := range []struct {
+		name, to string
+		want     string
+	}{
+		{"same port", "http://redir-ok.example.test:%d/moved/%s", "valid"},
+		{"other port", "http://redir-bad.example.test:1/moved/%s", "invalid"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			host := "redir-ok.example.test"
+			if tc.want == "invalid" {
+				host = "redir-bad.example.test"
+			}
+			u, o := a.newOrder(host)
+			z := decode[authzResp](t, a.post(o.Authorizations[0], nil, signOpts{}))
+			for _, ch := range z.Challenges {
+				if ch.Type != "http-01" {
+					continue
+				}
+				to := fmt.Sprintf(tc.to, ch.Token)
+				if tc.want == "valid" {
+					to = fmt.Sprintf(tc.to, e.chal.httpPort, ch.Token)
+				}
+				e.chal.setToken(ch.Token, a.keyAuth(ch.Token))
+				e.chal.setRedirect("/.well-known/acme-challenge/"+ch.Token, to)
+				a.post(ch.URL, map[string]any{}, signOpts{})
+			}
+			var st string
+			waitFor(t, "authorization settled", func() bool {
+				st = decode[authzResp](t, a.post(o.Authorizations[0], nil, signOpts{})).Status
+				return st != "pending"
+			})
+			if st != tc.want {
+				t.Fatalf("authorization %s, want %s", st, tc.want)
+			}
+			_ = u
+		})
 	}
 }

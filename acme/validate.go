@@ -3,6 +3,7 @@ package acme
 import (
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/base64"
 	"errors"
 	"net"
@@ -52,10 +53,12 @@ func newValidator(s *Server) *validator {
 				DisableKeepAlives:  true,
 				DisableCompression: true,
 				Proxy:              nil,
+				// A redirect to https is followed without checking the
+				// certificate, as RFC 8555 §8.3 lets validators do.
+				TLSClientConfig:       &tls.Config{InsecureSkipVerify: true},
+				ResponseHeaderTimeout: s.cfg.ValidationTimeout,
 			},
-			// Redirects are not followed: the challenge must be served
-			// at the URL the server asks for.
-			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+			CheckRedirect: v.checkRedirect,
 		}
 	}
 	for i := 0; i < s.cfg.ValidationWorkers; i++ {
@@ -200,6 +203,31 @@ func findChallenge(a *Authz, typ string) *Challenge {
 		}
 	}
 	return nil
+}
+
+// checkRedirect follows at most 10 redirects (RFC 8555 §8.3), only to
+// http on the http-01 port or https on 443 (or the configured tls-alpn-01
+// port, which tests use), never to another scheme or port.
+func (v *validator) checkRedirect(req *http.Request, via []*http.Request) error {
+	if len(via) >= 10 {
+		return prob(ProbConnection, 400, "http-01: too many redirects")
+	}
+	u := req.URL
+	port := u.Port()
+	switch u.Scheme {
+	case "http":
+		if port == "" {
+			port = "80"
+		}
+		if port == strconv.Itoa(v.s.cfg.HTTP01Port) {
+			return nil
+		}
+	case "https":
+		if port == "" || port == "443" || port == strconv.Itoa(v.s.cfg.TLSALPN01Port) {
+			return nil
+		}
+	}
+	return prob(ProbConnection, 400, "http-01: redirect to "+quoteShort(u.Scheme+"://"+u.Host)+" is not followed (only http on the http-01 port and https on 443)")
 }
 
 // dialResolved dials addr, resolving a host name with the validation
