@@ -67,7 +67,10 @@ func (c *countingStore) PutMeta(ctx context.Context, k string, v []byte) error {
 // fullOrder runs newOrder -> http-01 -> finalize -> download for one new
 // name, polling with a short pause as a real client would (with a much
 // shorter Retry-After).
-func (c *rawClient) fullOrder(name string) {
+func (c *rawClient) fullOrder(name string) { c.fullOrderURL(name) }
+
+// fullOrderURL is fullOrder returning the order's URL.
+func (c *rawClient) fullOrderURL(name string) string {
 	c.t.Helper()
 	orderURL, o := c.newOrder(name)
 	z := decode[authzResp](c.t, c.post(o.Authorizations[0], nil, signOpts{}))
@@ -105,6 +108,7 @@ func (c *rawClient) fullOrder(name string) {
 	if r := c.post(o.Certificate, nil, signOpts{}); r.code != http.StatusOK || len(r.body) == 0 {
 		c.t.Fatalf("download: %d", r.code)
 	}
+	return orderURL
 }
 
 // BenchmarkFullOrder measures one client doing complete orders over real
