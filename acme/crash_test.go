@@ -30,10 +30,10 @@ type serverProc struct {
 	base string
 }
 
-func startServerProc(t *testing.T, db string, chal *challengeServers, d *testDNS) *serverProc {
+func startServerProc(t *testing.T, db string, chal *challengeServers, d *testDNS, env ...string) *serverProc {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), benchServerEnv+"=1", "HSMCA_BENCH_DB="+db,
+	cmd.Env = append(append(os.Environ(), env...), benchServerEnv+"=1", "HSMCA_BENCH_DB="+db,
 		"HSMCA_BENCH_HTTP01="+strconv.Itoa(chal.httpPort), "HSMCA_BENCH_RESOLVER="+d.addr)
 	if _, err := cmd.StdinPipe(); err != nil {
 		t.Fatal(err)
@@ -139,4 +139,46 @@ func TestCrashRecovery(t *testing.T) {
 	if total < len(acked) {
 		t.Fatalf("%d orders listed, %d acknowledged", total, len(acked))
 	}
+}
+
+// TestCrashWhileProcessing: an order announced as processing (the CA hangs)
+// when the server is killed is invalid after the restart, with a problem
+// that says to order again, and a new order for the name succeeds.
+func TestCrashWhileProcessing(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts server processes")
+	}
+	chal, d := newChallengeServers(t), newTestDNS(t)
+	db := filepath.Join(t.TempDir(), "hsmca.db")
+	p := startServerProc(t, db, chal, d, "HSMCA_BENCH_HOLD_CA=1", "HSMCA_BENCH_FINALIZE_WAIT=50ms")
+	client := &http.Client{Timeout: 30 * time.Second}
+	e := &env{t: t, chal: chal, dns: d, base: p.base, client: client}
+	c := newRaw(t, e)
+	c.register()
+	u, o := c.newOrder("proc.crash.test")
+	c.solveHTTP(u, o)
+	r := c.finalize(o, makeCSR(t, "proc.crash.test"))
+	if st := decode[orderResp](t, r).Status; st != "processing" {
+		t.Fatalf("finalize with a hanging CA: %s", st)
+	}
+	p.cmd.Process.Kill()
+	p.cmd.Wait()
+
+	p2 := startServerProc(t, db, chal, d)
+	c.e = &env{t: t, chal: chal, dns: d, base: p2.base, client: client}
+	c.kid, c.next = p2.base+strings.TrimPrefix(c.kid, p.base), ""
+	u2 := p2.base + strings.TrimPrefix(u, p.base)
+	got := decode[orderResp](t, c.post(u2, nil, signOpts{}))
+	if got.Status != "invalid" || got.Error == nil || !strings.Contains(got.Error.Detail, "restart") {
+		t.Fatalf("order after the crash: %+v", got)
+	}
+	// The authorization is reused: the new order is ready at once.
+	nu, no := c.newOrder("proc.crash.test")
+	if no.Status != "ready" {
+		t.Fatalf("new order is %s", no.Status)
+	}
+	if r := c.finalize(no, makeCSR(t, "proc.crash.test")); r.code != 200 {
+		t.Fatalf("finalize after restart: %d %s", r.code, r.body)
+	}
+	c.waitOrder(nu, "valid")
 }

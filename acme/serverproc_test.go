@@ -46,6 +46,9 @@ func runBenchServer() int {
 		}
 	}
 	ca := newFakeCA(benchTB{})
+	if os.Getenv("HSMCA_BENCH_HOLD_CA") != "" {
+		ca.hold = make(chan struct{}) // never released: issuance hangs
+	}
 	st, err := store.Open(os.Getenv("HSMCA_BENCH_DB"))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -62,6 +65,9 @@ func runBenchServer() int {
 		HTTP01Port: port,
 		Resolver:   os.Getenv("HSMCA_BENCH_RESOLVER"),
 		RateLimits: hacme.RateLimits{AccountRate: -1, IPRate: -1, NewOrderRate: -1},
+	}
+	if w, err := time.ParseDuration(os.Getenv("HSMCA_BENCH_FINALIZE_WAIT")); err == nil {
+		cfg.FinalizeWait = w
 	}
 	srv, err := hacme.New(cfg, ca, st, hacme.Options{})
 	if err != nil {
