@@ -6,10 +6,11 @@
 // implements it). Issuance follows DESIGN.md §3: the template is signed with
 // a throwaway key of the issuer's key type and that copy is linted (zlint
 // plus our own checks); only a clean copy is recorded in the store, with its
-// serial, as pending; then the identical TBSCertificate is signed by the
-// issuer key, checked byte for byte and verified, and the final certificate
-// is stored. Whatever happens in between, every serial that may carry a real
-// signature is on record and can be revoked.
+// serial, as pending; then the issuer key signs that very TBSCertificate
+// (the bytes that were linted, not a re-encoding of the template), the
+// signature is verified under the issuer certificate's key, and the final
+// certificate is stored. Whatever happens in between, every serial that
+// may carry a real signature is on record and can be revoked.
 //
 // With Certificate Transparency on for a profile, the recorded and signed
 // object is first an RFC 6962 precertificate; SCTs from the SCTSource go
