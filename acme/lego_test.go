@@ -297,3 +297,31 @@ func TestLegoProviderServers(t *testing.T) {
 		e.ca.verify(t, certs[0], certs[1:])
 	}
 }
+
+func TestLegoEAB(t *testing.T) {
+	e := newEnv(t, func(c *hacme.Config) { c.ExternalAccountRequired = true })
+	ctx := context.Background()
+	kid, key, err := hacme.CreateEAB(ctx, e.st, "lego")
+	if err != nil {
+		t.Fatal(err)
+	}
+	client, user := newLego(t, e, nil)
+	if _, err := client.Registration.Register(ctx, registration.RegisterOptions{TermsOfServiceAgreed: true}); err == nil {
+		t.Fatal("registered without EAB")
+	}
+	reg, err := client.Registration.RegisterWithExternalAccountBinding(ctx, registration.RegisterEABOptions{
+		TermsOfServiceAgreed: true, Kid: kid, HmacEncoded: key})
+	if err != nil {
+		t.Fatalf("register with EAB: %v", err)
+	}
+	user.reg = reg
+	if err := client.Challenge.SetHTTP01Provider(http01Provider{e.chal}); err != nil {
+		t.Fatal(err)
+	}
+	res, err := client.Certificate.Obtain(ctx, certificate.ObtainRequest{Domains: []string{"eab.example.test"}, Bundle: true, KeyType: certcrypto.EC256})
+	if err != nil {
+		t.Fatalf("obtain: %v", err)
+	}
+	certs := parseBundle(t, res.Certificate)
+	e.ca.verify(t, certs[0], certs[1:])
+}
