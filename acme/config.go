@@ -67,7 +67,8 @@ type Config struct {
 	// MaxIdentifiers limits the identifiers of one order (default 100).
 	MaxIdentifiers int `yaml:"max_identifiers"`
 	// FinalizeWait is how long finalize waits for the CA before answering
-	// "processing" (default 2s).
+	// "processing" (default 2s; negative: answer "processing" at once and
+	// always issue in the background).
 	FinalizeWait time.Duration `yaml:"finalize_wait"`
 	// RetryAfter is what the server tells clients polling a processing
 	// order or pending challenge (default 1s).

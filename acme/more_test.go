@@ -423,3 +423,21 @@ func TestHTTP01Redirects(t *testing.T) {
 		})
 	}
 }
+
+// TestFinalizeAlwaysAsync: with a negative finalize_wait finalize answers
+// processing with Retry-After even for a fast CA, and the order becomes
+// valid in the background.
+func TestFinalizeAlwaysAsync(t *testing.T) {
+	e := newEnv(t, func(c *hacme.Config) { c.FinalizeWait = -1 })
+	e.ca.hold = make(chan struct{})
+	a := newRaw(t, e)
+	a.register()
+	u, o := a.newOrder("async.example.test")
+	a.solveHTTP(u, o)
+	r := a.finalize(o, makeCSR(t, "async.example.test"))
+	if decode[orderResp](t, r).Status != "processing" || r.hdr.Get("Retry-After") == "" {
+		t.Fatalf("finalize: %d %s %v", r.code, r.body, r.hdr)
+	}
+	close(e.ca.hold)
+	a.waitOrder(u, "valid")
+}

@@ -404,7 +404,7 @@ func (s *Server) handleFinalize(w http.ResponseWriter, q *request) *Problem {
 			s.failLocked(o, err)
 		}
 	}()
-	t := time.NewTimer(s.cfg.FinalizeWait)
+	t := time.NewTimer(max(s.cfg.FinalizeWait, 0))
 	defer t.Stop()
 	var res result
 	select {
