@@ -578,3 +578,41 @@ func TestACMECTRefusingLog(t *testing.T) {
 		}
 	})
 }
+
+// TestACMEIssueWorkersWithCT: with CT on for a profile and
+// acme.issue_workers unset, the finalize pool grows to ctIssueWorkers (an
+// issuance waits for the logs while holding a worker); a configured size
+// and configs without CT are left alone.
+func TestACMEIssueWorkersWithCT(t *testing.T) {
+	withCT := func(c *Config) {
+		if err := (ctOverride{mode: ca.CTEmbed, logs: []ct.LogConfig{{URL: "http://a.test", PublicKey: "k.pem"}}}).apply(c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tc := range []struct {
+		name string
+		edit func(*Config)
+		want int
+	}{
+		{"no CT", func(*Config) {}, 0},
+		{"CT from flags", withCT, ctIssueWorkers},
+		{"CT on another profile", func(c *Config) {
+			c.CT.Logs = []ct.LogConfig{{URL: "http://a.test", PublicKey: "k.pem"}}
+			c.CA.Profiles = map[string]ca.Profile{"logged": {ExtKeyUsages: []string{"serverAuth"}, CT: ca.CTConfig{Mode: ca.CTBestEffort}}}
+		}, ctIssueWorkers},
+		{"configured size kept", func(c *Config) { withCT(c); c.ACME.IssueWorkers = 8 }, 8},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := &Config{Module: "module", Server: ServerConfig{HTTPSAddr: "127.0.0.1:8443"}}
+			cfg.ACME.Profiles = map[string]string{"server": "TLS server"} // no CA needed
+			tc.edit(cfg)
+			acfg, err := acmeConfig(cfg, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if acfg.IssueWorkers != tc.want {
+				t.Fatalf("issue_workers %d, want %d", acfg.IssueWorkers, tc.want)
+			}
+		})
+	}
+}

@@ -424,6 +424,9 @@ func acmeConfig(cfg *Config, c *ca.CA) (acme.Config, error) {
 	if !strings.HasSuffix(acfg.BaseURL, "/") {
 		acfg.BaseURL += "/"
 	}
+	if acfg.IssueWorkers == 0 && usesCT(cfg) {
+		acfg.IssueWorkers = ctIssueWorkers
+	}
 	if len(acfg.Profiles) == 0 {
 		acfg.Profiles = map[string]string{}
 		names := []string{}
@@ -445,6 +448,23 @@ func acmeConfig(cfg *Config, c *ca.CA) (acme.Config, error) {
 		}
 	}
 	return acfg, nil
+}
+
+// ctIssueWorkers is the ACME finalize pool size when a profile uses CT and
+// acme.issue_workers is unset. An issuance with CT holds its worker while the
+// logs answer (about one checkpoint interval, typically 0.5 to 2s) and uses
+// no CPU meanwhile, so the default pool of 4 would cap such a CA at a few
+// orders per second whatever the CPU.
+const ctIssueWorkers = 64
+
+// usesCT reports whether any profile of cfg has CT on.
+func usesCT(cfg *Config) bool {
+	for _, p := range cfg.CA.EffectiveProfiles() {
+		if p.CT.Mode != ca.CTOff {
+			return true
+		}
+	}
+	return false
 }
 
 // printReady tells the operator where the CA listens and that it is sealed.
