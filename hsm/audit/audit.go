@@ -12,19 +12,21 @@
 // Signature records, one per signature the module makes, are the hot path.
 // They go to an append-only segment file beside the database (SegmentFile,
 // a compact binary, length-prefixed, CRC-checked frame each; see
-// segment.go), written with one write(2) under the chain lock before
-// BeginSign returns. Every other event (init, shares, activation, seal,
-// keys, export, lockout) is a JSON record in the database's "audit" bucket,
-// committed together with a new signed head. Both kinds take their
-// sequence numbers from one counter and their "prev" from the record
-// before, whatever store that is in, so Head, Events and Verify see one
-// chain.
+// segment.go). BeginSign gives the record its place in the chain (one
+// SHA-256, no allocation) and queues its frame; the caller signs; Wait
+// writes every queued frame with one write(2) unless another caller's Wait
+// has just done so, so concurrent signatures share a write. Every other
+// event (init, shares, activation, seal, keys, export, lockout) is a JSON
+// record in the database's "audit" bucket, committed together with a new
+// signed head. Both kinds take their sequence numbers from one counter and
+// their "prev" from the record before, whatever store that is in, so Head,
+// Events and Verify see one chain.
 //
 // # Durability
 //
 //   - Process crash (kill -9): loses nothing acknowledged. A signature
-//     record is in the kernel (written) before BeginSign returns, so before
-//     the signer can release the signature; a database record is committed
+//     record is in the kernel (written) before Wait returns, so before the
+//     signer can release the signature; a database record is committed
 //     (fsynced) before Append returns.
 //   - Power loss: may lose signature records that were written but not yet
 //     synced. A background flusher syncs the segment (fsync) at most every

@@ -358,11 +358,12 @@ type signer struct {
 func (s *signer) Public() crypto.PublicKey { return s.pub }
 
 // Sign signs digest with the key once the partition is active. Its audit
-// record (key ID and digest, or for Ed25519 the SHA-256 of the message) is
-// written to the module's audit segment before the signature is computed,
-// and the signature is returned only after that write: a signature this
-// process hands out always has its record, even if the process is killed
-// the next moment (see hsm/audit for the power-loss bound).
+// record (key ID and digest, or for Ed25519 the SHA-256 of the message)
+// takes its place in the chain before the signature is computed, and the
+// signature is returned only after the record has been written to the
+// module's audit segment: a signature this process hands out always has
+// its record, even if the process is killed the next moment (see
+// hsm/audit for the power-loss bound).
 func (s *signer) Sign(rnd io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, error) {
 	priv, last, err := s.p.useKey(s.id)
 	if err != nil {
