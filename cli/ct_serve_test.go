@@ -449,8 +449,10 @@ func TestLegoCTTesseraCT(t *testing.T) {
 	if err != nil {
 		t.Fatalf("obtain: %v\n--- server\n%s", err, tail(p.out.String(), 4000))
 	}
-	if len(finalize) != 1 || finalize[0] != "200 processing" {
-		t.Fatalf("finalize answers %q, want one \"200 processing\" (finalize must not wait for the SCTs)", finalize)
+	// lego repeats a finalize only after a badNonce; what counts is that
+	// the successful one answered "processing", not "valid".
+	if len(finalize) == 0 || finalize[len(finalize)-1] != "200 processing" {
+		t.Fatalf("finalize answers %q, want the last one \"200 processing\" (finalize must not wait for the SCTs)", finalize)
 	}
 	if !hasSCTList(chain[0]) {
 		t.Fatal("the ACME certificate has no SCT list")
@@ -531,8 +533,8 @@ func TestACMECTRefusingLog(t *testing.T) {
 		}
 		// The refusal is quick, so finalize may answer the problem itself
 		// or "processing" first.
-		if len(finalize) != 1 || (finalize[0] != "500 " && finalize[0] != "200 processing") {
-			t.Errorf("finalize answers %q, want one answer: 500 or 200 processing", finalize)
+		if n := len(finalize); n == 0 || (finalize[n-1] != "500 " && finalize[n-1] != "200 processing") {
+			t.Errorf("finalize answers %q, want the last one 500 or 200 processing", finalize)
 		}
 		if refuse.Calls() == 0 {
 			t.Fatal("the log saw no submission")
