@@ -156,6 +156,8 @@ type Log struct {
 	flushMu   sync.Mutex
 	headSeq   uint64 // count of the stored head
 	syncedOff int64  // segment bytes known to be synced
+	slotNext  int    // the head slot the next flush writes
+	slotDirty bool   // a head slot was written since the last sync
 	// writeMu makes one goroutine at a time write the pending frames.
 	writeMu sync.Mutex
 
@@ -302,26 +304,29 @@ func (l *Log) openSegment() (int64, error) {
 		return 0, fmt.Errorf("audit: open segment: %w", err)
 	}
 	l.seg = f
+	l.hdrLen = segHeaderLen
 	hdr := segHeader(l.ctx)
-	l.hdrLen = int64(len(hdr))
 	st, err := f.Stat()
 	if err != nil {
 		f.Close()
 		return 0, fmt.Errorf("audit: open segment: %w", err)
 	}
 	size := st.Size()
-	got := make([]byte, min(size, l.hdrLen))
+	got := make([]byte, min(size, int64(len(hdr))))
 	if _, err := f.ReadAt(got, 0); err != nil {
 		f.Close()
 		return 0, fmt.Errorf("audit: read segment header: %w", err)
 	}
 	switch {
-	case size >= l.hdrLen && string(got) == string(hdr):
+	case size >= segHeaderLen && string(got) == string(hdr):
 		return size, nil
-	case size < l.hdrLen && string(got) == string(hdr[:size]):
-		// New, or a crash while it was being created: (re)write the header.
+	case size < segHeaderLen && string(got) == string(hdr[:len(got)]):
+		// New, or a crash while it was being created: (re)write the header
+		// and empty head slots.
+		full := make([]byte, segHeaderLen)
+		copy(full, hdr)
 		if err := f.Truncate(0); err == nil {
-			_, err = f.WriteAt(hdr, 0)
+			_, err = f.WriteAt(full, 0)
 		}
 		if err == nil {
 			err = f.Sync()
@@ -333,7 +338,7 @@ func (l *Log) openSegment() (int64, error) {
 			f.Close()
 			return 0, fmt.Errorf("audit: create segment: %w", err)
 		}
-		return l.hdrLen, nil
+		return segHeaderLen, nil
 	}
 	l.broken = &hsm.AuditError{Seq: 0, Reason: "the audit segment's header does not name this module (another module's segment, or not a segment)"}
 	return size, nil
@@ -355,9 +360,10 @@ func (l *Log) loadTail(size int64) error {
 	if l.broken != nil {
 		return nil
 	}
+	l.slotNext = nextSlot(l.seg)
 	var head *storedHead
 	err := l.db.View(func(tx *bolt.Tx) error {
-		h, herr := readHead(tx)
+		h, herr := l.loadHead(tx, l.seg, l.pub)
 		k, v := tx.Bucket(recordsBucket).Cursor().Last()
 		if herr != nil {
 			l.broken = herr
@@ -367,10 +373,6 @@ func (l *Log) loadTail(size int64) error {
 			if k != nil {
 				l.broken = &hsm.AuditError{Seq: 1, Reason: "records present but no signed head"}
 			}
-			return nil
-		}
-		if err := l.checkHeadSig(h, l.pub); err != nil {
-			l.broken = err
 			return nil
 		}
 		head = h
@@ -625,7 +627,7 @@ func (l *Log) Close() error {
 	l.closed = true
 	wasBroken := l.broken != nil
 	l.mu.Unlock()
-	ferr := l.flushLocked()
+	ferr := l.syncLocked()
 	l.flushMu.Unlock()
 	close(l.stop)
 	<-l.done
@@ -696,6 +698,60 @@ func readHead(tx *bolt.Tx) (*storedHead, error) {
 		return nil, &hsm.AuditError{Seq: 0, Reason: "signed head unreadable"}
 	}
 	return &h, nil
+}
+
+// loadHead returns the newest signed head: the one in the database
+// (stored with each database record) or one of the segment's slots
+// (stored by flushes), whichever counts more records. Every head present
+// must verify with pub, and two heads of the same count must agree.
+func (l *Log) loadHead(tx *bolt.Tx, ra io.ReaderAt, pub ed25519.PublicKey) (*storedHead, error) {
+	best, err := readHead(tx)
+	if err != nil {
+		return nil, err
+	}
+	if best != nil {
+		if err := l.checkHeadSig(best, pub); err != nil {
+			return nil, err
+		}
+	}
+	for _, h := range readSlots(ra) {
+		if h == nil {
+			continue
+		}
+		if err := l.checkHeadSig(h, pub); err != nil {
+			return nil, err
+		}
+		switch {
+		case best == nil || h.Count > best.Count:
+			best = h
+		case h.Count == best.Count && h.Hash != best.Hash:
+			return nil, &hsm.AuditError{Seq: h.Count, Reason: "two signed heads of the same count disagree"}
+		}
+	}
+	return best, nil
+}
+
+// readSlots reads the segment's two head slots; a slot never written, torn
+// or missing is nil.
+func readSlots(ra io.ReaderAt) [2]*storedHead {
+	var out [2]*storedHead
+	var b [2 * slotLen]byte
+	n, _ := ra.ReadAt(b[:], slotOffset)
+	for i := range out {
+		if n >= (i+1)*slotLen {
+			out[i] = decodeSlot(b[i*slotLen : (i+1)*slotLen])
+		}
+	}
+	return out
+}
+
+// nextSlot is the slot a flush overwrites: the one with the older head.
+func nextSlot(ra io.ReaderAt) int {
+	s := readSlots(ra)
+	if s[0] == nil || (s[1] != nil && s[1].Count > s[0].Count) {
+		return 0
+	}
+	return 1
 }
 
 func (l *Log) checkHeadSig(h *storedHead, pub ed25519.PublicKey) error {

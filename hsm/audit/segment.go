@@ -15,24 +15,37 @@ import (
 	"github.com/hsmca/hsmca/hsm"
 )
 
-// The segment file holds the signature records, appended one write(2)
-// each. Layout:
+// The segment file holds the signature records, appended by write(2), and
+// the two slots of the signed head that the flusher keeps. Layout:
 //
-//	header: segMagic | u8 len(context) | context
-//	frame:  u32 len(body) | u32 CRC-32C(body) | body
-//	body:   u8 kind (1: sign) | u64 seq | i64 time (Unix ns) | [32]byte record hash |
-//	        u8 len | partition | u8 len | key ID | u8 len | hash name | u8 len | digest
+//	0:     segMagic | u8 len(context) | context, zero-padded to 512 bytes
+//	512:   head slot 0 (256 bytes)
+//	768:   head slot 1 (256 bytes)
+//	1024:  frames, one per record, in sequence order
+//	frame: u32 len(body) | u32 CRC-32C(body) | body
+//	body:  u8 kind (1: sign) | u64 seq | i64 time (Unix ns) | [32]byte record hash |
+//	       u8 len | partition | u8 len | key ID | u8 len | hash name | u8 len | digest
+//	slot:  u32 CRC-32C(rest) | u64 count | [32]byte hash | i64 segment end |
+//	       i64 offset of the last frame | [64]byte Ed25519 head signature | zeros
 //
 // Integers are big-endian. The record hash is the one recordHash computes
 // for the same record as an hsm.AuditEvent (type "sign", fields digest (hex),
 // hash, key), so a signature record is one link of the single chain that
-// also runs through the records in the database. The CRC tells a frame
-// damaged by a crash (torn) from a well-formed one; it is no defence against
-// tampering, the hash chain is.
+// also runs through the records in the database. The CRCs tell a frame or
+// slot damaged by a crash (torn) from a well-formed one; they are no
+// defence against tampering, the hash chain and the head signature are.
+//
+// The slots alternate, so a torn slot write leaves the other one. A slot is
+// written after the sync that made its records durable and becomes durable
+// itself with the next sync, so a head never outlives the records it
+// covers.
 
-const segMagic = "hsmca audit segment v1\x00"
+const segMagic = "hsmca audit segment v2\x00"
 
 const (
+	segHeaderLen   = 1024
+	slotOffset     = 512
+	slotLen        = 256
 	frameHeaderLen = 8
 	kindSign       = 1
 	bodyFixedLen   = 1 + 8 + 8 + 32 + 4 // kind, seq, time, hash, four lengths
@@ -43,11 +56,40 @@ const (
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
-// segHeader is the segment's first bytes; the context binds the segment to
-// one module.
+// segHeader is the segment's identifying first bytes; the context binds
+// the segment to one module.
 func segHeader(ctx string) []byte {
 	h := append([]byte(segMagic), byte(len(ctx)))
 	return append(h, ctx...)
+}
+
+// encodeSlot encodes a signed head for a slot.
+func encodeSlot(h *storedHead) []byte {
+	b := make([]byte, slotLen)
+	binary.BigEndian.PutUint64(b[4:], h.Count)
+	if hash, err := hex.DecodeString(h.Hash); err == nil && len(hash) == 32 {
+		copy(b[12:44], hash)
+	}
+	binary.BigEndian.PutUint64(b[44:], uint64(h.Segment))
+	binary.BigEndian.PutUint64(b[52:], uint64(h.SegmentLast))
+	copy(b[60:124], h.Sig)
+	binary.BigEndian.PutUint32(b, crc32.Checksum(b[4:], castagnoli))
+	return b
+}
+
+// decodeSlot returns the head in a slot, or nil for a slot never written
+// or torn (its CRC does not match).
+func decodeSlot(b []byte) *storedHead {
+	if len(b) != slotLen || crc32.Checksum(b[4:], castagnoli) != binary.BigEndian.Uint32(b) {
+		return nil
+	}
+	return &storedHead{
+		Count:       binary.BigEndian.Uint64(b[4:]),
+		Hash:        hex.EncodeToString(b[12:44]),
+		Segment:     int64(binary.BigEndian.Uint64(b[44:])),
+		SegmentLast: int64(binary.BigEndian.Uint64(b[52:])),
+		Sig:         append([]byte(nil), b[60:124]...),
+	}
 }
 
 // signRecord is a decoded segment frame.

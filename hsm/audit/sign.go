@@ -1,11 +1,8 @@
 package audit
 
 import (
-	"encoding/json"
 	"fmt"
 	"time"
-
-	bolt "go.etcd.io/bbolt"
 )
 
 // Ticket names a signature record written by BeginSign.
@@ -239,16 +236,35 @@ func (l *Log) flusher() {
 	}
 }
 
-// Sync makes every record written so far durable and covers it with a new
-// signed head.
+// Sync makes every record queued so far durable and covers it with a new
+// signed head, itself durable.
 func (l *Log) Sync() error {
 	l.flushMu.Lock()
 	defer l.flushMu.Unlock()
-	return l.flushLocked()
+	return l.syncLocked()
 }
 
-// flushLocked syncs the segment up to its current end and stores a signed
-// head for the last record. Called with flushMu held.
+func (l *Log) syncLocked() error {
+	if err := l.flushLocked(); err != nil {
+		return err
+	}
+	if !l.slotDirty {
+		return nil
+	}
+	l.mu.Lock()
+	seg := l.seg
+	l.mu.Unlock()
+	if err := seg.Sync(); err != nil {
+		return l.fail(fmt.Errorf("audit: sync segment: %w", err))
+	}
+	l.slotDirty = false
+	return nil
+}
+
+// flushLocked writes the queued frames, syncs the segment up to its end
+// and writes a signed head for the last record into the older head slot.
+// That slot becomes durable with the next sync, so a head never covers a
+// record a power loss could take. Called with flushMu held.
 func (l *Log) flushLocked() error {
 	l.writeMu.Lock()
 	werr := l.writeLocked() // frames whose Wait has not come yet
@@ -265,20 +281,19 @@ func (l *Log) flushLocked() error {
 	if seq <= l.headSeq {
 		return nil
 	}
-	if off > l.syncedOff {
+	if off > l.syncedOff || l.slotDirty {
 		if err := seg.Sync(); err != nil {
 			return l.fail(fmt.Errorf("audit: sync segment: %w", err))
 		}
-		l.syncedOff = off
+		l.syncedOff, l.slotDirty = off, false
 	}
 	l.markSynced(seq)
-	hv, err := json.Marshal(l.signHead(seq, prev, off, last))
-	if err == nil {
-		err = l.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(headBucket).Put(headKey, hv) })
+	sh := l.signHead(seq, prev, off, last)
+	if _, err := seg.WriteAt(encodeSlot(&sh), slotOffset+int64(l.slotNext)*slotLen); err != nil {
+		return l.fail(fmt.Errorf("audit: write head %d: %w", seq, err))
 	}
-	if err != nil {
-		return l.fail(fmt.Errorf("audit: store head %d: %w", seq, err))
-	}
+	l.slotNext ^= 1
+	l.slotDirty = true
 	l.headSeq = seq
 	return nil
 }

@@ -561,8 +561,7 @@ func tamperSignRecord(t *testing.T, dir string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	hdr := bytes.IndexByte(data, 0) + 1 // the magic ends with a NUL
-	off := hdr + 1 + int(data[hdr])     // then the length-prefixed context
+	const off = 1024 // the first frame, after the header and the head slots
 	n := int(binary.BigEndian.Uint32(data[off:]))
 	body := data[off+8 : off+8+n]
 	body[len(body)-1] ^= 1 // the digest is the body's last field
