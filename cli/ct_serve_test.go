@@ -167,6 +167,8 @@ func TestQuickstartCTFlagsRefused(t *testing.T) {
 		"quickstart", "--dir", demo, "--ct-log", "http://127.0.0.1:1/log")
 	mustFail(t, dir, ExitUsage, []string{`--ct-mode "sometimes"`},
 		"quickstart", "--dir", demo, "--ct-mode", "sometimes")
+	mustFail(t, dir, ExitUsage, []string{"--ct-mode needs CT logs"},
+		"quickstart", "--dir", demo, "--ct-mode", "best-effort")
 	if _, err := os.Stat(demo); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("quickstart created %s despite bad flags (%v)", demo, err)
 	}

@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -93,8 +94,13 @@ func runQuickstart(ctx context.Context, e *env, f quickstartFlags) error {
 	cfgPath := filepath.Join(dir, qsConfig)
 	// Bad --ct-* flags are refused before a first run creates anything;
 	// startServe applies them.
-	if _, err := f.ctOverride(); err != nil {
+	cto, err := f.ctOverride()
+	if err != nil {
 		return err
+	}
+	if !fileExists(cfgPath) && cto.mode != "" && len(cto.logs) == 0 {
+		// The config a first run writes has no CT logs.
+		return usageError{withHint(errors.New("ct: --ct-mode needs CT logs"), "add --ct-log URL --ct-log-key FILE")}
 	}
 	if !fileExists(cfgPath) {
 		if fileExists(filepath.Join(dir, qsModule)) {
