@@ -7,9 +7,12 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strings"
 	"sync/atomic"
@@ -49,6 +52,7 @@ type serveFlags struct {
 	ctLogs    []string
 	ctLogKeys []string
 	ctMode    string
+	pprof     string
 }
 
 func (f *serveFlags) add(cmd *cobra.Command) {
@@ -57,6 +61,7 @@ func (f *serveFlags) add(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&f.resolver, "resolver", "", "DNS server `HOST:PORT` for every ACME validation lookup (overrides acme.resolver)")
 	cmd.Flags().StringArrayVar(&f.ctLogs, "ct-log", nil, "CT log submission `URL` (RFC 6962 add-pre-chain under it) added to the config's ct.logs; repeatable, paired in order with --ct-log-key; turns CT on for the server profile")
 	cmd.Flags().StringArrayVar(&f.ctLogKeys, "ct-log-key", nil, "public key `FILE` (PEM or DER) of the --ct-log at the same position; repeatable")
+	cmd.Flags().StringVar(&f.pprof, "pprof-addr", "", "serve Go's net/http/pprof profiles on `ADDR` (loopback only, e.g. 127.0.0.1:6060; off by default) for profiling under load")
 	cmd.Flags().StringVar(&f.ctMode, "ct-mode", "", "CT `MODE` of the server profile: embed (no certificate without the SCT policy met; the default with --ct-log) or best-effort")
 }
 
@@ -228,6 +233,7 @@ type running struct {
 	acmeURL,
 	httpURL string
 	socket string
+	pprof  *http.Server
 }
 
 // newLogger makes the server's slog logger per the config.
@@ -378,7 +384,7 @@ func startServe(e *env, cfg *Config, configPath string, f serveFlags) (_ *runnin
 	}
 	r.srv, err = server.New(scfg, server.Deps{
 		CA: c, ACME: r.acme.Handler(), Quorum: r.quorum, Store: r.st, Logger: log,
-		Metrics: metrics, Gatherer: reg, Reload: reload,
+		Metrics: metrics, Gatherer: reg, Reload: reload, EAB: eabAdmin{st: r.st},
 	})
 	if err != nil {
 		return nil, err
@@ -389,7 +395,55 @@ func startServe(e *env, cfg *Config, configPath string, f serveFlags) (_ *runnin
 		return nil, err
 	}
 	r.httpURL = "http://" + r.srv.HTTPAddr()
+	if f.pprof != "" {
+		if r.pprof, err = startPprof(f.pprof, log); err != nil {
+			return nil, err
+		}
+	}
 	return r, nil
+}
+
+// Sampling rates while --pprof-addr is on: a blocking event of 10µs or more
+// is always recorded in the block profile (shorter ones proportionally), and
+// one mutex contention event in 10 in the mutex profile. Both stay off
+// without the flag, so they cost nothing by default.
+const (
+	pprofBlockRateNs     = 10_000
+	pprofMutexFraction   = 10
+	pprofReadHeaderLimit = 10 * time.Second
+)
+
+// startPprof serves net/http/pprof on addr, which must be a loopback
+// address: the profiles show code paths and timings of a CA, and the
+// endpoints can make the process spend CPU, so they are never exposed.
+func startPprof(addr string, log *slog.Logger) (*http.Server, error) {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, usagef("serve: --pprof-addr %q: want HOST:PORT", addr)
+	}
+	if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+		return nil, usagef("serve: --pprof-addr %q: only a loopback address is allowed", addr)
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("serve: pprof listener: %w", err)
+	}
+	runtime.SetBlockProfileRate(pprofBlockRateNs)
+	runtime.SetMutexProfileFraction(pprofMutexFraction)
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	hs := &http.Server{Handler: mux, ReadHeaderTimeout: pprofReadHeaderLimit}
+	go func() {
+		if err := hs.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("serve: pprof listener stopped", "err", err)
+		}
+	}()
+	log.Info("serve: pprof profiles on loopback", "addr", ln.Addr().String())
+	return hs, nil
 }
 
 func resolvePaths(cfg *Config, m map[string]string) map[string]string {
@@ -527,6 +581,10 @@ func (r *running) shutdown() error {
 
 // close releases what startServe opened (after the listeners stopped).
 func (r *running) close() {
+	if r.pprof != nil {
+		r.pprof.Close()
+		r.pprof = nil
+	}
 	if r.srv != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		r.srv.Shutdown(ctx)
