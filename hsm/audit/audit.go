@@ -79,6 +79,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -340,7 +341,11 @@ func (l *Log) openSegment() (int64, error) {
 		}
 		return segHeaderLen, nil
 	}
-	l.broken = &hsm.AuditError{Seq: 0, Reason: "the audit segment's header does not name this module (another module's segment, or not a segment)"}
+	reason := "the audit segment's header does not name this module (another module's segment, or not a segment)"
+	if strings.HasPrefix(string(got), "hsmca audit segment v1\x00") {
+		reason = "the audit segment has format v1 (a development build, before the head slots); this build reads v2 only: recreate the module"
+	}
+	l.broken = &hsm.AuditError{Seq: 0, Reason: reason}
 	return size, nil
 }
 

@@ -913,3 +913,26 @@ func BenchmarkBeginSign(b *testing.B) {
 		})
 	})
 }
+
+func TestForeignSegmentRefused(t *testing.T) {
+	for want, content := range map[string]string{
+		"format v1":                 "hsmca audit segment v1\x00\x08module-1" + strings.Repeat("\x00", 2000),
+		"does not name this module": strings.Repeat("x", 2000),
+	} {
+		name := want
+		t.Run(name, func(t *testing.T) {
+			dir := t.TempDir()
+			if err := os.WriteFile(filepath.Join(dir, SegmentFile), []byte(content), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			e := openEnv(t, filepath.Join(dir, "module.db"), newKey(t), Options{})
+			var aerr *hsm.AuditError
+			if _, err := e.log.Verify(); !errors.As(err, &aerr) || !strings.Contains(aerr.Reason, want) {
+				t.Fatalf("verify: %v", err)
+			}
+			if _, err := e.log.BeginSign("issuing", "k1", "SHA-256", digestOf(1)); err == nil {
+				t.Fatal("signature recorded in a foreign segment")
+			}
+		})
+	}
+}

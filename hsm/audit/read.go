@@ -126,6 +126,12 @@ func (l *Log) VerifyWithKey(pub ed25519.PublicKey) (hsm.AuditHead, error) {
 		return hsm.AuditHead{}, errors.New("audit: pinned public key has the wrong size")
 	}
 	_ = l.Sync()
+	l.mu.Lock()
+	broken := l.broken
+	l.mu.Unlock()
+	if aerr := (*hsm.AuditError)(nil); errors.As(broken, &aerr) && aerr.Seq == 0 {
+		return hsm.AuditHead{}, aerr // the segment is not this log's
+	}
 	ra, closeSeg, err := l.openSegmentForReading()
 	if err != nil {
 		return hsm.AuditHead{}, err
