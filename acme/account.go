@@ -60,6 +60,11 @@ func (s *Server) handleNewAccount(w http.ResponseWriter, q *request) *Problem {
 	}
 	existing, err := s.st.GetAccountByKey(ctx, thumb)
 	if err == nil {
+		if existing.Status != StatusValid {
+			// RFC 8555 §7.3.6: no further requests authorized by a
+			// deactivated (or revoked) account's key.
+			return prob(ProbUnauthorized, 403, "the account with this key is "+string(existing.Status))
+		}
 		return s.writeJSON(w, http.StatusOK, s.url(pAcct+existing.ID), s.accountJSON(existing))
 	} else if !errors.Is(err, ErrNotFound) {
 		return s.internalErr("account by key", err)

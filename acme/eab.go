@@ -52,7 +52,7 @@ func ListEAB(ctx context.Context, st Store) ([]EABInfo, error) {
 func RevokeEAB(ctx context.Context, st Store, keyID string) error {
 	e, err := st.GetEAB(ctx, keyID)
 	if errors.Is(err, ErrNotFound) {
-		return fmt.Errorf("acme: no EAB key %q", keyID)
+		return fmt.Errorf("acme: no EAB key %q: %w", keyID, ErrNotFound)
 	} else if err != nil {
 		return fmt.Errorf("acme: get EAB key: %w", err)
 	}

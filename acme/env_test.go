@@ -377,6 +377,11 @@ func (e *env) start() {
 		}
 	}
 	e.st, e.srv = st, srv
+	if e.client != nil {
+		// Connections kept alive to a previous server instance are dead;
+		// a POST on one would fail with EOF rather than be retried.
+		e.client.CloseIdleConnections()
+	}
 	e.http = &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second, TLSConfig: e.tlsCfg}
 	go e.http.ServeTLS(e.ln, "", "")
 }

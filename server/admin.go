@@ -39,6 +39,7 @@ func (s *Server) adminHandler() http.Handler {
 	mux.HandleFunc("GET /admin/cert/list", s.handleList)
 	mux.HandleFunc("GET /admin/cert/show/{serial}", s.handleShow)
 	mux.HandleFunc("POST /admin/crl/generate", s.handleCRLGenerate)
+	s.eabRoutes(mux)
 	mux.HandleFunc("GET /healthz", s.handleHealth)
 	return mux
 }

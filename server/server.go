@@ -132,6 +132,9 @@ type Deps struct {
 	Reload func() (*ca.CA, error)
 	// Clock; nil is time.Now.
 	Clock func() time.Time
+	// EAB manages ACME external account binding keys through the admin
+	// API; nil: the EAB routes answer 404.
+	EAB EABAdmin
 }
 
 // Server is a running CA's set of listeners. Create it with New, then
