@@ -3,9 +3,11 @@
 // Each record's hash (SHA-256) covers its sequence number, time, type,
 // partition, fields and the previous record's hash, so changing, deleting or
 // reordering a record breaks the chain. The head (record count and last
-// hash) is signed with the module's Ed25519 audit key and kept in the
-// module's bbolt database, so removing records from the end is detected
-// too: the signed head no longer matches the last record.
+// hash) is signed with the module's Ed25519 audit key, so removing records
+// from the end is detected too: the signed head no longer matches the last
+// record. The newest head is either the one stored with the last database
+// record or the one the flusher keeps in the segment's two head slots,
+// whichever counts more records.
 //
 // # Two stores, one chain
 //
@@ -29,9 +31,9 @@
 //     signer can release the signature; a database record is committed
 //     (fsynced) before Append returns.
 //   - Power loss: may lose signature records that were written but not yet
-//     synced. A background flusher syncs the segment (fsync) at most every
-//     FlushInterval (default 5 ms) once records are waiting, then signs and
-//     stores a new head. Wait blocks a signer while more than MaxUnsynced
+//     synced. A background flusher syncs the segment (one fsync) at most
+//     every FlushInterval (default 5 ms) once records are waiting, then
+//     signs a new head into a head slot, which the next sync makes durable. Wait blocks a signer while more than MaxUnsynced
 //     (default 1024) records are written but not synced, so a power loss
 //     loses at most the records of the last flush interval and never more
 //     than MaxUnsynced. Before a database record is committed the segment
