@@ -6,8 +6,9 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
-	"sync/atomic"
+	"sync"
 
 	"github.com/hsmca/hsmca/acme"
 	bolt "go.etcd.io/bbolt"
@@ -52,19 +53,114 @@ func putJSON(tx *bolt.Tx, bucket []byte, key string, v any) error {
 
 func (s *Store) view(fn func(tx *bolt.Tx) error) error { return s.db.View(fn) }
 
-// acmeWriters counts ACME writes in flight (in this process).
-var acmeWriters atomic.Int64
+// committers holds the group committer of each open database (keyed by
+// *bolt.DB). A committer holds no goroutine or file, only a queue.
+var committers sync.Map
 
-// batch runs fn in a write transaction. A lone writer commits at once
-// (db.Update), so a single client does not pay bbolt's batch delay; as soon
-// as writes overlap they are grouped with db.Batch, one fsync for many
-// callers. fn may run more than once and must be idempotent.
+// batch runs fn in a durable write transaction, grouped with the ACME
+// writes that arrive while another commit is under way (group commit):
+// the first writer commits at once, without bbolt's batch delay; writers
+// that queue meanwhile share the next commit and its fsyncs. Under load
+// this groups every write that waited, however long the commit took,
+// where db.Batch groups only what arrives within MaxBatchDelay. fn may run
+// more than once (when another fn of its group fails) and must be
+// idempotent. Every call returns only after its write is on disk.
 func (s *Store) batch(fn func(tx *bolt.Tx) error) error {
-	defer acmeWriters.Add(-1)
-	if acmeWriters.Add(1) == 1 {
-		return s.db.Update(fn)
+	g, ok := committers.Load(s.db)
+	if !ok {
+		g, _ = committers.LoadOrStore(s.db, &groupCommitter{db: s.db})
 	}
-	return s.db.Batch(fn)
+	return g.(*groupCommitter).do(fn)
+}
+
+// groupCommitter runs write transactions for queued callers, one group at
+// a time. The caller that finds it idle becomes the leader: it commits the
+// whole queue (its own call included) in one transaction, then hands the
+// lead to the first caller that queued during that commit, so that no
+// caller commits other callers' groups after its own is done.
+type groupCommitter struct {
+	db    *bolt.DB
+	mu    sync.Mutex
+	queue []*groupCall
+	busy  bool // a leader is committing or about to
+}
+
+type groupCall struct {
+	fn  func(*bolt.Tx) error
+	res chan error // capacity 1: errLead, then the result
+}
+
+// errLead tells a queued caller that it leads the next commit.
+var errLead = errors.New("store: lead the next group commit")
+
+// maxGroup bounds one transaction's size; the rest waits for the next.
+const maxGroup = 256
+
+func (g *groupCommitter) do(fn func(*bolt.Tx) error) error {
+	c := &groupCall{fn: fn, res: make(chan error, 1)}
+	g.mu.Lock()
+	g.queue = append(g.queue, c)
+	lead := !g.busy
+	g.busy = true
+	g.mu.Unlock()
+	if !lead {
+		if err := <-c.res; err != errLead {
+			return err
+		}
+	}
+	g.mu.Lock()
+	n := min(len(g.queue), maxGroup)
+	group := g.queue[:n:n]
+	g.queue = append([]*groupCall(nil), g.queue[n:]...)
+	g.mu.Unlock()
+	g.commit(group)
+	g.mu.Lock()
+	if len(g.queue) > 0 {
+		g.queue[0].res <- errLead
+	} else {
+		g.busy = false
+	}
+	g.mu.Unlock()
+	return <-c.res
+}
+
+// commit runs the group's functions in one transaction and tells each
+// caller its result. If one function fails, its caller gets that error
+// (after a retry alone, as bbolt's Batch does) and the others are
+// committed without it.
+func (g *groupCommitter) commit(group []*groupCall) {
+	for len(group) > 0 {
+		failed := -1
+		err := g.db.Update(func(tx *bolt.Tx) error {
+			for i, c := range group {
+				if err := safeCall(c.fn, tx); err != nil {
+					failed = i
+					return err
+				}
+			}
+			return nil
+		})
+		if failed < 0 {
+			for _, c := range group {
+				c.res <- err // nil, or a commit error every caller shares
+			}
+			return
+		}
+		c := group[failed]
+		group = append(group[:failed:failed], group[failed+1:]...)
+		c.res <- g.db.Update(func(tx *bolt.Tx) error { return safeCall(c.fn, tx) })
+	}
+}
+
+// safeCall turns a panic in fn into an error, so that the other callers
+// of its group are not left waiting.
+func safeCall(fn func(*bolt.Tx) error, tx *bolt.Tx) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("store: write panicked: %v", p)
+		}
+	}()
+	return fn(tx)
 }
 
 // CreateAccount implements acme.Store.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
 	"testing"
 
@@ -61,7 +62,7 @@ func TestACMEOrdersList(t *testing.T) {
 }
 
 // BenchmarkACMEUpdateOrderParallel measures durable order writes from
-// concurrent requests (grouped by bbolt's Batch).
+// concurrent requests (grouped by the group committer).
 func BenchmarkACMEUpdateOrderParallel(b *testing.B) {
 	p := filepath.Join(b.TempDir(), "s.db")
 	s, err := store.Open(p)
@@ -203,5 +204,55 @@ func TestACMEAuthzWorkMetaEAB(t *testing.T) {
 	}
 	if l, err := s.ListEAB(ctx); err != nil || len(l) != 1 {
 		t.Fatalf("list %v %v", l, err)
+	}
+}
+
+// TestACMEGroupCommit runs many concurrent writes through the group
+// committer, some of which fail inside their transaction: each caller gets
+// its own result, the failures change nothing, and every acknowledged
+// write is there after the file is reopened.
+func TestACMEGroupCommit(t *testing.T) {
+	s, path := openStore(t)
+	ctx := context.Background()
+	const n = 64
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			// Every fourth account takes the key of the account before it:
+			// of each such pair exactly one may win.
+			thumb := fmt.Sprintf("k%d", i)
+			if i%4 == 1 {
+				thumb = fmt.Sprintf("k%d", i-1)
+			}
+			errs[i] = s.CreateAccount(ctx, &acme.Account{ID: fmt.Sprintf("g%d", i), KeyThumb: thumb, Status: acme.StatusValid})
+		}()
+	}
+	wg.Wait()
+	s.Close()
+	s2, err := store.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	for i := range n {
+		_, gerr := s2.GetAccount(ctx, fmt.Sprintf("g%d", i))
+		switch {
+		case errs[i] == nil && gerr != nil:
+			t.Errorf("g%d acknowledged but not stored: %v", i, gerr)
+		case errs[i] != nil && !errors.Is(errs[i], acme.ErrConflict):
+			t.Errorf("g%d: %v", i, errs[i])
+		case errs[i] != nil && !errors.Is(gerr, acme.ErrNotFound):
+			t.Errorf("g%d refused but stored: %v", i, gerr)
+		}
+		if i%4 == 1 {
+			if (errs[i] == nil) == (errs[i-1] == nil) {
+				t.Errorf("accounts g%d and g%d with one key: errors %v and %v, want exactly one conflict", i-1, i, errs[i-1], errs[i])
+			}
+		} else if i%4 != 0 && errs[i] != nil {
+			t.Errorf("g%d has its own key but failed: %v", i, errs[i])
+		}
 	}
 }
