@@ -381,8 +381,10 @@ func ctACMECA(t *testing.T) (dir, httpURL, chalPort string) {
 // legoObtain registers a new lego account at the CA and obtains a
 // certificate for name over http-01 (lego's own provider server on
 // chalPort). It returns the certificate resource, the parsed chain, and the
-// "HTTP-code status" of every finalize answer.
-func legoObtain(t *testing.T, httpsURL string, root *x509.Certificate, chalPort, name string) (*certificate.Resource, []*x509.Certificate, []string, error) {
+// "HTTP-code status" of every finalize answer. certTimeout bounds lego's
+// wait for a processing order (zero: lego's 30s); lego keeps polling an
+// order that turned invalid until then.
+func legoObtain(t *testing.T, httpsURL string, root *x509.Certificate, chalPort, name string, certTimeout time.Duration) (*certificate.Resource, []*x509.Certificate, []string, error) {
 	t.Helper()
 	pool := x509.NewCertPool()
 	pool.AddCert(root)
@@ -392,6 +394,9 @@ func legoObtain(t *testing.T, httpsURL string, root *x509.Certificate, chalPort,
 	lcfg := lego.NewConfig(user)
 	lcfg.CADirURL = httpsURL + "/acme/directory"
 	lcfg.HTTPClient = &http.Client{Timeout: 30 * time.Second, Transport: rec}
+	if certTimeout > 0 {
+		lcfg.Certificate.Timeout = certTimeout
+	}
 	client, err := lego.NewClient(lcfg)
 	if err != nil {
 		t.Fatal(err)
@@ -447,7 +452,7 @@ func TestLegoCTTesseraCT(t *testing.T) {
 	size0 := ts.TreeSize(t)
 
 	name := "ct-lego.example.internal"
-	res, chain, finalize, err := legoObtain(t, httpsURL, root, chalPort, name)
+	res, chain, finalize, err := legoObtain(t, httpsURL, root, chalPort, name, 0)
 	if err != nil {
 		t.Fatalf("obtain: %v\n--- server\n%s", err, tail(p.out.String(), 4000))
 	}
@@ -492,7 +497,9 @@ func TestLegoCTTesseraCT(t *testing.T) {
 // chain (HTTP 400). In embed mode the lego order fails, the server log names
 // the log's failure and the precertificate's serial stays on record as
 // pending and can be revoked. With --ct-mode best-effort the order
-// succeeds with a certificate that carries no SCT list.
+// succeeds with a certificate that carries no SCT list. (When finalize
+// answered "processing", lego polls the invalid order until its
+// certificate timeout, 3s here, and then reports the order's problem.)
 func TestACMECTRefusingLog(t *testing.T) {
 	if testing.Short() {
 		t.Skip("end-to-end")
@@ -526,7 +533,7 @@ func TestACMECTRefusingLog(t *testing.T) {
 
 	t.Run("embed", func(t *testing.T) {
 		p := serve()
-		_, _, finalize, err := legoObtain(t, https, root, chalPort, "refused.example.internal")
+		_, _, finalize, err := legoObtain(t, https, root, chalPort, "refused.example.internal", 3*time.Second)
 		if err == nil {
 			t.Fatal("obtain succeeded although the only log refuses")
 		}
@@ -567,7 +574,7 @@ func TestACMECTRefusingLog(t *testing.T) {
 	t.Run("best-effort", func(t *testing.T) {
 		calls := refuse.Calls()
 		p := serve("--ct-mode", "best-effort")
-		_, chain, _, err := legoObtain(t, https, root, chalPort, "best-effort.example.internal")
+		_, chain, _, err := legoObtain(t, https, root, chalPort, "best-effort.example.internal", 0)
 		if err != nil {
 			t.Fatalf("obtain: %v\n--- server\n%s", err, tail(p.out.String(), 4000))
 		}
