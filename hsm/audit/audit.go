@@ -33,11 +33,15 @@
 //   - Power loss: may lose signature records that were written but not yet
 //     synced. A background flusher syncs the segment (one fsync) at most
 //     every FlushInterval (default 5 ms) once records are waiting, then
-//     signs a new head into a head slot, which the next sync makes durable. Wait blocks a signer while more than MaxUnsynced
-//     (default 1024) records are written but not synced, so a power loss
-//     loses at most the records of the last flush interval and never more
-//     than MaxUnsynced. Before a database record is committed the segment
-//     is synced, so a power loss never leaves a gap inside the chain.
+//     signs a new head into a head slot, which the next sync makes durable.
+//     A signer that finds the sync overdue (4 intervals: the flusher was
+//     not scheduled in time) does it itself. Wait blocks a signer while
+//     more than MaxUnsynced (default 4096) records are ahead of the last
+//     sync and syncs itself, like an HSM's "force audit" mode, so a power
+//     loss loses the records since the last sync (normally the last few
+//     milliseconds) and never more than MaxUnsynced. Before a database
+//     record is committed the segment is synced, so a power loss never
+//     leaves a gap inside the chain.
 //
 // # Crashes and what Open does
 //
@@ -109,7 +113,7 @@ const (
 // Defaults for Options.
 const (
 	DefaultFlushInterval = 5 * time.Millisecond
-	DefaultMaxUnsynced   = 1024
+	DefaultMaxUnsynced   = 4096
 )
 
 // ErrClosed is returned by appends after Close.
@@ -183,6 +187,7 @@ type Log struct {
 
 	written   atomic.Uint64 // wseq, for the fast path
 	synced    atomic.Uint64 // records up to here are synced or committed
+	lastFlush atomic.Int64  // when the last flush started (Unix ns)
 	failed    atomic.Bool   // broken is set
 	scheduled atomic.Bool   // the flusher has been kicked and not yet started a flush
 	waiters   atomic.Int32
@@ -289,6 +294,7 @@ func Open(db *bolt.DB, key ed25519.PrivateKey, opts Options) (*Log, error) {
 	l.wseq, l.whash = l.seq, l.prev
 	l.written.Store(l.seq)
 	l.synced.Store(l.seq)
+	l.lastFlush.Store(time.Now().UnixNano())
 	if l.broken != nil {
 		l.failed.Store(true)
 	}

@@ -936,3 +936,24 @@ func TestForeignSegmentRefused(t *testing.T) {
 		})
 	}
 }
+
+// A signer that finds the sync overdue (the flusher was not scheduled in
+// time) syncs itself.
+func TestOverdueSyncBySigner(t *testing.T) {
+	e := newEnvOpts(t, Options{FlushInterval: time.Millisecond})
+	// Starve the flusher for good.
+	close(e.log.stop)
+	<-e.log.done
+	e.log.stop, e.log.done = make(chan struct{}), make(chan struct{})
+	go func() { <-e.log.stop; close(e.log.done) }()
+	e.log.lastFlush.Store(time.Now().Add(time.Hour).UnixNano()) // not overdue
+	tk := e.sign(t, 1)
+	if got := e.log.synced.Load(); got >= tk.Seq() {
+		t.Fatalf("synced %d before the sync was overdue", got)
+	}
+	e.log.lastFlush.Store(time.Now().Add(-time.Second).UnixNano())
+	tk = e.sign(t, 2)
+	if got := e.log.synced.Load(); got < tk.Seq() {
+		t.Fatalf("overdue sync not done by the signer: synced %d, record %d", got, tk.Seq())
+	}
+}

@@ -152,16 +152,28 @@ func (l *Log) Wait(t Ticket) error {
 		}
 	}
 	if !l.failed.Load() && t.seq <= l.synced.Load()+l.maxUnsynced {
+		// The flusher is a goroutine like any other: with many signers
+		// queued for the CPUs it can be scheduled late. A signer that
+		// finds the sync overdue does it itself (if nobody is syncing).
+		if l.written.Load() > l.synced.Load() && time.Now().UnixNano()-l.lastFlush.Load() > overdue*int64(l.interval) {
+			l.tryFlush()
+		}
 		return nil
 	}
+	// Over the bound: sync now, or wait for the sync in progress.
 	// Counted before the kick, so that the flusher skips its interval.
 	l.waiters.Add(1)
-	l.kickFlusher()
-	l.syncMu.Lock()
 	for !l.failed.Load() && t.seq > l.synced.Load()+l.maxUnsynced {
-		l.syncCond.Wait()
+		if l.tryFlush() {
+			continue
+		}
+		l.kickFlusher()
+		l.syncMu.Lock()
+		if !l.failed.Load() && t.seq > l.synced.Load()+l.maxUnsynced {
+			l.syncCond.Wait()
+		}
+		l.syncMu.Unlock()
 	}
-	l.syncMu.Unlock()
 	l.waiters.Add(-1)
 	if l.failed.Load() && t.seq > l.synced.Load() {
 		l.mu.Lock()
@@ -170,6 +182,22 @@ func (l *Log) Wait(t Ticket) error {
 		return fmt.Errorf("audit: record %d not synced: %w", t.seq, err)
 	}
 	return nil
+}
+
+// overdue is how many flush intervals may pass before a signer does the
+// flusher's work.
+const overdue = 4
+
+// tryFlush flushes unless a flush is in progress; it reports whether it
+// did.
+func (l *Log) tryFlush() bool {
+	if !l.flushMu.TryLock() {
+		return false
+	}
+	l.lastFlush.Store(time.Now().UnixNano())
+	_ = l.flushLocked() // failures are sticky and logged
+	l.flushMu.Unlock()
+	return true
 }
 
 func (l *Log) kickFlusher() {
@@ -231,6 +259,7 @@ func (l *Log) flusher() {
 		// Records written from here on kick again.
 		l.scheduled.Store(false)
 		l.flushMu.Lock()
+		l.lastFlush.Store(last.UnixNano())
 		_ = l.flushLocked() // failures are sticky and logged
 		l.flushMu.Unlock()
 	}
