@@ -170,7 +170,7 @@ func (s *Server) handleChallenge(w http.ResponseWriter, q *request) *Problem {
 	}
 	unlock()
 	if start {
-		c = s.validateInline(ctx, a, c)
+		c = s.validateInline(ctx, a, c, q.acct.KeyThumb)
 	}
 	up()
 	if c.Status == StatusProcessing {
@@ -188,13 +188,17 @@ const inlineWait = 3 * time.Second
 // client, which got no answer, answers it again). Otherwise the challenge is
 // stored as processing with a work record and the retries go to the pool.
 // The caller has claimed a.ID in s.validating.
-func (s *Server) validateInline(ctx context.Context, a *Authz, c *Challenge) *Challenge {
+func (s *Server) validateInline(ctx context.Context, a *Authz, c *Challenge, thumb string) *Challenge {
 	defer s.validating.Delete(a.ID)
 	wait := min(s.cfg.ValidationTimeout, inlineWait)
-	p, ok := s.val.attempt(ctx, a, c.Type, wait)
+	p, ok := s.val.attempt(ctx, a, c.Type, thumb, wait)
 	if ok && (p == nil || s.cfg.ValidationRetries == 0) {
-		if s.val.settle(a.ID, c.Type, p, StatusPending) {
-			return s.reloadChallenge(ctx, a, c)
+		if cur := s.val.settle(a.ID, c.Type, p, StatusPending); cur != nil {
+			*a = *cur
+			if cc := findChallenge(cur, c.Type); cc != nil {
+				return cc
+			}
+			return c
 		}
 	}
 	unlock := s.lock(a.ID)
@@ -226,16 +230,4 @@ func (s *Server) validateInline(ctx context.Context, a *Authz, c *Challenge) *Ch
 	}
 	*a = *cur
 	return cc
-}
-
-func (s *Server) reloadChallenge(ctx context.Context, a *Authz, c *Challenge) *Challenge {
-	cur, err := s.st.GetAuthz(ctx, a.ID)
-	if err != nil {
-		return c
-	}
-	*a = *cur
-	if cc := findChallenge(cur, c.Type); cc != nil {
-		return cc
-	}
-	return c
 }

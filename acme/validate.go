@@ -118,7 +118,7 @@ func (v *validator) run(j valJob) {
 	if c == nil || c.Status != StatusProcessing {
 		return
 	}
-	p, ok := v.attempt(ctx, a, j.typ, s.cfg.ValidationTimeout)
+	p, ok := v.attempt(ctx, a, j.typ, "", s.cfg.ValidationTimeout)
 	if !ok || ctx.Err() != nil {
 		return // store trouble or shutting down; the work record re-queues it on start
 	}
@@ -131,15 +131,20 @@ func (v *validator) run(j valJob) {
 }
 
 // attempt runs one validation attempt; ok is false if it could not run
-// (the account could not be read).
-func (v *validator) attempt(ctx context.Context, a *Authz, typ string, timeout time.Duration) (p *Problem, ok bool) {
+// (the account could not be read). thumb is the account key's thumbprint
+// when the caller has just read the account (the inline attempt, in the
+// request that the account signed); "" reads it from the store.
+func (v *validator) attempt(ctx context.Context, a *Authz, typ, thumb string, timeout time.Duration) (p *Problem, ok bool) {
 	s := v.s
-	acct, err := s.st.GetAccount(ctx, a.AccountID)
-	if err != nil {
-		s.log.Error("acme: validation: get account", "err", err)
-		return nil, false
+	if thumb == "" {
+		acct, err := s.st.GetAccount(ctx, a.AccountID)
+		if err != nil {
+			s.log.Error("acme: validation: get account", "err", err)
+			return nil, false
+		}
+		thumb = acct.KeyThumb
 	}
-	keyAuth := a.Token + "." + acct.KeyThumb
+	keyAuth := a.Token + "." + thumb
 	vctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	switch typ {
@@ -155,8 +160,9 @@ func (v *validator) attempt(ctx context.Context, a *Authz, typ string, timeout t
 
 // settle stores the outcome of a validation if the challenge is still in
 // state from (pending for the inline first attempt, processing for queued
-// ones), and reports whether it did.
-func (v *validator) settle(authzID, typ string, p *Problem, from string) bool {
+// ones), and returns the authorization as stored, or nil if it stored
+// nothing.
+func (v *validator) settle(authzID, typ string, p *Problem, from string) *Authz {
 	s := v.s
 	ctx := s.ctx
 	unlock := s.lock(authzID)
@@ -164,11 +170,11 @@ func (v *validator) settle(authzID, typ string, p *Problem, from string) bool {
 	a, err := s.st.GetAuthz(ctx, authzID)
 	if err != nil {
 		s.log.Error("acme: validation: get authz", "err", err)
-		return false
+		return nil
 	}
 	c := findChallenge(a, typ)
 	if c == nil || c.Status != from || (from == StatusPending && s.authzStatus(a) != StatusPending) {
-		return false
+		return nil
 	}
 	now := s.now().UTC()
 	if p == nil {
@@ -191,9 +197,9 @@ func (v *validator) settle(authzID, typ string, p *Problem, from string) bool {
 	}
 	if err := s.st.UpdateAuthz(ctx, a, work, false); err != nil {
 		s.log.Error("acme: validation: update authz", "err", err)
-		return false
+		return nil
 	}
-	return true
+	return a
 }
 
 func findChallenge(a *Authz, typ string) *Challenge {
