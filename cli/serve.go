@@ -396,7 +396,7 @@ func startServe(e *env, cfg *Config, configPath string, f serveFlags) (_ *runnin
 	}
 	r.httpURL = "http://" + r.srv.HTTPAddr()
 	if f.pprof != "" {
-		if r.pprof, err = startPprof(f.pprof, log); err != nil {
+		if r.pprof, _, err = startPprof(f.pprof, log); err != nil {
 			return nil, err
 		}
 	}
@@ -415,18 +415,19 @@ const (
 
 // startPprof serves net/http/pprof on addr, which must be a loopback
 // address: the profiles show code paths and timings of a CA, and the
-// endpoints can make the process spend CPU, so they are never exposed.
-func startPprof(addr string, log *slog.Logger) (*http.Server, error) {
+// endpoints can make the process spend CPU, so they are never exposed. It
+// returns the server and the address it listens on.
+func startPprof(addr string, log *slog.Logger) (*http.Server, string, error) {
 	host, _, err := net.SplitHostPort(addr)
 	if err != nil {
-		return nil, usagef("serve: --pprof-addr %q: want HOST:PORT", addr)
+		return nil, "", usagef("serve: --pprof-addr %q: want HOST:PORT", addr)
 	}
 	if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
-		return nil, usagef("serve: --pprof-addr %q: only a loopback address is allowed", addr)
+		return nil, "", usagef("serve: --pprof-addr %q: only a loopback address is allowed", addr)
 	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return nil, fmt.Errorf("serve: pprof listener: %w", err)
+		return nil, "", fmt.Errorf("serve: pprof listener: %w", err)
 	}
 	runtime.SetBlockProfileRate(pprofBlockRateNs)
 	runtime.SetMutexProfileFraction(pprofMutexFraction)
@@ -443,7 +444,7 @@ func startPprof(addr string, log *slog.Logger) (*http.Server, error) {
 		}
 	}()
 	log.Info("serve: pprof profiles on loopback", "addr", ln.Addr().String())
-	return hs, nil
+	return hs, ln.Addr().String(), nil
 }
 
 func resolvePaths(cfg *Config, m map[string]string) map[string]string {
