@@ -156,7 +156,7 @@ type Log struct {
 	interval    time.Duration
 	maxUnsynced uint64
 
-	// Lock order: flushMu, writeMu, mu, syncMu.
+	// Lock order: flushMu, mu, syncMu.
 	//
 	// flushMu serialises what syncs the segment or commits to the
 	// database: flushes, Append, Recover, Close.
@@ -165,19 +165,18 @@ type Log struct {
 	syncedOff int64  // segment bytes known to be synced
 	slotNext  int    // the head slot the next flush writes
 	slotDirty bool   // a head slot was written since the last sync
-	// writeMu makes one goroutine at a time write the pending frames.
-	writeMu sync.Mutex
 
 	// mu guards the chain's position, the pending frames and the
 	// segment's write end. Signers hold it for one hash and one encoding.
 	mu       sync.Mutex
-	seq      uint64   // last assigned sequence number
-	prev     [32]byte // hash of record seq
-	pend     []byte   // frames of records after wseq, not yet written, to go at off
-	pendLast int      // offset in pend of its last frame
-	spare    []byte   // the other pending buffer, reused
-	wseq     uint64   // last record written (or committed)
-	whash    [32]byte // its hash
+	seq      uint64      // last assigned sequence number
+	prev     [32]byte    // hash of record seq
+	pend     []byte      // frames of records after wseq, not yet written, to go at off
+	pendLast int         // offset in pend of its last frame
+	spare    []byte      // the other pending buffer, reused
+	inflight *writeBatch // the write(2) of pending frames in progress
+	wseq     uint64      // last record written (or committed)
+	whash    [32]byte    // its hash
 	seg      *os.File
 	off      int64     // end of the last complete record written to the segment
 	lastRec  int64     // offset of the segment's last written record (0: none)
@@ -512,13 +511,12 @@ func (l *Log) Append(typ, partition string, fields map[string]string) (hsm.Audit
 }
 
 // appendLocked commits one database record with a new head. Called with
-// flushMu held; it holds writeMu and mu throughout, so no signature record
-// can come between this record and the one before.
+// flushMu held; once no write is in progress it holds mu throughout, so no
+// signature record can come between this record and the one before.
 func (l *Log) appendLocked(now time.Time, typ, partition string, fields map[string]string) (hsm.AuditEvent, error) {
-	l.writeMu.Lock()
-	defer l.writeMu.Unlock()
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	l.waitInflightLocked()
 	if l.closed {
 		return hsm.AuditEvent{}, ErrClosed
 	}

@@ -50,58 +50,80 @@ func (l *Log) BeginSign(partition, key, hashName string, digest []byte) (Ticket,
 	return Ticket{}, fmt.Errorf("audit: log refuses appends: %w", l.tornError())
 }
 
-// writePending writes the pending frames unless record upto is written
-// already.
-func (l *Log) writePending(upto uint64) error {
-	l.writeMu.Lock()
-	defer l.writeMu.Unlock()
-	if l.written.Load() >= upto {
-		return nil
-	}
-	return l.writeLocked()
+// writeBatch is a write(2) of pending frames in progress; done is closed
+// when it is over.
+type writeBatch struct {
+	done chan struct{}
+	err  error
 }
 
-// writeLocked writes every pending frame with one write(2), without
-// holding mu during the call, so that signers keep queueing. Called with
-// writeMu held.
-func (l *Log) writeLocked() error {
-	l.mu.Lock()
-	if l.broken != nil {
-		err := l.broken
+// writePending returns once record upto is written. If nobody is writing,
+// this goroutine writes every pending frame with one write(2), without
+// holding mu during the call, so that signers keep queueing; otherwise it
+// waits for the write in progress (all its waiters wake at once) and
+// looks again.
+func (l *Log) writePending(upto uint64) error {
+	for {
+		l.mu.Lock()
+		if l.wseq >= upto {
+			l.mu.Unlock()
+			return nil
+		}
+		if l.broken != nil {
+			err := l.broken
+			l.mu.Unlock()
+			return fmt.Errorf("audit: log refuses appends: %w", err)
+		}
+		if b := l.inflight; b != nil {
+			l.mu.Unlock()
+			<-b.done
+			continue
+		}
+		b := &writeBatch{done: make(chan struct{})}
+		l.inflight = b
+		batch, off, last := l.pend, l.off, l.off+int64(l.pendLast)
+		seq, h := l.seq, l.prev // every assigned record is in the batch
+		l.pend, l.spare = l.spare[:0], nil
+		seg := l.seg
 		l.mu.Unlock()
-		return fmt.Errorf("audit: log refuses appends: %w", err)
-	}
-	if len(l.pend) == 0 {
+		_, err := seg.WriteAt(batch, off)
+		l.mu.Lock()
+		l.inflight = nil
+		if err != nil {
+			err = fmt.Errorf("audit: write signature records to %d: %w", seq, err)
+			l.logger.Error("audit write failed; module refuses further audited operations", "err", err)
+			l.failLocked(err)
+		} else {
+			l.off += int64(len(batch))
+			l.wseq, l.whash, l.lastRec = seq, h, last
+			l.spare = batch[:0]
+			l.written.Store(seq)
+		}
 		l.mu.Unlock()
-		return nil
+		b.err = err
+		close(b.done)
+		if err != nil {
+			return err
+		}
+		if !l.scheduled.Load() && !l.scheduled.Swap(true) {
+			l.kickFlusher()
+		}
 	}
-	batch, off, last := l.pend, l.off, l.off+int64(l.pendLast)
-	seq, h := l.seq, l.prev // every assigned record is in the batch
-	l.pend, l.spare = l.spare[:0], nil
-	seg := l.seg
-	l.mu.Unlock()
-	_, err := seg.WriteAt(batch, off)
-	l.mu.Lock()
-	if err != nil {
-		err = fmt.Errorf("audit: write signature records to %d: %w", seq, err)
-		l.logger.Error("audit write failed; module refuses further audited operations", "err", err)
-		l.failLocked(err)
+}
+
+// waitInflightLocked waits until no write is in progress. Called with mu
+// held; it may release and retake it.
+func (l *Log) waitInflightLocked() {
+	for l.inflight != nil {
+		b := l.inflight
 		l.mu.Unlock()
-		return err
+		<-b.done
+		l.mu.Lock()
 	}
-	l.off += int64(len(batch))
-	l.wseq, l.whash, l.lastRec = seq, h, last
-	l.spare = batch[:0]
-	l.mu.Unlock()
-	l.written.Store(seq)
-	if !l.scheduled.Load() && !l.scheduled.Swap(true) {
-		l.kickFlusher()
-	}
-	return nil
 }
 
 // writeHeldLocked writes the pending frames while holding mu (for the rare
-// database appends). Called with writeMu and mu held.
+// database appends). Called with mu held and no write in progress.
 func (l *Log) writeHeldLocked() error {
 	if len(l.pend) == 0 {
 		return nil
@@ -295,11 +317,11 @@ func (l *Log) syncLocked() error {
 // That slot becomes durable with the next sync, so a head never covers a
 // record a power loss could take. Called with flushMu held.
 func (l *Log) flushLocked() error {
-	l.writeMu.Lock()
-	werr := l.writeLocked() // frames whose Wait has not come yet
-	l.writeMu.Unlock()
-	if werr != nil {
-		return werr
+	l.mu.Lock()
+	upto := l.seq
+	l.mu.Unlock()
+	if err := l.writePending(upto); err != nil { // frames whose Wait has not come yet
+		return err
 	}
 	l.mu.Lock()
 	seq, prev, off, last, broken, seg := l.wseq, l.whash, l.off, l.lastRec, l.broken, l.seg
