@@ -409,6 +409,16 @@ func (s *signer) Sign(rnd io.Reader, digest []byte, opts crypto.SignerOpts) ([]b
 // the signature against a per-operation allowance. last is set when this
 // signature spends it: the partition is then already unusable for others.
 func (p *Partition) useKey(id string) (priv crypto.Signer, last bool, err error) {
+	// The common case, an online partition's unwrapped key, takes only a
+	// read lock: concurrent signers do not queue here.
+	p.mu.RLock()
+	if p.active && p.left < 0 {
+		priv = p.keys[id]
+	}
+	p.mu.RUnlock()
+	if priv != nil {
+		return priv, false, nil
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if !p.active || p.left == 0 {

@@ -136,7 +136,7 @@ type Partition struct {
 	// re-share, key creation); mu guards the fields below and is held only
 	// briefly, so signing never waits for an fsync of another operation.
 	opMu sync.Mutex
-	mu   sync.Mutex
+	mu   sync.RWMutex
 	rec  *partitionRecord
 	// Set while active.
 	active    bool
