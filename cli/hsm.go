@@ -58,6 +58,21 @@ custodians' shares with --share FILE, or prompt for them on a terminal.`,
 	return cmd
 }
 
+// openPartition opens the module in dir and picks partition name (see
+// pickPartition); the caller closes the module.
+func openPartition(dir, name string) (hsm.Module, hsm.Partition, error) {
+	m, err := openModule(dir)
+	if err != nil {
+		return nil, nil, err
+	}
+	p, err := pickPartition(m, name)
+	if err != nil {
+		m.Close()
+		return nil, nil, err
+	}
+	return m, p, nil
+}
+
 // pickPartition returns the partition called name, or the only partition
 // when name is empty and the module has exactly one.
 func pickPartition(m hsm.Module, name string) (hsm.Partition, error) {
@@ -469,15 +484,11 @@ once; issuance stops with the next request.`,
 			if t.remote() {
 				return remoteSeal(e, &t)
 			}
-			m, err := openModule(f.module)
+			m, p, err := openPartition(f.module, partition)
 			if err != nil {
 				return err
 			}
 			defer m.Close()
-			p, err := pickPartition(m, partition)
-			if err != nil {
-				return err
-			}
 			if err := p.Seal(); err != nil {
 				return err
 			}

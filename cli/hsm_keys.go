@@ -129,15 +129,11 @@ Key types: ecdsa-p256, ecdsa-p384, rsa-2048, rsa-3072, rsa-4096, ed25519.`,
 			if label == "" {
 				return usagef("--label is required")
 			}
-			m, err := openModule(f.module)
+			m, p, err := openPartition(f.module, partition)
 			if err != nil {
 				return err
 			}
 			defer m.Close()
-			p, err := pickPartition(m, partition)
-			if err != nil {
-				return err
-			}
 			if _, err := p.Key(label); err == nil {
 				return withHint(fmt.Errorf("partition %s: %w: %s", p.Name(), hsm.ErrKeyExists, label), "pick another --label")
 			}
@@ -192,15 +188,11 @@ quorum and --yes.`,
 			if !yes {
 				return withHint(usagef("destroying a key cannot be undone; refusing without --yes"), "check the key with `hsmca hsm keys list`, then add --yes")
 			}
-			m, err := openModule(f.module)
+			m, p, err := openPartition(f.module, partition)
 			if err != nil {
 				return err
 			}
 			defer m.Close()
-			p, err := pickPartition(m, partition)
-			if err != nil {
-				return err
-			}
 			k, err := p.Key(key)
 			if err != nil {
 				return keyNotFoundHint(p.Name(), key, err)
@@ -234,15 +226,11 @@ sealed.`,
   hsmca hsm export --module ./module --partition issuing --key issuing-1 --to backup.tk --out issuing-1.wrapped --share ...`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			m, err := openModule(f.module)
+			m, p, err := openPartition(f.module, partition)
 			if err != nil {
 				return err
 			}
 			defer m.Close()
-			p, err := pickPartition(m, partition)
-			if err != nil {
-				return err
-			}
 			tk, err := p.TransportKey()
 			if err != nil {
 				return err

@@ -36,15 +36,11 @@ the same names.`,
 			if err != nil {
 				return err
 			}
-			m, err := openModule(f.module)
+			m, p, err := openPartition(f.module, partition)
 			if err != nil {
 				return err
 			}
 			defer m.Close()
-			p, err := pickPartition(m, partition)
-			if err != nil {
-				return err
-			}
 			if err := ss.prepare(); err != nil {
 				return err
 			}
@@ -114,15 +110,11 @@ plaintext. Keys generated without --exportable are refused. Needs the quorum.`,
 			if _, err := os.Lstat(out); err == nil {
 				return withHint(fmt.Errorf("%s already exists; refusing to overwrite it", out), "choose another --out")
 			}
-			m, err := openModule(f.module)
+			m, p, err := openPartition(f.module, partition)
 			if err != nil {
 				return err
 			}
 			defer m.Close()
-			p, err := pickPartition(m, partition)
-			if err != nil {
-				return err
-			}
 			k, err := p.Key(key)
 			if err != nil {
 				return keyNotFoundHint(p.Name(), key, err)
@@ -203,15 +195,11 @@ and store it here. Needs the quorum.`,
 			if err != nil {
 				return fmt.Errorf("wrapped key file: %w", err)
 			}
-			m, err := openModule(f.module)
+			m, p, err := openPartition(f.module, partition)
 			if err != nil {
 				return err
 			}
 			defer m.Close()
-			p, err := pickPartition(m, partition)
-			if err != nil {
-				return err
-			}
 			if err := q.gather(e, p); err != nil {
 				return err
 			}
