@@ -13,7 +13,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"syscall"
 	"testing"
 	"time"
 
@@ -31,11 +30,7 @@ func TestACMEEABThroughServe(t *testing.T) {
 	if testing.Short() {
 		t.Skip("end-to-end")
 	}
-	dir := t.TempDir()
-	qs, httpsURL, httpURL := startQuickstart(t, dir)
-	if err := qs.stop(t, syscall.SIGTERM); err != nil {
-		t.Fatalf("quickstart: %v\n%s", err, qs.out)
-	}
+	dir, httpsURL, httpURL := stoppedQuickstart(t)
 	cfgPath := filepath.Join(dir, "ca.yaml")
 
 	// Local, on the stopped CA's store.
@@ -56,17 +51,7 @@ func TestACMEEABThroughServe(t *testing.T) {
 	mustFail(t, dir, 2, []string{"EAB key"}, "acme", "eab", "revoke", "nope", "--config", cfgPath)
 
 	// Require EAB and serve.
-	b, err := os.ReadFile(cfgPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b = bytes.Replace(b, []byte("\nacme:\n"), []byte("\nacme:\n  external_account_required: true\n"), 1)
-	if !bytes.Contains(b, []byte("external_account_required: true")) {
-		t.Fatal("could not require EAB in ca.yaml")
-	}
-	if err := os.WriteFile(cfgPath, b, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	editConfig(t, dir, "\nacme:\n", "\nacme:\n  external_account_required: true\n")
 	p := startProc(t, dir, "ca", "serve", "--config", cfgPath)
 	waitHealth(t, p, httpURL, isSealed)
 	sock := filepath.Join(dir, "admin.sock")

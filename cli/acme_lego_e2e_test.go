@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"bytes"
 	"context"
 	"crypto"
 	"crypto/ecdsa"
@@ -18,7 +17,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -222,23 +220,10 @@ func TestLegoThroughServe(t *testing.T) {
 		t.Skip("end-to-end")
 	}
 	ch := newLegoChallenges(t)
-	dir := t.TempDir()
-	qs, httpsURL, httpURL := startQuickstart(t, dir)
-	if err := qs.stop(t, syscall.SIGTERM); err != nil {
-		t.Fatalf("quickstart: %v\n%s", err, qs.out)
-	}
+	dir, httpsURL, httpURL := stoppedQuickstart(t)
 	_, httpPort, _ := net.SplitHostPort(ch.http01)
 	_, alpnPort, _ := net.SplitHostPort(ch.alpn)
-	cfgPath := filepath.Join(dir, "ca.yaml")
-	b, err := os.ReadFile(cfgPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b = bytes.Replace(b, []byte("http01_port: 80"), []byte("http01_port: "+httpPort), 1)
-	b = bytes.Replace(b, []byte("tlsalpn01_port: 443"), []byte("tlsalpn01_port: "+alpnPort), 1)
-	if err := os.WriteFile(cfgPath, b, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	cfgPath := editConfig(t, dir, "http01_port: 80", "http01_port: "+httpPort, "tlsalpn01_port: 443", "tlsalpn01_port: "+alpnPort)
 	p := startProc(t, dir, "ca", "serve", "--config", cfgPath, "--resolver", ch.dnsAddr)
 	waitHealth(t, p, httpURL, isSealed)
 	sock := filepath.Join(dir, "admin.sock")

@@ -225,11 +225,7 @@ func TestServeCTFlagsMetrics(t *testing.T) {
 	if testing.Short() {
 		t.Skip("end-to-end")
 	}
-	dir := t.TempDir()
-	qs, _, httpURL := startQuickstart(t, dir)
-	if err := qs.stop(t, syscall.SIGTERM); err != nil {
-		t.Fatalf("quickstart: %v\n%s", err, qs.out)
-	}
+	dir, _, httpURL := stoppedQuickstart(t)
 	fake := cttest.NewFakeLog(t, cttest.OK)
 	keyPath := writeLogKey(t, dir, "fake-log.pem", fake.Key.Public())
 	u, _ := url.Parse(fake.URL)
@@ -360,21 +356,9 @@ func waitOutput(t *testing.T, p *serverProc, want string) {
 // finalize that waits for SCTs answers "processing" and lego polls briskly.
 func ctACMECA(t *testing.T) (dir, httpURL, chalPort string) {
 	t.Helper()
-	dir = t.TempDir()
-	qs, _, httpURL := startQuickstart(t, dir)
-	if err := qs.stop(t, syscall.SIGTERM); err != nil {
-		t.Fatalf("quickstart: %v\n%s", err, qs.out)
-	}
+	dir, _, httpURL = stoppedQuickstart(t)
 	_, chalPort, _ = net.SplitHostPort(freeAddr(t))
-	cfgPath := filepath.Join(dir, "ca.yaml")
-	b, err := os.ReadFile(cfgPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b = bytes.Replace(b, []byte("http01_port: 80"), []byte("http01_port: "+chalPort+"\n  finalize_wait: 10ms\n  retry_after: 200ms"), 1)
-	if err := os.WriteFile(cfgPath, b, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	editConfig(t, dir, "http01_port: 80", "http01_port: "+chalPort+"\n  finalize_wait: 10ms\n  retry_after: 200ms")
 	return dir, httpURL, chalPort
 }
 

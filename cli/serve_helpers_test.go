@@ -276,3 +276,38 @@ func writeKeyAndCSR(t testing.TB, dir, keyPath, cn string) string {
 	}
 	return path
 }
+
+// stoppedQuickstart makes a quickstart CA in a fresh temp dir and stops it,
+// so that a test can edit ca.yaml and start `ca serve` itself. It returns
+// the dir and the base URLs the CA serves on.
+func stoppedQuickstart(t testing.TB) (dir, httpsURL, httpURL string) {
+	t.Helper()
+	dir = t.TempDir()
+	qs, httpsURL, httpURL := startQuickstart(t, dir)
+	if err := qs.stop(t, syscall.SIGTERM); err != nil {
+		t.Fatalf("quickstart: %v\n%s", err, qs.out)
+	}
+	return dir, httpsURL, httpURL
+}
+
+// editConfig replaces, once each, every old string of the old/new pairs in
+// dir/ca.yaml and fails the test if one is not there. It returns the
+// config's path.
+func editConfig(t testing.TB, dir string, oldNew ...string) string {
+	t.Helper()
+	path := filepath.Join(dir, "ca.yaml")
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i+1 < len(oldNew); i += 2 {
+		if !bytes.Contains(b, []byte(oldNew[i])) {
+			t.Fatalf("ca.yaml has no %q to replace", oldNew[i])
+		}
+		b = bytes.Replace(b, []byte(oldNew[i]), []byte(oldNew[i+1]), 1)
+	}
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}

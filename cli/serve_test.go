@@ -42,11 +42,7 @@ func TestServeKillDuringAdminBurst(t *testing.T) {
 	if testing.Short() {
 		t.Skip("end-to-end")
 	}
-	dir := t.TempDir()
-	qs, _, httpURL := startQuickstart(t, dir)
-	if err := qs.stop(t, syscall.SIGTERM); err != nil {
-		t.Fatalf("quickstart: %v\n%s", err, qs.out)
-	}
+	dir, _, httpURL := stoppedQuickstart(t)
 	cfg := filepath.Join(dir, "ca.yaml")
 	sock := filepath.Join(dir, "admin.sock")
 	_, csrPEM := newCSRPEM(t, dir, "burst.csr", "burst.example.internal")
@@ -244,23 +240,11 @@ func TestCertbotThroughServe(t *testing.T) {
 	if err != nil {
 		t.Skip("certbot not installed (make deps)")
 	}
-	dir := t.TempDir()
-	qs, httpsURL, httpURL := startQuickstart(t, dir)
-	if err := qs.stop(t, syscall.SIGTERM); err != nil {
-		t.Fatalf("quickstart: %v\n%s", err, qs.out)
-	}
+	dir, httpsURL, httpURL := stoppedQuickstart(t)
 	// Point http-01 validation at the port certbot will listen on.
 	http01 := freeAddr(t)
 	_, port, _ := net.SplitHostPort(http01)
-	cfgPath := filepath.Join(dir, "ca.yaml")
-	b, err := os.ReadFile(cfgPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b = bytes.Replace(b, []byte("http01_port: 80"), []byte("http01_port: "+port), 1)
-	if err := os.WriteFile(cfgPath, b, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	cfgPath := editConfig(t, dir, "http01_port: 80", "http01_port: "+port)
 	resolver := dnsStub(t)
 	p := startProc(t, dir, "ca", "serve", "--config", cfgPath, "--resolver", resolver)
 	waitHealth(t, p, httpURL, isSealed)
@@ -347,21 +331,9 @@ func TestServeExampleConfig(t *testing.T) {
 // http-01 port.
 func serveWithACMEPorts(t *testing.T) (dir string, p *serverProc, httpsURL, httpURL, http01 string) {
 	t.Helper()
-	dir = t.TempDir()
-	qs, httpsURL, httpURL := startQuickstart(t, dir)
-	if err := qs.stop(t, syscall.SIGTERM); err != nil {
-		t.Fatalf("quickstart: %v\n%s", err, qs.out)
-	}
+	dir, httpsURL, httpURL = stoppedQuickstart(t)
 	_, http01, _ = net.SplitHostPort(freeAddr(t))
-	cfgPath := filepath.Join(dir, "ca.yaml")
-	b, err := os.ReadFile(cfgPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b = bytes.Replace(b, []byte("http01_port: 80"), []byte("http01_port: "+http01), 1)
-	if err := os.WriteFile(cfgPath, b, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	cfgPath := editConfig(t, dir, "http01_port: 80", "http01_port: "+http01)
 	p = startProc(t, dir, "ca", "serve", "--config", cfgPath, "--resolver", dnsStub(t))
 	waitHealth(t, p, httpURL, isSealed)
 	return dir, p, httpsURL, httpURL, http01
