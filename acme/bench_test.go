@@ -141,13 +141,25 @@ func BenchmarkFullOrderParallel(b *testing.B) {
 		cs[i] = newRaw(b, e)
 		cs[i].register()
 	}
-	var n atomic.Int64
 	w0, r0 := st.writes.Load(), requests.Load()
-	lat := make([][]time.Duration, clients)
 	b.ReportAllocs()
 	b.ResetTimer()
-	start := time.Now()
 	cpu0 := cpuTime()
+	all, _ := runOrders(b, cs, "p")
+	cpu := cpuTime() - cpu0
+	b.StopTimer()
+	b.ReportMetric(float64(cpu.Microseconds())/1000/float64(len(all)), "proc-cpu-ms/order")
+	b.ReportMetric(float64(st.writes.Load()-w0)/float64(len(all)), "writes/order")
+	b.ReportMetric(float64(requests.Load()-r0)/float64(len(all)), "requests/order")
+}
+
+// runOrders has the clients place b.N full orders between them (names
+// PREFIX<k>.bench.test) and reports orders/s and the p50/p99 latency of one
+// order. It returns the sorted latencies and the wall time.
+func runOrders(b *testing.B, cs []*rawClient, prefix string) ([]time.Duration, time.Duration) {
+	var n atomic.Int64
+	lat := make([][]time.Duration, len(cs))
+	start := time.Now()
 	var wg sync.WaitGroup
 	for i := range cs {
 		wg.Add(1)
@@ -159,26 +171,22 @@ func BenchmarkFullOrderParallel(b *testing.B) {
 					return
 				}
 				t0 := time.Now()
-				cs[i].fullOrder(fmt.Sprintf("p%d.bench.test", k))
+				cs[i].fullOrder(fmt.Sprintf("%s%d.bench.test", prefix, k))
 				lat[i] = append(lat[i], time.Since(t0))
 			}
 		}()
 	}
 	wg.Wait()
 	el := time.Since(start)
-	cpu := cpuTime() - cpu0
-	b.StopTimer()
 	var all []time.Duration
 	for _, l := range lat {
 		all = append(all, l...)
 	}
 	slices.Sort(all)
 	b.ReportMetric(float64(len(all))/el.Seconds(), "orders/s")
-	b.ReportMetric(float64(cpu.Microseconds())/1000/float64(len(all)), "proc-cpu-ms/order")
-	b.ReportMetric(float64(st.writes.Load()-w0)/float64(len(all)), "writes/order")
-	b.ReportMetric(float64(requests.Load()-r0)/float64(len(all)), "requests/order")
 	b.ReportMetric(float64(all[len(all)/2].Microseconds())/1000, "p50-ms")
 	b.ReportMetric(float64(all[len(all)*99/100].Microseconds())/1000, "p99-ms")
+	return all, el
 }
 
 // cpuTime is this process's CPU time (user+system): server and clients

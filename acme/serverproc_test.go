@@ -10,11 +10,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime/pprof"
-	"slices"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -127,28 +124,8 @@ func BenchmarkFullOrderServerProcess(b *testing.B) {
 		cs[i] = newRaw(b, e)
 		cs[i].register()
 	}
-	var n atomic.Int64
-	lat := make([][]time.Duration, clients)
 	b.ResetTimer()
-	start := time.Now()
-	var wg sync.WaitGroup
-	for i := range cs {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				k := n.Add(1)
-				if k > int64(b.N) {
-					return
-				}
-				t0 := time.Now()
-				cs[i].fullOrder(fmt.Sprintf("s%d.bench.test", k))
-				lat[i] = append(lat[i], time.Since(t0))
-			}
-		}()
-	}
-	wg.Wait()
-	el := time.Since(start)
+	all, _ := runOrders(b, cs, "s")
 	b.StopTimer()
 	stdin.Close()
 	if err := cmd.Wait(); err != nil {
@@ -156,14 +133,6 @@ func BenchmarkFullOrderServerProcess(b *testing.B) {
 	}
 	ru := cmd.ProcessState.SysUsage().(*syscall.Rusage)
 	cpu := time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-	var all []time.Duration
-	for _, l := range lat {
-		all = append(all, l...)
-	}
-	slices.Sort(all)
-	b.ReportMetric(float64(len(all))/el.Seconds(), "orders/s")
-	b.ReportMetric(float64(all[len(all)/2].Microseconds())/1000, "p50-ms")
-	b.ReportMetric(float64(all[len(all)*99/100].Microseconds())/1000, "p99-ms")
 	// Includes start-up and the 16 registrations; small against b.N orders.
 	b.ReportMetric(float64(cpu.Microseconds())/1000/float64(len(all)), "server-cpu-ms/order")
 	b.ReportMetric(float64(ru.Maxrss)/1024, "server-peak-RSS-MiB")
