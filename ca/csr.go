@@ -95,10 +95,27 @@ func parseCSR(der []byte, parsed *x509.CertificateRequest) (*x509.CertificateReq
 			return nil, &ErrBadCSR{Rule: "malformed CSR", Err: err}
 		}
 	}
-	if err := csr.CheckSignature(); err != nil {
-		return nil, &ErrBadCSR{Rule: "bad signature", Err: err}
+	if err := checkCSRSignature(csr); err != nil {
+		return nil, err
 	}
 	return csr, nil
+}
+
+// checkCSRSignature checks a CSR's self-signature (proof of possession of
+// the key, RFC 2986 §3).
+func checkCSRSignature(csr *x509.CertificateRequest) error {
+	if err := csr.CheckSignature(); err != nil {
+		return &ErrBadCSR{Rule: "bad signature", Err: err}
+	}
+	return nil
+}
+
+// awaitSignature receives the verdict of a CSR signature check and puts it
+// back, so that Issue can read it again after an error.
+func awaitSignature(sigOK chan error) error {
+	err := <-sigOK
+	sigOK <- err
+	return err
 }
 
 // checkCSR applies the profile's CSR rules and returns the identifiers.

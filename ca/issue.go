@@ -61,16 +61,55 @@ type Certificate struct {
 // comment). Errors: ErrUnknownProfile, ErrUnknownIssuer, *ErrBadCSR,
 // *ErrPolicy, ErrBadRequest, *ErrLint (no real signature was made),
 // ErrSealed (wrapped), *ErrCT.
+//
+// The CSR's signature (proof of possession) is checked on another
+// goroutine while the certificate is built and linted; its verdict is in
+// before the serial is recorded, and a bad signature is reported in
+// preference to any other error, as if it had been checked first.
 func (c *CA) Issue(ctx context.Context, req IssueRequest) (*Certificate, error) {
+	csr := req.ParsedCSR
+	if csr == nil {
+		if len(req.CSR) == 0 {
+			return nil, &ErrBadCSR{Rule: "empty CSR"}
+		}
+		var err error
+		if csr, err = x509.ParseCertificateRequest(req.CSR); err != nil {
+			return nil, &ErrBadCSR{Rule: "malformed CSR", Err: err}
+		}
+	}
+	sigOK := make(chan error, 1)
+	go func() { sigOK <- checkCSRSignature(csr) }()
+	cert, err := c.issue(ctx, req, csr, sigOK)
+	if err != nil {
+		// issue waits for the verdict only once it needs it.
+		if sigErr := <-sigOK; sigErr != nil {
+			return nil, sigErr
+		}
+	}
+	return cert, err
+}
+
+// IssueVerified is Issue for a caller that has already parsed the CSR and
+// checked its signature (x509.CertificateRequest.CheckSignature), as the
+// ACME finalize handler does: req.ParsedCSR is required and its signature
+// is not checked again. Every other check of Issue applies.
+func (c *CA) IssueVerified(ctx context.Context, req IssueRequest) (*Certificate, error) {
+	if req.ParsedCSR == nil {
+		return nil, &ErrBadCSR{Rule: "empty CSR"}
+	}
+	sigOK := make(chan error, 1)
+	sigOK <- nil
+	return c.issue(ctx, req, req.ParsedCSR, sigOK)
+}
+
+// issue is Issue once the CSR is parsed; sigOK delivers the verdict on its
+// signature (once), which issue receives before recording a serial.
+func (c *CA) issue(ctx context.Context, req IssueRequest, csr *x509.CertificateRequest, sigOK chan error) (*Certificate, error) {
 	prof, ok := c.profiles[req.Profile]
 	if !ok {
 		return nil, fmt.Errorf("%w %q", ErrUnknownProfile, req.Profile)
 	}
 	iss, err := c.issuer(req.Issuer)
-	if err != nil {
-		return nil, err
-	}
-	csr, err := parseCSR(req.CSR, req.ParsedCSR)
 	if err != nil {
 		return nil, err
 	}
@@ -93,6 +132,9 @@ func (c *CA) Issue(ctx context.Context, req IssueRequest) (*Certificate, error) 
 	tmpl := c.template(prof, iss, csr, ids, nb, na)
 
 	if prof.p.CT.Mode != CTOff {
+		if err := awaitSignature(sigOK); err != nil {
+			return nil, err
+		}
 		return c.issueWithCT(ctx, prof, iss, tmpl, csr, ids)
 	}
 
@@ -103,6 +145,11 @@ func (c *CA) Issue(ctx context.Context, req IssueRequest) (*Certificate, error) 
 		}
 		if linted, err = c.lintCopy(prof, iss, tmpl, csr, ids); err != nil {
 			return nil, err
+		}
+		if attempt == 0 {
+			if err := awaitSignature(sigOK); err != nil {
+				return nil, err
+			}
 		}
 		rec := c.pendingRecord(prof, iss, linted, ids, false)
 		err = c.store.ReserveSerial(ctx, rec)

@@ -1,6 +1,7 @@
 package ca_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/x509"
 	"errors"
@@ -192,5 +193,36 @@ func TestNamePolicy(t *testing.T) {
 	}
 	if err := tc.CheckNames("nope", nil, nil); !errors.Is(err, ca.ErrUnknownProfile) {
 		t.Errorf("CheckNames unknown profile: %v", err)
+	}
+}
+
+// TestIssueVerified issues from a CSR the caller parsed and verified
+// itself; every check but the signature still applies.
+func TestIssueVerified(t *testing.T) {
+	tc := newTestCA(t, baseConfig(), ca.Options{})
+	ctx := context.Background()
+	csr, err := ca.ParseCSR(makeCSR(t, csrOpts{dns: []string{"v.svc.corp"}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := tc.IssueVerified(ctx, ca.IssueRequest{ParsedCSR: csr, Profile: "server"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec, err := tc.Get(ctx, c.Serial)
+	if err != nil || rec.Status != ca.StatusValid || !bytes.Equal(rec.DER, c.DER) {
+		t.Fatalf("stored record %+v, err %v", rec.Status, err)
+	}
+	mustLintClean(t, tc.CA, "server", c.DER)
+	if _, err := tc.IssueVerified(ctx, ca.IssueRequest{CSR: makeCSR(t, csrOpts{dns: []string{"v.svc.corp"}}), Profile: "server"}); err == nil {
+		t.Error("IssueVerified accepted a request without ParsedCSR")
+	}
+	bad, err := ca.ParseCSR(makeCSR(t, csrOpts{dns: []string{"v..svc.corp"}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var be *ca.ErrBadCSR
+	if _, err := tc.IssueVerified(ctx, ca.IssueRequest{ParsedCSR: bad, Profile: "server"}); !errors.As(err, &be) || !contains(be.Rule, "malformed DNS SAN") {
+		t.Errorf("malformed name: err %v, want *ErrBadCSR", err)
 	}
 }

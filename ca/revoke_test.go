@@ -42,6 +42,10 @@ func TestBadInputsChangeNothing(t *testing.T) {
 		{"malformed CSR", ca.IssueRequest{CSR: []byte("not a csr"), Profile: "server"}, isBadCSR("malformed CSR")},
 		{"empty CSR", ca.IssueRequest{Profile: "server"}, isBadCSR("empty CSR")},
 		{"bad signature", ca.IssueRequest{CSR: badSig, Profile: "server"}, isBadCSR("bad signature")},
+		// The signature is checked concurrently with the rest; its verdict
+		// still comes first, as when it was checked first.
+		{"bad signature and unknown profile", ca.IssueRequest{CSR: badSig, Profile: "nope"}, isBadCSR("bad signature")},
+		{"bad signature and bad SAN", ca.IssueRequest{CSR: corruptSignature(makeCSR(t, csrOpts{dns: []string{"a..svc.corp"}})), Profile: "server"}, isBadCSR("bad signature")},
 		{"weak RSA key", ca.IssueRequest{CSR: makeCSR(t, csrOpts{dns: []string{"a.svc.corp"}, key: rsa1024}), Profile: "server"}, isBadCSR("key type rsa-1024 not allowed")},
 		{"curve not allowed", ca.IssueRequest{CSR: makeCSR(t, csrOpts{dns: []string{"a.svc.corp"}, key: p521}), Profile: "server"}, isBadCSR("key type ecdsa-p521 not allowed")},
 		{"duplicate SAN", ca.IssueRequest{CSR: makeCSR(t, csrOpts{dns: []string{"a.svc.corp", "A.svc.corp"}}), Profile: "server"}, isBadCSR("duplicate SAN")},
@@ -75,6 +79,14 @@ func TestBadInputsChangeNothing(t *testing.T) {
 			}
 		}
 	}
+}
+
+// corruptSignature flips the last bit of a DER CSR, which lies in its
+// signature.
+func corruptSignature(der []byte) []byte {
+	out := append([]byte(nil), der...)
+	out[len(out)-1] ^= 0x01
+	return out
 }
 
 func contains(s, sub string) bool {
