@@ -195,7 +195,7 @@ func (s *Server) handleAccount(w http.ResponseWriter, q *request) *Problem {
 	if req.TermsOfServiceAgreed {
 		a.ToSAgreed = true
 	}
-	if err := s.st.UpdateAccount(q.r.Context(), a, a.KeyThumb); err != nil {
+	if err := s.accts.write(a.ID, func() error { return s.st.UpdateAccount(q.r.Context(), a, a.KeyThumb) }); err != nil {
 		return s.internalErr("update account", err)
 	}
 	return s.writeJSON(w, http.StatusOK, "", s.accountJSON(a))
@@ -259,7 +259,7 @@ func (s *Server) handleKeyChange(w http.ResponseWriter, q *request) *Problem {
 		return unauthorized("the account key changed concurrently")
 	}
 	a.Key, a.KeyThumb = keyJSON, newThumb
-	if err := s.st.UpdateAccount(ctx, a, oldThumb); errors.Is(err, ErrConflict) {
+	if err := s.accts.write(a.ID, func() error { return s.st.UpdateAccount(ctx, a, oldThumb) }); errors.Is(err, ErrConflict) {
 		return prob(ProbMalformed, 409, "the new key is already in use by an account")
 	} else if err != nil {
 		return s.internalErr("update account key", err)

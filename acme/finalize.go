@@ -169,10 +169,8 @@ func (s *Server) checkCSR(q *request, o *Order, der []byte) *Problem {
 			return prob(ProbBadCSR, 400, "CSR names differ from the order's identifiers")
 		}
 	}
-	if key, err := s.keys.get(q.acct.Key); err == nil {
-		if eq, ok := key.Key.(interface{ Equal(crypto.PublicKey) bool }); ok && eq.Equal(csr.PublicKey) {
-			return prob(ProbBadCSR, 400, "the certificate key must not be the account key")
-		}
+	if eq, ok := q.key.Key.(interface{ Equal(crypto.PublicKey) bool }); ok && eq.Equal(csr.PublicKey) { // q.key: finalize is signed with kid
+		return prob(ProbBadCSR, 400, "the certificate key must not be the account key")
 	}
 	return nil
 }

@@ -16,6 +16,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	jose "github.com/go-jose/go-jose/v4"
 )
 
 // Server is an ACME server. Create it with New, serve Handler, and Close it
@@ -29,6 +31,7 @@ type Server struct {
 	log   *slog.Logger
 	nonce *nonceSource
 	keys  keyCache
+	accts accountCache
 	limit *limiter
 
 	dirJSON []byte
@@ -229,7 +232,8 @@ func (s *Server) rateLimited(w http.ResponseWriter, detail string) {
 type request struct {
 	r       *http.Request
 	jws     *parsedJWS
-	acct    *Account // set when signed with kid
+	acct    *Account         // set when signed with kid
+	key     *jose.JSONWebKey // acct's key, parsed
 	payload []byte
 	url     string
 }
@@ -319,16 +323,11 @@ func (s *Server) authenticate(w http.ResponseWriter, r *http.Request, h postHand
 		if !ok || id == "" || strings.Contains(id, "/") {
 			return prob(ProbAccountDoesNotExist, 400, "kid is not an account URL of this server")
 		}
-		acct, err := s.st.GetAccount(r.Context(), id)
+		acct, key, err := s.accts.get(r.Context(), s.st, &s.keys, id)
 		if errors.Is(err, ErrNotFound) {
 			return prob(ProbAccountDoesNotExist, 400, "no such account")
 		} else if err != nil {
-			s.log.Error("acme: get account", "err", err)
-			return internal()
-		}
-		key, err := s.keys.get(acct.Key)
-		if err != nil {
-			s.log.Error("acme: stored account key", "account", acct.ID, "err", err)
+			s.log.Error("acme: get account", "account", id, "err", err)
 			return internal()
 		}
 		if !jws.verify(key) {
@@ -343,7 +342,7 @@ func (s *Server) authenticate(w http.ResponseWriter, r *http.Request, h postHand
 			p.retryAfter = time.Second
 			return p
 		}
-		q.acct = acct
+		q.acct, q.key = acct, key
 	}
 	if !s.setNonce(w) {
 		return internal()

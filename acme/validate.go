@@ -137,7 +137,7 @@ func (v *validator) run(j valJob) {
 func (v *validator) attempt(ctx context.Context, a *Authz, typ, thumb string, timeout time.Duration) (p *Problem, ok bool) {
 	s := v.s
 	if thumb == "" {
-		acct, err := s.st.GetAccount(ctx, a.AccountID)
+		acct, _, err := s.accts.get(ctx, s.st, &s.keys, a.AccountID)
 		if err != nil {
 			s.log.Error("acme: validation: get account", "err", err)
 			return nil, false
