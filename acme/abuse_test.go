@@ -166,6 +166,19 @@ func TestProtocolAbuse(t *testing.T) {
 			t.Fatal(err)
 		}
 		check(t, a.finalize(order, der), 400, hacme.ProbBadCSR)
+		// The right names, but a signature that does not verify (the last
+		// byte belongs to the signature's s): the CA does not check it
+		// again, so this refusal is the only one.
+		der = makeCSR(t, "abuse.example.test")
+		der[len(der)-1] ^= 1
+		if _, err := x509.ParseCertificateRequest(der); err != nil {
+			t.Fatalf("tampered CSR no longer parses: %v", err)
+		}
+		r = a.finalize(order, der)
+		check(t, r, 400, hacme.ProbBadCSR)
+		if !strings.Contains(string(r.body), "signature") {
+			t.Fatalf("tampered CSR: %s", r.body)
+		}
 		if o := decode[orderResp](t, a.post(orderURL, nil, signOpts{})); o.Status != "ready" {
 			t.Fatalf("order is %s after bad CSRs", o.Status)
 		}

@@ -52,7 +52,8 @@ func (s *Server) handleFinalize(w http.ResponseWriter, q *request) *Problem {
 		unlock()
 		return prob(ProbOrderNotReady, 403, "order is "+status+", not ready")
 	}
-	if p := s.checkCSR(q, o, der); p != nil {
+	csr, p := s.checkCSR(q, o, der)
+	if p != nil {
 		unlock()
 		return p
 	}
@@ -75,7 +76,7 @@ func (s *Server) handleFinalize(w http.ResponseWriter, q *request) *Problem {
 	s.bg.Add(1)
 	go func() {
 		defer s.bg.Done()
-		c, err := s.issueCert(o)
+		c, err := s.issueCert(o, csr)
 		unlock := s.lock(o.ID)
 		defer unlock()
 		if state.CompareAndSwap(0, 1) {
@@ -126,17 +127,17 @@ func (s *Server) handleFinalize(w http.ResponseWriter, q *request) *Problem {
 
 // checkCSR checks the CSR against the order (RFC 8555 §7.4): valid
 // signature, exactly the order's identifiers, no other SAN types, a key
-// that is not the account key.
-func (s *Server) checkCSR(q *request, o *Order, der []byte) *Problem {
+// that is not the account key. It returns the parsed, checked CSR.
+func (s *Server) checkCSR(q *request, o *Order, der []byte) (*x509.CertificateRequest, *Problem) {
 	csr, err := x509.ParseCertificateRequest(der)
 	if err != nil {
-		return prob(ProbBadCSR, 400, "CSR does not parse")
+		return nil, prob(ProbBadCSR, 400, "CSR does not parse")
 	}
 	if err := csr.CheckSignature(); err != nil {
-		return prob(ProbBadCSR, 400, "CSR signature does not verify")
+		return nil, prob(ProbBadCSR, 400, "CSR signature does not verify")
 	}
 	if len(csr.EmailAddresses) > 0 || len(csr.URIs) > 0 {
-		return prob(ProbBadCSR, 400, "CSR may only name DNS names and IP addresses")
+		return nil, prob(ProbBadCSR, 400, "CSR may only name DNS names and IP addresses")
 	}
 	want := map[Identifier]bool{}
 	for _, id := range o.Identifiers {
@@ -157,26 +158,27 @@ func (s *Server) checkCSR(q *request, o *Order, der []byte) *Problem {
 			id = Identifier{Type: "ip", Value: a.Unmap().String()}
 		}
 		if !want[id] {
-			return prob(ProbBadCSR, 400, "CSR common name is not one of the order's identifiers")
+			return nil, prob(ProbBadCSR, 400, "CSR common name is not one of the order's identifiers")
 		}
 		got[id] = true
 	}
 	if len(got) != len(want) {
-		return prob(ProbBadCSR, 400, "CSR names differ from the order's identifiers")
+		return nil, prob(ProbBadCSR, 400, "CSR names differ from the order's identifiers")
 	}
 	for id := range got {
 		if !want[id] {
-			return prob(ProbBadCSR, 400, "CSR names differ from the order's identifiers")
+			return nil, prob(ProbBadCSR, 400, "CSR names differ from the order's identifiers")
 		}
 	}
 	if eq, ok := q.key.Key.(interface{ Equal(crypto.PublicKey) bool }); ok && eq.Equal(csr.PublicKey) { // q.key: finalize is signed with kid
-		return prob(ProbBadCSR, 400, "the certificate key must not be the account key")
+		return nil, prob(ProbBadCSR, 400, "the certificate key must not be the account key")
 	}
-	return nil
+	return csr, nil
 }
 
-// issueCert asks the CA to sign the order's CSR.
-func (s *Server) issueCert(o *Order) (*Cert, error) {
+// issueCert asks the CA to sign the order's CSR. csr, if not nil, is o.CSR
+// parsed, with its signature checked (by checkCSR).
+func (s *Server) issueCert(o *Order, csr *x509.CertificateRequest) (*Cert, error) {
 	select {
 	case s.issueCh <- struct{}{}:
 	case <-s.ctx.Done():
@@ -185,7 +187,7 @@ func (s *Server) issueCert(o *Order) (*Cert, error) {
 	defer func() { <-s.issueCh }()
 	ctx, cancel := context.WithTimeout(s.ctx, time.Minute)
 	defer cancel()
-	iss, err := s.ca.Issue(ctx, IssueRequest{CSR: o.CSR, Profile: o.Profile, Identifiers: o.Identifiers,
+	iss, err := s.ca.Issue(ctx, IssueRequest{CSR: o.CSR, ParsedCSR: csr, Profile: o.Profile, Identifiers: o.Identifiers,
 		NotBefore: o.NotBefore, NotAfter: o.NotAfter})
 	if err != nil {
 		return nil, err

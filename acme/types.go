@@ -2,6 +2,7 @@ package acme
 
 import (
 	"context"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -44,7 +45,12 @@ type CA interface {
 
 // IssueRequest is one certificate to sign.
 type IssueRequest struct {
-	CSR         []byte
+	CSR []byte
+	// ParsedCSR, when set, is CSR parsed, and the server has checked its
+	// signature (proof of possession, RFC 8555 §7.4), so the CA need not
+	// check it again. It is nil when the server did not (an issuance
+	// resumed after a restart).
+	ParsedCSR   *x509.CertificateRequest
 	Profile     string
 	Identifiers []Identifier
 	NotBefore   time.Time // zero: profile default

@@ -70,9 +70,18 @@ func (a *acmeCA) Issue(ctx context.Context, req acme.IssueRequest) (*acme.Issued
 		names = append(names, id.Value)
 	}
 	start := time.Now()
-	cert, err := a.cur.Load().Issue(ctx, ca.IssueRequest{
+	creq := ca.IssueRequest{
 		CSR: req.CSR, Profile: profile, NotBefore: req.NotBefore, NotAfter: req.NotAfter, Names: names,
-	})
+	}
+	var cert *ca.Certificate
+	var err error
+	if req.ParsedCSR != nil {
+		// The ACME server checked the CSR's signature at finalize.
+		creq.ParsedCSR = req.ParsedCSR
+		cert, err = a.cur.Load().IssueVerified(ctx, creq)
+	} else {
+		cert, err = a.cur.Load().Issue(ctx, creq)
+	}
 	a.metrics.ObserveIssuance("acme", time.Since(start), err)
 	if errors.Is(err, ca.ErrSealed) {
 		a.activeUntil.Store(0)
