@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -128,43 +127,9 @@ func caRevokedKey(issuer, serial string) []byte {
 	return append(append([]byte(issuer), 0), serial...)
 }
 
-// caPutRecord writes r and keeps the revoked index in step.
-func caPutRecord(tx *bolt.Tx, r ca.Record) error {
-	v, err := caEncodeRecord(r)
-	if err != nil {
-		return err
-	}
-	if err := tx.Bucket(bucketCACerts).Put([]byte(r.Serial), v); err != nil {
-		return err
-	}
-	rb := tx.Bucket(bucketCARevoked)
-	key := caRevokedKey(r.Issuer, r.Serial)
-	if r.Status != ca.StatusRevoked {
-		return rb.Delete(key)
-	}
-	return rb.Put(key, caRevokedValue(r))
-}
-
-// caWritesInFlight counts CA writes under way in this process. It only
-// picks the commit path, so sharing it between Stores costs nothing but a
-// less precise guess.
-var caWritesInFlight atomic.Int64
-
-// caWrite commits fn durably. A lone writer commits at once (db.Update); a
-// writer with company joins a group commit (db.Batch) so that concurrent
-// issuances share one fsync instead of waiting for one each. fn must be
-// idempotent: Batch may run it twice.
-func (s *Store) caWrite(fn func(*bolt.Tx) error) error {
-	n := caWritesInFlight.Add(1)
-	defer caWritesInFlight.Add(-1)
-	if n == 1 {
-		return s.db.Update(fn)
-	}
-	return s.db.Batch(fn)
-}
-
-// ReserveSerial implements ca.Store. Concurrent reservations share one
-// commit (see caWrite).
+// ReserveSerial implements ca.Store. The record is durable (in the CA
+// record log, see calog.go) when it returns; concurrent writes share one
+// fdatasync.
 func (s *Store) ReserveSerial(ctx context.Context, rec ca.Record) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -172,12 +137,14 @@ func (s *Store) ReserveSerial(ctx context.Context, rec ca.Record) error {
 	if rec.Serial == "" {
 		return errors.New("store: empty serial")
 	}
-	return s.caWrite(func(tx *bolt.Tx) error {
-		if tx.Bucket(bucketCACerts).Get([]byte(rec.Serial)) != nil {
+	_, err := s.calog.write(rec.Serial, func(_ ca.Record, exists bool, next *ca.Record) error {
+		if exists {
 			return ca.ErrSerialExists
 		}
-		return caPutRecord(tx, rec)
+		*next = rec
+		return nil
 	})
+	return err
 }
 
 // StoreIssued implements ca.Store.
@@ -185,15 +152,11 @@ func (s *Store) StoreIssued(ctx context.Context, serial string, der []byte, ctFa
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	return s.caWrite(func(tx *bolt.Tx) error {
-		v := tx.Bucket(bucketCACerts).Get([]byte(serial))
-		if v == nil {
+	_, err := s.calog.write(serial, func(cur ca.Record, exists bool, next *ca.Record) error {
+		if !exists {
 			return ca.ErrUnknownSerial
 		}
-		r, err := caDecodeRecord(serial, v, false)
-		if err != nil {
-			return err
-		}
+		r := cur
 		r.DER = der
 		r.Final = true
 		r.Precert = false
@@ -201,14 +164,19 @@ func (s *Store) StoreIssued(ctx context.Context, serial string, der []byte, ctFa
 		if r.Status == ca.StatusPending {
 			r.Status = ca.StatusValid
 		}
-		return caPutRecord(tx, r)
+		*next = r
+		return nil
 	})
+	return err
 }
 
 // CertBySerial implements ca.Store.
 func (s *Store) CertBySerial(ctx context.Context, serial string) (ca.Record, error) {
 	if err := ctx.Err(); err != nil {
 		return ca.Record{}, err
+	}
+	if r, ok := s.calog.lookup(serial); ok {
+		return r, nil
 	}
 	var r ca.Record
 	err := s.db.View(func(tx *bolt.Tx) error {
@@ -223,8 +191,12 @@ func (s *Store) CertBySerial(ctx context.Context, serial string) (ca.Record, err
 	return r, err
 }
 
-// ListCerts implements ca.Store; records come in serial order.
+// ListCerts implements ca.Store; records come in serial order. It folds
+// the CA record log into bbolt first.
 func (s *Store) ListCerts(ctx context.Context, q ca.Query) ([]ca.Record, error) {
+	if err := s.calog.fold(); err != nil {
+		return nil, err
+	}
 	var out []ca.Record
 	err := s.db.View(func(tx *bolt.Tx) error {
 		cur := tx.Bucket(bucketCACerts).Cursor()
@@ -284,38 +256,34 @@ func caMatch(r ca.Record, q ca.Query) bool {
 }
 
 // UpdateRevocation implements ca.Store. update may change Status,
-// RevokedAt and Reason only; other changes are ignored.
+// RevokedAt and Reason only; other changes are ignored. update runs while
+// writes to the store wait, so it must be quick and must not call the
+// store.
 func (s *Store) UpdateRevocation(ctx context.Context, serial string, update func(*ca.Record) error) (ca.Record, error) {
 	if err := ctx.Err(); err != nil {
 		return ca.Record{}, err
 	}
-	var out ca.Record
-	err := s.caWrite(func(tx *bolt.Tx) error {
-		v := tx.Bucket(bucketCACerts).Get([]byte(serial))
-		if v == nil {
+	return s.calog.write(serial, func(cur ca.Record, exists bool, next *ca.Record) error {
+		if !exists {
 			return ca.ErrUnknownSerial
 		}
-		r, err := caDecodeRecord(serial, v, true)
-		if err != nil {
-			return err
-		}
-		changed := r
+		changed := cur
 		if err := update(&changed); err != nil {
 			return err
 		}
+		r := cur
 		r.Status, r.RevokedAt, r.Reason = changed.Status, changed.RevokedAt, changed.Reason
-		if err := caPutRecord(tx, r); err != nil {
-			return err
-		}
-		out = r
+		*next = r
 		return nil
 	})
-	return out, err
 }
 
 // RevokedSerials implements ca.Store.
 func (s *Store) RevokedSerials(ctx context.Context, issuer string) ([]ca.RevokedEntry, error) {
 	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if err := s.calog.fold(); err != nil {
 		return nil, err
 	}
 	var out []ca.RevokedEntry

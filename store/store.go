@@ -3,8 +3,10 @@
 // of this package, so another backend (PostgreSQL) can follow without
 // touching callers.
 //
-// Writes from concurrent requests are grouped with bbolt's Batch so that many
-// issuances share one fsync; every acknowledged write is durable.
+// Writes from concurrent requests share commits: CA record writes go to an
+// append-only log first (one fdatasync for every write that waits on it,
+// folded into bbolt in the background; see calog.go), ACME writes use a
+// group commit. Every acknowledged write is durable.
 package store
 
 import (
@@ -19,8 +21,9 @@ import (
 
 // Store is the embedded (bbolt) store. It is safe for concurrent use.
 type Store struct {
-	db   *bolt.DB
-	path string
+	db    *bolt.DB
+	path  string
+	calog *caLog // CA record writes, see calog.go
 }
 
 // ErrInUse is returned by Open when another process holds the file.
@@ -58,11 +61,22 @@ func Open(path string) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("store: create buckets: %w", err)
 	}
-	return &Store{db: db, path: path}, nil
+	lg, err := openCALog(db, path)
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
+	return &Store{db: db, path: path, calog: lg}, nil
 }
 
-// Close closes the database file.
-func (s *Store) Close() error { return s.db.Close() }
+// Close folds the CA record log into the database and closes it.
+func (s *Store) Close() error {
+	err := s.calog.close()
+	if cerr := s.db.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
 
 // Ping reports whether the store answers (for /healthz).
 func (s *Store) Ping() error {
