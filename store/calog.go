@@ -445,14 +445,21 @@ func (l *caLog) folder() {
 			case <-time.After(caFoldDelay):
 			}
 		}
-		if err := l.fold(); err != nil {
-			l.mu.Lock()
-			if l.failed == nil && !l.closed {
-				l.failed = err
-			}
+		err := l.fold()
+		l.mu.Lock()
+		if err != nil && l.failed == nil && !l.closed {
+			l.failed = err
 			l.cond.Broadcast()
-			l.mu.Unlock()
 		}
+		if err == nil && len(l.over) > 0 {
+			// States written during the fold; the kick they sent may
+			// have been taken by this fold already.
+			select {
+			case l.kick <- struct{}{}:
+			default:
+			}
+		}
+		l.mu.Unlock()
 	}
 }
 
