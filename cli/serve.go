@@ -13,6 +13,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"runtime/debug"
 	"sort"
 	"strings"
 	"sync/atomic"
@@ -264,7 +265,22 @@ func issuingPartition(cfg *Config) string {
 
 // startServe opens the module (sealed), the store, the CA, ACME and the
 // listeners. On error everything opened so far is closed again.
+// serverGCPercent is the garbage collector's target of a serving process
+// (GOGC) unless the GOGC environment variable sets one. Under ACME load the
+// live heap is small (10-15 MiB) and most garbage is per-request buffers,
+// so letting the heap grow to 4x the live heap before a collection instead
+// of Go's 2x spends less CPU on collections (docs/performance.md: about
+// 4-7 % less server CPU per ACME order, 6-10 MiB more peak RSS).
+const serverGCPercent = 300
+
+func tuneGC() {
+	if _, set := os.LookupEnv("GOGC"); !set {
+		debug.SetGCPercent(serverGCPercent)
+	}
+}
+
 func startServe(e *env, cfg *Config, configPath string, f serveFlags) (_ *running, err error) {
+	tuneGC()
 	if f.httpsAddr != "" {
 		cfg.Server.HTTPSAddr = f.httpsAddr
 	}
