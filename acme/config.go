@@ -47,8 +47,8 @@ type Config struct {
 	HTTP01Port    int `yaml:"http01_port"`
 	TLSALPN01Port int `yaml:"tlsalpn01_port"`
 	// Resolver is the DNS server ("HOST:PORT") used for every validation
-	// lookup; empty: the system resolver (first nameserver of
-	// /etc/resolv.conf for TXT lookups).
+	// lookup; only it is asked (neither /etc/hosts nor the search list of
+	// /etc/resolv.conf applies). Empty: the system resolver.
 	Resolver string `yaml:"resolver"`
 	// ValidationTimeout bounds one validation attempt (default 10s);
 	// ValidationRetries is how many more attempts follow a failed one

@@ -24,7 +24,8 @@ type validator struct {
 	ch       chan valJob
 	wg       sync.WaitGroup
 	dialer   *net.Dialer
-	resolver *net.Resolver
+	resolver *net.Resolver // the system resolver, when dns is nil
+	dns      *dnsClient    // Config.Resolver's client, when one is set
 	client   *http.Client
 }
 
@@ -40,10 +41,7 @@ func newValidator(s *Server) *validator {
 	}
 	v.resolver = net.DefaultResolver
 	if s.cfg.Resolver != "" {
-		addr := s.cfg.Resolver
-		v.resolver = &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
-			return v.dialer.DialContext(ctx, network, addr)
-		}}
+		v.dns = newDNSClient(s.cfg.Resolver, v.dialer)
 	}
 	v.client = s.opts.HTTPClient
 	if v.client == nil {
@@ -264,7 +262,13 @@ func (v *validator) lookup(ctx context.Context, host string) ([]netip.Addr, *Pro
 	if a, err := netip.ParseAddr(host); err == nil {
 		return []netip.Addr{a}, nil
 	}
-	ips, err := v.resolver.LookupNetIP(ctx, "ip", host)
+	var ips []netip.Addr
+	var err error
+	if v.dns != nil {
+		ips, err = v.dns.lookupIP(ctx, host)
+	} else {
+		ips, err = v.resolver.LookupNetIP(ctx, "ip", host)
+	}
 	if err != nil || len(ips) == 0 {
 		return nil, prob(ProbDNS, 400, "no A or AAAA record found for "+host)
 	}
@@ -314,7 +318,13 @@ func (v *validator) dns01(ctx context.Context, a *Authz, keyAuth string) *Proble
 		return malformed("dns-01 only validates DNS names")
 	}
 	name := "_acme-challenge." + a.Identifier.Value
-	txts, err := v.resolver.LookupTXT(ctx, name)
+	var txts []string
+	var err error
+	if v.dns != nil {
+		txts, err = v.dns.lookupTXT(ctx, name)
+	} else {
+		txts, err = v.resolver.LookupTXT(ctx, name)
+	}
 	if err != nil {
 		return prob(ProbDNS, 400, "dns-01: no TXT record found at "+name)
 	}
