@@ -169,14 +169,13 @@ type Log struct {
 	// mu guards the chain's position, the pending frames and the
 	// segment's write end. Signers hold it for one hash and one encoding.
 	mu       sync.Mutex
-	seq      uint64      // last assigned sequence number
-	prev     [32]byte    // hash of record seq
-	pend     []byte      // frames of records after wseq, not yet written, to go at off
-	pendLast int         // offset in pend of its last frame
-	spare    []byte      // the other pending buffer, reused
-	inflight *writeBatch // the write(2) of pending frames in progress
-	wseq     uint64      // last record written (or committed)
-	whash    [32]byte    // its hash
+	seq      uint64   // last assigned sequence number
+	prev     [32]byte // hash of record seq
+	pend     []byte   // frames of records after wseq, not yet written, to go at off
+	pendLast int      // offset in pend of its last frame
+	spare    []byte   // the other pending buffer, reused
+	wseq     uint64   // last record written (or committed)
+	whash    [32]byte // its hash
 	seg      *os.File
 	off      int64     // end of the last complete record written to the segment
 	lastRec  int64     // offset of the segment's last written record (0: none)
@@ -184,11 +183,12 @@ type Log struct {
 	torn     *tornTail // a damaged segment end found by Open, not yet cut
 	closed   bool
 
-	written   atomic.Uint64 // wseq, for the fast path
-	synced    atomic.Uint64 // records up to here are synced or committed
-	lastFlush atomic.Int64  // when the last flush started (Unix ns)
-	failed    atomic.Bool   // broken is set
-	scheduled atomic.Bool   // the flusher has been kicked and not yet started a flush
+	inflight  atomic.Pointer[writeBatch] // the write(2) of pending frames in progress
+	written   atomic.Uint64              // wseq, for the fast path
+	synced    atomic.Uint64              // records up to here are synced or committed
+	lastFlush atomic.Int64               // when the last flush started (Unix ns)
+	failed    atomic.Bool                // broken is set
+	scheduled atomic.Bool                // the flusher has been kicked and not yet started a flush
 	waiters   atomic.Int32
 	syncMu    sync.Mutex // with syncCond: signers waiting for the flusher
 	syncCond  *sync.Cond

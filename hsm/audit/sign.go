@@ -54,53 +54,34 @@ func (l *Log) BeginSign(partition, key, hashName string, digest []byte) (Ticket,
 // when it is over.
 type writeBatch struct {
 	done chan struct{}
-	err  error
 }
 
 // writePending returns once record upto is written. If nobody is writing,
-// this goroutine writes every pending frame with one write(2), without
-// holding mu during the call, so that signers keep queueing; otherwise it
-// waits for the write in progress (all its waiters wake at once) and
-// looks again.
+// this goroutine becomes the writer (it installs its batch in l.inflight)
+// and writes every pending frame with one write(2), without holding mu
+// during the call, so that signers keep queueing; otherwise it waits for
+// the write in progress (all its waiters wake at once) and looks again.
+// Waiting and looking take no lock: a signer takes mu once, in BeginSign,
+// and the writer twice per batch, so that a write's many waiters do not
+// queue for mu when it ends.
 func (l *Log) writePending(upto uint64) error {
 	for {
-		l.mu.Lock()
-		if l.wseq >= upto {
-			l.mu.Unlock()
+		if l.written.Load() >= upto {
 			return nil
 		}
-		if l.broken != nil {
-			err := l.broken
-			l.mu.Unlock()
-			return fmt.Errorf("audit: log refuses appends: %w", err)
+		if l.failed.Load() {
+			return l.refusal()
 		}
-		if b := l.inflight; b != nil {
-			l.mu.Unlock()
+		if b := l.inflight.Load(); b != nil {
 			<-b.done
 			continue
 		}
 		b := &writeBatch{done: make(chan struct{})}
-		l.inflight = b
-		batch, off, last := l.pend, l.off, l.off+int64(l.pendLast)
-		seq, h := l.seq, l.prev // every assigned record is in the batch
-		l.pend, l.spare = l.spare[:0], nil
-		seg := l.seg
-		l.mu.Unlock()
-		_, err := seg.WriteAt(batch, off)
-		l.mu.Lock()
-		l.inflight = nil
-		if err != nil {
-			err = fmt.Errorf("audit: write signature records to %d: %w", seq, err)
-			l.logger.Error("audit write failed; module refuses further audited operations", "err", err)
-			l.failLocked(err)
-		} else {
-			l.off += int64(len(batch))
-			l.wseq, l.whash, l.lastRec = seq, h, last
-			l.spare = batch[:0]
-			l.written.Store(seq)
+		if !l.inflight.CompareAndSwap(nil, b) {
+			continue
 		}
-		l.mu.Unlock()
-		b.err = err
+		err := l.writeBatchOwned()
+		l.inflight.Store(nil)
 		close(b.done)
 		if err != nil {
 			return err
@@ -111,11 +92,62 @@ func (l *Log) writePending(upto uint64) error {
 	}
 }
 
+// writeBatchOwned writes the pending frames. Called by the goroutine whose
+// batch is in l.inflight; only it takes pending frames off l.pend (outside
+// appendLocked, which holds mu throughout and finds no batch in flight
+// when it writes).
+func (l *Log) writeBatchOwned() error {
+	l.mu.Lock()
+	if l.broken != nil {
+		l.mu.Unlock()
+		return l.refusal()
+	}
+	if len(l.pend) == 0 {
+		l.mu.Unlock()
+		return nil
+	}
+	batch, off, last := l.pend, l.off, l.off+int64(l.pendLast)
+	seq, h := l.seq, l.prev // every assigned record is in the batch
+	l.pend, l.spare = l.spare[:0], nil
+	seg := l.seg
+	l.mu.Unlock()
+	_, err := seg.WriteAt(batch, off)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if err != nil {
+		err = fmt.Errorf("audit: write signature records to %d: %w", seq, err)
+		l.logger.Error("audit write failed; module refuses further audited operations", "err", err)
+		l.failLocked(err)
+		return err
+	}
+	l.off += int64(len(batch))
+	l.wseq, l.whash, l.lastRec = seq, h, last
+	l.spare = batch[:0]
+	l.written.Store(seq)
+	return nil
+}
+
+// refusal is the error of a log that refuses appends.
+func (l *Log) refusal() error {
+	l.mu.Lock()
+	err := l.broken
+	l.mu.Unlock()
+	if err == nil {
+		err = ErrClosed
+	}
+	return fmt.Errorf("audit: log refuses appends: %w", err)
+}
+
 // waitInflightLocked waits until no write is in progress. Called with mu
-// held; it may release and retake it.
+// held; it may release and retake it. A writer may install its batch
+// after this returns, but it cannot take frames off l.pend before the
+// caller releases mu.
 func (l *Log) waitInflightLocked() {
-	for l.inflight != nil {
-		b := l.inflight
+	for {
+		b := l.inflight.Load()
+		if b == nil {
+			return
+		}
 		l.mu.Unlock()
 		<-b.done
 		l.mu.Lock()
