@@ -15,9 +15,11 @@
 // They go to an append-only segment file beside the database (SegmentFile,
 // a compact binary, length-prefixed, CRC-checked frame each; see
 // segment.go). BeginSign gives the record its place in the chain (one
-// SHA-256, no allocation) and queues its frame; the caller signs; Wait
-// writes every queued frame with one write(2) unless another caller's Wait
-// has just done so, so concurrent signatures share a write. Every other
+// SHA-256, no allocation) and writes its frame: on Linux it copies it into
+// a shared mapping of the file, allocated ahead of the records, which puts
+// it in the kernel's page cache without a system call (segwrite_linux.go;
+// elsewhere one write(2)). The caller signs; Wait only enforces the bound
+// on unsynced records below. Every other
 // event (init, shares, activation, seal, keys, export, lockout) is a JSON
 // record in the database's "audit" bucket, committed together with a new
 // signed head. Both kinds take their sequence numbers from one counter and
@@ -27,9 +29,10 @@
 // # Durability
 //
 //   - Process crash (kill -9): loses nothing acknowledged. A signature
-//     record is in the kernel (written) before Wait returns, so before the
-//     signer can release the signature; a database record is committed
-//     (fsynced) before Append returns.
+//     record is in the kernel (in the page cache, through the mapping or
+//     write(2)) before BeginSign returns, so before the signer can release
+//     the signature; a database record is committed (fsynced) before
+//     Append returns.
 //   - Power loss: may lose signature records that were written but not yet
 //     synced. A background flusher syncs the segment (one fsync) at most
 //     every FlushInterval (default 5 ms) once records are waiting, then
@@ -47,9 +50,11 @@
 //
 // Records written after the last signed head (a crash between a write and
 // the next flush) are checked link by link when the log is opened and
-// covered by a new signed head at the next flush. If the segment ends in a
-// torn record (a frame cut short or damaged: a power loss during a write,
-// or, rarely, a kill during a write that spans pages), Open leaves it in
+// covered by a new signed head at the next flush. The records end at a
+// zero frame header (the space allocated ahead of them). If the segment
+// ends in a torn record (a frame cut short or damaged, or bytes other than
+// zeros after the end: a power loss that kept some of the unsynced pages,
+// or a kill during a copy), Open leaves it in
 // place: Verify reports it as an *hsm.AuditError ("torn") naming the
 // record's sequence number, and the next append (or Recover) records an
 // "audit-recover" event naming the lost record, offset and size, then cuts
@@ -70,7 +75,9 @@
 // transcripts; a later log must extend those (VerifyExtends).
 //
 // Once a write, sync or commit fails, the log refuses every later append: a
-// module that cannot audit must not sign.
+// module that cannot audit must not sign. A fault on the mapped segment (an
+// I/O error on a page, or the file cut short under the log: SIGBUS) is
+// such a failed write, not a crash of the process.
 package audit
 
 import (
@@ -166,29 +173,25 @@ type Log struct {
 	slotNext  int    // the head slot the next flush writes
 	slotDirty bool   // a head slot was written since the last sync
 
-	// mu guards the chain's position, the pending frames and the
-	// segment's write end. Signers hold it for one hash and one encoding.
-	mu       sync.Mutex
-	seq      uint64   // last assigned sequence number
-	prev     [32]byte // hash of record seq
-	pend     []byte   // frames of records after wseq, not yet written, to go at off
-	pendLast int      // offset in pend of its last frame
-	spare    []byte   // the other pending buffer, reused
-	wseq     uint64   // last record written (or committed)
-	whash    [32]byte // its hash
-	seg      *os.File
-	off      int64     // end of the last complete record written to the segment
-	lastRec  int64     // offset of the segment's last written record (0: none)
-	broken   error     // sticky: a failed write or commit, or a log that does not verify
-	torn     *tornTail // a damaged segment end found by Open, not yet cut
-	closed   bool
+	// mu guards the chain's position and the segment's write end.
+	// Signers hold it for one hash, one encoding and one copy.
+	mu      sync.Mutex
+	seq     uint64   // last record, written or committed
+	prev    [32]byte // hash of record seq
+	frame   []byte   // scratch for BeginSign's frame
+	seg     *os.File
+	w       *segWriter
+	off     int64     // end of the last complete record written to the segment
+	lastRec int64     // offset of the segment's last written record (0: none)
+	broken  error     // sticky: a failed write or commit, or a log that does not verify
+	torn    *tornTail // a damaged segment end found by Open, not yet cut
+	closed  bool
 
-	inflight  atomic.Pointer[writeBatch] // the write(2) of pending frames in progress
-	written   atomic.Uint64              // wseq, for the fast path
-	synced    atomic.Uint64              // records up to here are synced or committed
-	lastFlush atomic.Int64               // when the last flush started (Unix ns)
-	failed    atomic.Bool                // broken is set
-	scheduled atomic.Bool                // the flusher has been kicked and not yet started a flush
+	written   atomic.Uint64 // seq, for Wait
+	synced    atomic.Uint64 // records up to here are synced or committed
+	lastFlush atomic.Int64  // when the last flush started (Unix ns)
+	failed    atomic.Bool   // broken is set
+	scheduled atomic.Bool   // the flusher has been kicked and not yet started a flush
 	waiters   atomic.Int32
 	syncMu    sync.Mutex // with syncCond: signers waiting for the flusher
 	syncCond  *sync.Cond
@@ -250,8 +253,7 @@ func Open(db *bolt.DB, key ed25519.PrivateKey, opts Options) (*Log, error) {
 		segPath:     opts.Segment,
 		interval:    opts.FlushInterval,
 		maxUnsynced: uint64(opts.MaxUnsynced),
-		pend:        make([]byte, 0, 16*maxFrameLen),
-		spare:       make([]byte, 0, 16*maxFrameLen),
+		frame:       make([]byte, 0, maxFrameLen),
 		kick:        make(chan struct{}, 1),
 		stop:        make(chan struct{}),
 		done:        make(chan struct{}),
@@ -290,7 +292,7 @@ func Open(db *bolt.DB, key ed25519.PrivateKey, opts Options) (*Log, error) {
 		l.seg.Close()
 		return nil, err
 	}
-	l.wseq, l.whash = l.seq, l.prev
+	l.w = newSegWriter(l.seg, size)
 	l.written.Store(l.seq)
 	l.synced.Store(l.seq)
 	l.lastFlush.Store(time.Now().UnixNano())
@@ -328,6 +330,17 @@ func (l *Log) openSegment() (int64, error) {
 	switch {
 	case size >= segHeaderLen && string(got) == string(hdr):
 		return size, nil
+	case size >= segHeaderLen && string(got) == string(segHeaderMagic(segMagicV2, l.ctx)):
+		// v2 differs only in not allocating space ahead of the records.
+		_, err := f.WriteAt(hdr, 0)
+		if err == nil {
+			err = f.Sync()
+		}
+		if err != nil {
+			f.Close()
+			return 0, fmt.Errorf("audit: upgrade segment header: %w", err)
+		}
+		return size, nil
 	case size < segHeaderLen && string(got) == string(hdr[:len(got)]):
 		// New, or a crash while it was being created: (re)write the header
 		// and empty head slots.
@@ -350,7 +363,7 @@ func (l *Log) openSegment() (int64, error) {
 	}
 	reason := "the audit segment's header does not name this module (another module's segment, or not a segment)"
 	if strings.HasPrefix(string(got), "hsmca audit segment v1\x00") {
-		reason = "the audit segment has format v1 (a development build, before the head slots); this build reads v2 only: recreate the module"
+		reason = "the audit segment has format v1 (a development build, before the head slots); this build reads v2 and v3 only: recreate the module"
 	}
 	l.broken = &hsm.AuditError{Seq: 0, Reason: reason}
 	return size, nil
@@ -465,10 +478,11 @@ func (l *Log) checkSegmentHead(head *storedHead, start, size int64) error {
 }
 
 // readTail reads the segment records after the head, [start, size): each
-// must follow the chain. A frame that cannot be read ends the tail there
-// (torn).
+// must follow the chain. A frame that cannot be read, or bytes other than
+// zeros after the last record, end the tail there (torn).
 func (l *Log) readTail(start, size int64) error {
 	sr := newSegReader(l.seg, start, size)
+	sr.zeroEnds = true
 	var rec signRecord
 	for {
 		ok, err := sr.next(&rec)
@@ -480,7 +494,7 @@ func (l *Log) readTail(start, size int64) error {
 		case err != nil:
 			return err
 		case !ok:
-			return nil
+			return l.checkZeros(sr.off, size)
 		}
 		want := signHash(rec.seq, rec.time, rec.partition, rec.key, rec.hashName, rec.digest, &l.prev)
 		if rec.seq != l.seq+1 || want != rec.hash {
@@ -490,6 +504,26 @@ func (l *Log) readTail(start, size int64) error {
 		l.seq, l.prev, l.lastRec = rec.seq, rec.hash, l.off
 		l.off = sr.off
 	}
+}
+
+// checkZeros checks that the segment holds only zeros in [off, size), the
+// space allocated after the last record; anything else is a torn end.
+func (l *Log) checkZeros(off, size int64) error {
+	buf := make([]byte, 64<<10)
+	for at := off; at < size; {
+		n, err := l.seg.ReadAt(buf[:min(int64(len(buf)), size-at)], at)
+		for _, c := range buf[:n] {
+			if c != 0 {
+				l.torn = &tornTail{seq: l.seq + 1, off: off, size: size - off, reason: "bytes after the end of the records (a write cut short)"}
+				return nil
+			}
+		}
+		if err != nil && n == 0 {
+			return fmt.Errorf("audit: read segment: %w", err)
+		}
+		at += int64(n)
+	}
+	return nil
 }
 
 // PublicKey returns the audit key that signs the head.
@@ -516,15 +550,11 @@ func (l *Log) Append(typ, partition string, fields map[string]string) (hsm.Audit
 func (l *Log) appendLocked(now time.Time, typ, partition string, fields map[string]string) (hsm.AuditEvent, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.waitInflightLocked()
 	if l.closed {
 		return hsm.AuditEvent{}, ErrClosed
 	}
 	if l.broken != nil {
 		return hsm.AuditEvent{}, fmt.Errorf("audit: log refuses appends: %w", l.broken)
-	}
-	if err := l.writeHeldLocked(); err != nil {
-		return hsm.AuditEvent{}, err
 	}
 	// The signature records before this one must not be lost to a power
 	// failure that this record survives: that would leave a gap.
@@ -569,7 +599,6 @@ func (l *Log) appendLocked(now time.Time, typ, partition string, fields map[stri
 		return hsm.AuditEvent{}, err
 	}
 	l.seq, l.prev, l.headSeq = ev.Seq, h, ev.Seq
-	l.wseq, l.whash = ev.Seq, h
 	l.written.Store(ev.Seq)
 	l.markSynced(ev.Seq)
 	return ev, nil
@@ -602,7 +631,7 @@ func (l *Log) recoverLocked() error {
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	err = l.seg.Truncate(l.off)
+	err = l.w.truncate(l.off)
 	if err == nil {
 		err = l.seg.Sync()
 	}
@@ -643,7 +672,12 @@ func (l *Log) Close() error {
 	close(l.stop)
 	<-l.done
 	l.mu.Lock()
-	cerr := l.seg.Close()
+	werr := l.w.close()
+	if st, err := l.seg.Stat(); err == nil && st.Size() > l.off && ferr == nil && l.broken == nil && l.torn == nil {
+		// Give back the space allocated ahead of the records.
+		werr = errors.Join(werr, l.w.truncate(l.off))
+	}
+	cerr := errors.Join(werr, l.seg.Close())
 	l.mu.Unlock()
 	l.wakeWaiters()
 	if wasBroken {

@@ -62,6 +62,7 @@ func (e *env) crash(t testing.TB) {
 	l.mu.Unlock()
 	close(l.stop)
 	<-l.done
+	l.w.close()
 	l.seg.Close()
 	e.db.Close()
 }
@@ -136,12 +137,16 @@ func (e *env) edit(t *testing.T, f func(b *bolt.Bucket)) {
 	}
 }
 
-// frames returns the offsets and lengths of the segment's frames.
+// frames returns the offsets and lengths of the segment's frames, up to
+// the zeros of the space allocated after them.
 func frames(t testing.TB, data []byte, hdrLen int) (offs, lens []int) {
 	t.Helper()
 	for off := hdrLen; off < len(data); {
 		if len(data)-off < frameHeaderLen {
 			t.Fatalf("partial frame header at %d", off)
+		}
+		if [frameHeaderLen]byte(data[off:off+frameHeaderLen]) == [frameHeaderLen]byte{} {
+			break
 		}
 		n := frameHeaderLen + int(binary.BigEndian.Uint32(data[off:]))
 		offs, lens = append(offs, off), append(lens, n)
@@ -409,7 +414,13 @@ func TestTornTail(t *testing.T) {
 	}{
 		{"cut inside the last record", func(d []byte, offs, lens []int) []byte { return d[:offs[len(offs)-1]+lens[len(lens)-1]/2] }, 6},
 		{"cut inside the last frame header", func(d []byte, offs, lens []int) []byte { return d[:offs[len(offs)-1]+3] }, 6},
-		{"zeros after the last record", func(d []byte, offs, lens []int) []byte { return append(d, make([]byte, 300)...) }, 7},
+		{"bytes after the zeros that end the records", func(d []byte, offs, lens []int) []byte { return append(d, 1, 2, 3) }, 7},
+		{"a later page kept, an earlier one lost", func(d []byte, offs, lens []int) []byte {
+			last := offs[len(offs)-1]
+			moved := append([]byte(nil), d[last:last+lens[len(lens)-1]]...)
+			clear(d[last:])
+			return append(d[:last+8192], moved...)
+		}, 6},
 		{"last record garbled", func(d []byte, offs, lens []int) []byte {
 			last := offs[len(offs)-1]
 			for i := last + frameHeaderLen + 20; i < len(d); i++ {
@@ -585,26 +596,30 @@ func TestCommitFailureIsSticky(t *testing.T) {
 	}
 }
 
-func TestWriteFailureWithholdsSignatures(t *testing.T) {
-	e := newEnvOpts(t, Options{FlushInterval: time.Hour})
-	e.sign(t, 0)
+// A record is written when BeginSign returns, so what can fail later is
+// its sync: a signer whose record is beyond the unsynced bound gets its
+// signature withheld when the segment cannot be synced, and the log
+// refuses everything after.
+func TestSyncFailureWithholdsSignatures(t *testing.T) {
+	e := newEnvOpts(t, Options{FlushInterval: time.Hour, MaxUnsynced: 1})
+	e.sign(t, 0) // seq 1: within the bound, not synced
 	tk, err := e.log.BeginSign("issuing", "k1", "SHA-256", digestOf(1))
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The segment fails under the log: the queued record cannot be
-	// written, so its signature must be withheld.
+	// The segment fails under the log: seq 2 is beyond the bound and
+	// cannot be synced, so its signature must be withheld.
 	e.log.mu.Lock()
 	e.log.seg.Close()
 	e.log.mu.Unlock()
 	if err := e.log.Wait(tk); err == nil {
-		t.Fatal("Wait released a record that could not be written")
+		t.Fatal("Wait released a record beyond the unsynced bound that could not be synced")
 	}
 	if _, err := e.log.BeginSign("issuing", "k1", "SHA-256", digestOf(3)); err == nil {
-		t.Fatal("log accepted a signature after a failed write")
+		t.Fatal("log accepted a signature after a failed sync")
 	}
 	if _, err := e.log.Append("seal", "", nil); err == nil {
-		t.Fatal("log accepted an event after a failed write")
+		t.Fatal("log accepted an event after a failed sync")
 	}
 }
 
@@ -868,6 +883,55 @@ func FuzzSegment(f *testing.F) {
 	})
 }
 
+// FuzzSegmentTail reads arbitrary bytes after a segment header the way
+// Open reads the records after the signed head: it must not fail, and it
+// ends either on a clean end (the rest zeros) or on a torn end that starts
+// after the last complete record.
+func FuzzSegmentTail(f *testing.F) {
+	h := sha256.Sum256([]byte("h"))
+	good := appendSignFrame(nil, 1, 12345, &h, "issuing", "k1", "SHA-256", digestOf(1))
+	f.Add(good)
+	f.Add(append(append([]byte(nil), good...), make([]byte, 300)...))
+	f.Add(append(append(append([]byte(nil), good...), make([]byte, 300)...), 1))
+	f.Add(good[:len(good)-3])
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		if len(data) > 1<<20 {
+			return
+		}
+		path := filepath.Join(t.TempDir(), "seg")
+		if err := os.WriteFile(path, append(make([]byte, segHeaderLen), data...), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		seg, err := os.Open(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer seg.Close()
+		l := &Log{seg: seg, hdrLen: segHeaderLen}
+		size := int64(segHeaderLen + len(data))
+		l.off = segHeaderLen
+		if err := l.readTail(segHeaderLen, size); err != nil {
+			t.Fatalf("readTail: %v", err)
+		}
+		end := l.off
+		switch {
+		case l.broken != nil:
+			// Complete records that do not chain from a zero hash.
+		case l.torn != nil:
+			if l.torn.off != end || l.torn.off+l.torn.size != size {
+				t.Fatalf("torn end at %d+%d, records end at %d, file %d", l.torn.off, l.torn.size, end, size)
+			}
+		default:
+			for _, c := range data[end-segHeaderLen:] {
+				if c != 0 {
+					t.Fatalf("clean end at %d with non-zero bytes after it", end)
+				}
+			}
+		}
+	})
+}
+
 func BenchmarkAppend(b *testing.B) {
 	e := newEnv(b, 0)
 	fields := map[string]string{"key": "0123456789abcdef0123456789abcdef", "reason": "bench"}
@@ -955,5 +1019,32 @@ func TestOverdueSyncBySigner(t *testing.T) {
 	tk = e.sign(t, 2)
 	if got := e.log.synced.Load(); got < tk.Seq() {
 		t.Fatalf("overdue sync not done by the signer: synced %d, record %d", got, tk.Seq())
+	}
+}
+
+// A v2 segment (no space allocated ahead of the records) opens as v3: the
+// header is upgraded in place and the log verifies and grows.
+func TestSegmentV2Upgraded(t *testing.T) {
+	e := newEnv(t, 5)
+	e.close()
+	data, err := os.ReadFile(e.segPath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	copy(data, segMagicV2)
+	if err := os.WriteFile(e.segPath(), data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e2 := e.reopen(t)
+	if h, err := e2.log.Verify(); err != nil || h.Count != 5 {
+		t.Fatalf("verify of an upgraded v2 segment: %+v, %v", h, err)
+	}
+	e2.sign(t, 6)
+	if h, err := e2.log.Verify(); err != nil || h.Count != 6 {
+		t.Fatalf("verify after a signature: %+v, %v", h, err)
+	}
+	got, err := os.ReadFile(e.segPath())
+	if err != nil || !strings.HasPrefix(string(got), segMagic) {
+		t.Fatalf("header after upgrade: %q, %v", got[:len(segMagic)], err)
 	}
 }

@@ -15,13 +15,14 @@ import (
 	"github.com/hsmca/hsmca/hsm"
 )
 
-// The segment file holds the signature records, appended by write(2), and
-// the two slots of the signed head that the flusher keeps. Layout:
+// The segment file holds the signature records, in sequence order, and the
+// two slots of the signed head that the flusher keeps. Layout:
 //
 //	0:     segMagic | u8 len(context) | context, zero-padded to 512 bytes
 //	512:   head slot 0 (256 bytes)
 //	768:   head slot 1 (256 bytes)
-//	1024:  frames, one per record, in sequence order
+//	1024:  frames, one per record, in sequence order, then zeros to the end
+//	       of the file (space allocated ahead of the records)
 //	frame: u32 len(body) | u32 CRC-32C(body) | body
 //	body:  u8 kind (1: sign) | u64 seq | i64 time (Unix ns) | [32]byte record hash |
 //	       u8 len | partition | u8 len | key ID | u8 len | hash name | u8 len | digest
@@ -35,12 +36,22 @@ import (
 // slot damaged by a crash (torn) from a well-formed one; they are no
 // defence against tampering, the hash chain and the head signature are.
 //
+// Eight zero bytes where a frame header would be end the records; every
+// byte after them must be zero too, otherwise the segment ends in a torn
+// record (a crash during a copy, or a power loss that kept a later page and
+// lost an earlier one). A segment of format v2 (records up to the end of the
+// file, no space allocated ahead) is the same but for the magic, and Open
+// upgrades it in place.
+//
 // The slots alternate, so a torn slot write leaves the other one. A slot is
 // written after the sync that made its records durable and becomes durable
 // itself with the next sync, so a head never outlives the records it
 // covers.
 
-const segMagic = "hsmca audit segment v2\x00"
+const (
+	segMagic   = "hsmca audit segment v3\x00"
+	segMagicV2 = "hsmca audit segment v2\x00"
+)
 
 const (
 	segHeaderLen   = 1024
@@ -58,8 +69,10 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 // segHeader is the segment's identifying first bytes; the context binds
 // the segment to one module.
-func segHeader(ctx string) []byte {
-	h := append([]byte(segMagic), byte(len(ctx)))
+func segHeader(ctx string) []byte { return segHeaderMagic(segMagic, ctx) }
+
+func segHeaderMagic(magic, ctx string) []byte {
+	h := append([]byte(magic), byte(len(ctx)))
 	return append(h, ctx...)
 }
 
@@ -221,6 +234,9 @@ type segReader struct {
 	off  int64 // offset of the next frame
 	end  int64
 	body []byte
+	// zeroEnds makes a zero frame header end the region (reading past the
+	// records into the allocated space); otherwise it is a bad frame.
+	zeroEnds bool
 }
 
 func newSegReader(ra io.ReaderAt, from, end int64) *segReader {
@@ -240,6 +256,10 @@ func (s *segReader) next(r *signRecord) (bool, error) {
 	var hdr [frameHeaderLen]byte
 	if _, err := io.ReadFull(s.r, hdr[:]); err != nil {
 		return false, s.readError(err)
+	}
+	if s.zeroEnds && hdr == [frameHeaderLen]byte{} {
+		s.end = s.off
+		return false, nil
 	}
 	n := int64(binary.BigEndian.Uint32(hdr[:]))
 	if n < bodyFixedLen || n > maxBodyLen {

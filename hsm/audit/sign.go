@@ -13,10 +13,11 @@ func (t Ticket) Seq() uint64 { return t.seq }
 
 // BeginSign records one signature: a "sign" event of partition with fields
 // key, digest (hex of digest) and hash (hashName). It gives the record its
-// place in the chain and queues its frame; the caller computes the
-// signature next and must call Wait before it releases the signature. Wait
-// writes the record if no other caller's Wait or the flusher has done so
-// meanwhile: records of concurrent signatures share one write(2).
+// place in the chain and writes its frame to the segment (on Linux a copy
+// into the mapped file, no system call; see segwrite_linux.go), so that
+// the record is in the kernel when BeginSign returns and survives a kill
+// of the process. The caller computes the signature next and must call
+// Wait before it releases the signature.
 //
 // Each field is at most 255 bytes; partition, key and hashName must be
 // UTF-8. For a signature over a whole message (Ed25519), record a digest
@@ -41,136 +42,25 @@ func (l *Log) BeginSign(partition, key, hashName string, digest []byte) (Ticket,
 		}
 		seq := l.seq + 1
 		h := signHash(seq, now, partition, key, hashName, digest, &l.prev)
-		l.pendLast = len(l.pend)
-		l.pend = appendSignFrame(l.pend, seq, now, &h, partition, key, hashName, digest)
+		l.frame = appendSignFrame(l.frame[:0], seq, now, &h, partition, key, hashName, digest)
+		if err := l.w.writeAt(l.frame, l.off); err != nil {
+			err = fmt.Errorf("audit: write signature record %d: %w", seq, err)
+			l.logger.Error("audit write failed; module refuses further audited operations", "err", err)
+			l.failLocked(err)
+			l.mu.Unlock()
+			return Ticket{}, err
+		}
+		l.lastRec = l.off
+		l.off += int64(len(l.frame))
 		l.seq, l.prev = seq, h
+		l.written.Store(seq)
 		l.mu.Unlock()
-		return Ticket{seq: seq}, nil
-	}
-	return Ticket{}, fmt.Errorf("audit: log refuses appends: %w", l.tornError())
-}
-
-// writeBatch is a write(2) of pending frames in progress; done is closed
-// when it is over.
-type writeBatch struct {
-	done chan struct{}
-}
-
-// writePending returns once record upto is written. If nobody is writing,
-// this goroutine becomes the writer (it installs its batch in l.inflight)
-// and writes every pending frame with one write(2), without holding mu
-// during the call, so that signers keep queueing; otherwise it waits for
-// the write in progress (all its waiters wake at once) and looks again.
-// Waiting and looking take no lock: a signer takes mu once, in BeginSign,
-// and the writer twice per batch, so that a write's many waiters do not
-// queue for mu when it ends.
-func (l *Log) writePending(upto uint64) error {
-	for {
-		if l.written.Load() >= upto {
-			return nil
-		}
-		if l.failed.Load() {
-			return l.refusal()
-		}
-		if b := l.inflight.Load(); b != nil {
-			<-b.done
-			continue
-		}
-		b := &writeBatch{done: make(chan struct{})}
-		if !l.inflight.CompareAndSwap(nil, b) {
-			continue
-		}
-		err := l.writeBatchOwned()
-		l.inflight.Store(nil)
-		close(b.done)
-		if err != nil {
-			return err
-		}
 		if !l.scheduled.Load() && !l.scheduled.Swap(true) {
 			l.kickFlusher()
 		}
+		return Ticket{seq: seq}, nil
 	}
-}
-
-// writeBatchOwned writes the pending frames. Called by the goroutine whose
-// batch is in l.inflight; only it takes pending frames off l.pend (outside
-// appendLocked, which holds mu throughout and finds no batch in flight
-// when it writes).
-func (l *Log) writeBatchOwned() error {
-	l.mu.Lock()
-	if l.broken != nil {
-		l.mu.Unlock()
-		return l.refusal()
-	}
-	if len(l.pend) == 0 {
-		l.mu.Unlock()
-		return nil
-	}
-	batch, off, last := l.pend, l.off, l.off+int64(l.pendLast)
-	seq, h := l.seq, l.prev // every assigned record is in the batch
-	l.pend, l.spare = l.spare[:0], nil
-	seg := l.seg
-	l.mu.Unlock()
-	_, err := seg.WriteAt(batch, off)
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if err != nil {
-		err = fmt.Errorf("audit: write signature records to %d: %w", seq, err)
-		l.logger.Error("audit write failed; module refuses further audited operations", "err", err)
-		l.failLocked(err)
-		return err
-	}
-	l.off += int64(len(batch))
-	l.wseq, l.whash, l.lastRec = seq, h, last
-	l.spare = batch[:0]
-	l.written.Store(seq)
-	return nil
-}
-
-// refusal is the error of a log that refuses appends.
-func (l *Log) refusal() error {
-	l.mu.Lock()
-	err := l.broken
-	l.mu.Unlock()
-	if err == nil {
-		err = ErrClosed
-	}
-	return fmt.Errorf("audit: log refuses appends: %w", err)
-}
-
-// waitInflightLocked waits until no write is in progress. Called with mu
-// held; it may release and retake it. A writer may install its batch
-// after this returns, but it cannot take frames off l.pend before the
-// caller releases mu.
-func (l *Log) waitInflightLocked() {
-	for {
-		b := l.inflight.Load()
-		if b == nil {
-			return
-		}
-		l.mu.Unlock()
-		<-b.done
-		l.mu.Lock()
-	}
-}
-
-// writeHeldLocked writes the pending frames while holding mu (for the rare
-// database appends). Called with mu held and no write in progress.
-func (l *Log) writeHeldLocked() error {
-	if len(l.pend) == 0 {
-		return nil
-	}
-	if _, err := l.seg.WriteAt(l.pend, l.off); err != nil {
-		err = fmt.Errorf("audit: write signature records to %d: %w", l.seq, err)
-		l.failLocked(err)
-		return err
-	}
-	l.lastRec = l.off + int64(l.pendLast)
-	l.off += int64(len(l.pend))
-	l.wseq, l.whash = l.seq, l.prev
-	l.pend = l.pend[:0]
-	l.written.Store(l.seq)
-	return nil
+	return Ticket{}, fmt.Errorf("audit: log refuses appends: %w", l.tornError())
 }
 
 // signBlockedLocked says why BeginSign cannot write now; nil means only a
@@ -195,16 +85,11 @@ func (l *Log) tornError() error {
 }
 
 // Wait returns once the ticket's record may be acted on: it is written
-// (by this call, if nobody has written it yet), and at most MaxUnsynced
-// records are written but not yet synced (otherwise Wait blocks until the
-// flusher has caught up). It fails if the log broke before the record was
-// synced; the caller must then withhold the signature.
+// (BeginSign did that) and at most MaxUnsynced records are written but not
+// yet synced (otherwise Wait blocks until the flusher has caught up). It
+// fails if the log broke before the record was synced; the caller must
+// then withhold the signature.
 func (l *Log) Wait(t Ticket) error {
-	if l.written.Load() < t.seq {
-		if err := l.writePending(t.seq); err != nil {
-			return err
-		}
-	}
 	if !l.failed.Load() && t.seq <= l.synced.Load()+l.maxUnsynced {
 		// The flusher is a goroutine like any other: with many signers
 		// queued for the CPUs it can be scheduled late. A signer that
@@ -344,19 +229,13 @@ func (l *Log) syncLocked() error {
 	return nil
 }
 
-// flushLocked writes the queued frames, syncs the segment up to its end
-// and writes a signed head for the last record into the older head slot.
-// That slot becomes durable with the next sync, so a head never covers a
-// record a power loss could take. Called with flushMu held.
+// flushLocked syncs the segment up to its end and writes a signed head
+// for the last record into the older head slot. That slot becomes durable
+// with the next sync, so a head never covers a record a power loss could
+// take. Called with flushMu held.
 func (l *Log) flushLocked() error {
 	l.mu.Lock()
-	upto := l.seq
-	l.mu.Unlock()
-	if err := l.writePending(upto); err != nil { // frames whose Wait has not come yet
-		return err
-	}
-	l.mu.Lock()
-	seq, prev, off, last, broken, seg := l.wseq, l.whash, l.off, l.lastRec, l.broken, l.seg
+	seq, prev, off, last, broken, seg := l.seq, l.prev, l.off, l.lastRec, l.broken, l.seg
 	l.mu.Unlock()
 	if broken != nil {
 		return broken
