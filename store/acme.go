@@ -65,12 +65,15 @@ var committers sync.Map
 // where db.Batch groups only what arrives within MaxBatchDelay. fn may run
 // more than once (when another fn of its group fails) and must be
 // idempotent. Every call returns only after its write is on disk.
-func (s *Store) batch(fn func(tx *bolt.Tx) error) error {
+func (s *Store) batch(fn func(tx *bolt.Tx) error) error { return s.committer().do(fn) }
+
+// committer returns the group committer (and record cache) of s's database.
+func (s *Store) committer() *groupCommitter {
 	g, ok := committers.Load(s.db)
 	if !ok {
 		g, _ = committers.LoadOrStore(s.db, &groupCommitter{db: s.db})
 	}
-	return g.(*groupCommitter).do(fn)
+	return g.(*groupCommitter)
 }
 
 // groupCommitter runs write transactions for queued callers, one group at
@@ -83,6 +86,8 @@ type groupCommitter struct {
 	mu    sync.Mutex
 	queue []*groupCall
 	busy  bool // a leader is committing or about to
+
+	cache recordCache // decoded ACME records of this database
 }
 
 type groupCall struct {
@@ -216,7 +221,11 @@ func (s *Store) UpdateAccount(_ context.Context, a *acme.Account, oldThumb strin
 
 // CreateOrder implements acme.Store.
 func (s *Store) CreateOrder(_ context.Context, o *acme.Order, authzs []*acme.Authz) error {
-	return s.batch(func(tx *bolt.Tx) error {
+	puts := []cachePut{orderPut(o)}
+	for _, a := range authzs {
+		puts = append(puts, authzPut(a))
+	}
+	return s.batchCache(func(tx *bolt.Tx) error {
 		for _, a := range authzs {
 			if err := putJSON(tx, bAuthz, a.ID, a); err != nil {
 				return err
@@ -236,13 +245,22 @@ func (s *Store) CreateOrder(_ context.Context, o *acme.Order, authzs []*acme.Aut
 			}
 		}
 		return putJSON(tx, bOrder, o.ID, o)
-	})
+	}, puts...)
 }
 
 // GetOrder implements acme.Store.
 func (s *Store) GetOrder(_ context.Context, id string) (*acme.Order, error) {
+	k := cacheKey{'o', id}
+	if v, ok := s.cache().get(k); ok {
+		return cloneOrder(v.(*acme.Order)), nil
+	}
 	o := new(acme.Order)
-	return o, s.view(func(tx *bolt.Tx) error { return getJSON(tx, bOrder, id, o) })
+	var ver version
+	if err := s.view(func(tx *bolt.Tx) error { ver = readVersion(tx); return getJSON(tx, bOrder, id, o) }); err != nil {
+		return nil, err
+	}
+	s.cache().put(k, ver, cloneOrder(o))
+	return o, nil
 }
 
 func putWork(tx *bolt.Tx, work string, add bool) error {
@@ -257,12 +275,12 @@ func putWork(tx *bolt.Tx, work string, add bool) error {
 
 // UpdateOrder implements acme.Store.
 func (s *Store) UpdateOrder(_ context.Context, o *acme.Order, work string, add bool) error {
-	return s.batch(func(tx *bolt.Tx) error {
+	return s.batchCache(func(tx *bolt.Tx) error {
 		if err := putWork(tx, work, add); err != nil {
 			return err
 		}
 		return putJSON(tx, bOrder, o.ID, o)
-	})
+	}, orderPut(o))
 }
 
 // ListOrders implements acme.Store. The cursor is the hex sequence number
@@ -298,8 +316,17 @@ func (s *Store) ListOrders(_ context.Context, accountID, cursor string, limit in
 
 // GetAuthz implements acme.Store.
 func (s *Store) GetAuthz(_ context.Context, id string) (*acme.Authz, error) {
+	k := cacheKey{'z', id}
+	if v, ok := s.cache().get(k); ok {
+		return cloneAuthz(v.(*acme.Authz)), nil
+	}
 	a := new(acme.Authz)
-	return a, s.view(func(tx *bolt.Tx) error { return getJSON(tx, bAuthz, id, a) })
+	var ver version
+	if err := s.view(func(tx *bolt.Tx) error { ver = readVersion(tx); return getJSON(tx, bAuthz, id, a) }); err != nil {
+		return nil, err
+	}
+	s.cache().put(k, ver, cloneAuthz(a))
+	return a, nil
 }
 
 func authzIdxKey(accountID string, id acme.Identifier, wildcard bool) []byte {
@@ -312,7 +339,7 @@ func authzIdxKey(accountID string, id acme.Identifier, wildcard bool) []byte {
 
 // UpdateAuthz implements acme.Store.
 func (s *Store) UpdateAuthz(_ context.Context, a *acme.Authz, work string, add bool) error {
-	return s.batch(func(tx *bolt.Tx) error {
+	return s.batchCache(func(tx *bolt.Tx) error {
 		if err := putWork(tx, work, add); err != nil {
 			return err
 		}
@@ -328,7 +355,7 @@ func (s *Store) UpdateAuthz(_ context.Context, a *acme.Authz, work string, add b
 			}
 		}
 		return putJSON(tx, bAuthz, a.ID, a)
-	})
+	}, authzPut(a))
 }
 
 // FindValidAuthz implements acme.Store.
@@ -345,7 +372,7 @@ func (s *Store) FindValidAuthz(_ context.Context, accountID string, id acme.Iden
 
 // FinishOrder implements acme.Store.
 func (s *Store) FinishOrder(_ context.Context, o *acme.Order, c *acme.Cert) error {
-	return s.batch(func(tx *bolt.Tx) error {
+	return s.batchCache(func(tx *bolt.Tx) error {
 		if err := putJSON(tx, bACert, c.Serial, c); err != nil {
 			return err
 		}
@@ -353,18 +380,27 @@ func (s *Store) FinishOrder(_ context.Context, o *acme.Order, c *acme.Cert) erro
 			return err
 		}
 		return putJSON(tx, bOrder, o.ID, o)
-	})
+	}, orderPut(o), certPut(c))
 }
 
 // GetCert implements acme.Store.
 func (s *Store) GetCert(_ context.Context, serial string) (*acme.Cert, error) {
+	k := cacheKey{'c', serial}
+	if v, ok := s.cache().get(k); ok {
+		return cloneCert(v.(*acme.Cert)), nil
+	}
 	c := new(acme.Cert)
-	return c, s.view(func(tx *bolt.Tx) error { return getJSON(tx, bACert, serial, c) })
+	var ver version
+	if err := s.view(func(tx *bolt.Tx) error { ver = readVersion(tx); return getJSON(tx, bACert, serial, c) }); err != nil {
+		return nil, err
+	}
+	s.cache().put(k, ver, cloneCert(c))
+	return c, nil
 }
 
 // UpdateCert implements acme.Store.
 func (s *Store) UpdateCert(_ context.Context, c *acme.Cert) error {
-	return s.batch(func(tx *bolt.Tx) error { return putJSON(tx, bACert, c.Serial, c) })
+	return s.batchCache(func(tx *bolt.Tx) error { return putJSON(tx, bACert, c.Serial, c) }, certPut(c))
 }
 
 // ListWork implements acme.Store.
