@@ -204,7 +204,7 @@ func (l *Log) flusher() {
 	}
 }
 
-// Sync makes every record queued so far durable and covers it with a new
+// Sync makes every record written so far durable and covers it with a new
 // signed head, itself durable.
 func (l *Log) Sync() error {
 	l.flushMu.Lock()

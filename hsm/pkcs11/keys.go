@@ -410,9 +410,10 @@ type keySigner struct {
 func (s *keySigner) Public() crypto.PublicKey { return s.pub }
 
 // Sign signs digest on the token. The audit record (key ID, digest, hash)
-// is queued before the token signs and must be durable before the
-// signature is returned; a per-operation partition seals itself after its
-// last signature. ECDSA signatures are ASN.1 DER; RSA supports PKCS#1 v1.5
+// is written to the audit segment before the token signs, and the
+// signature is withheld if the log cannot keep it within its bound on
+// unsynced records (hsm/audit); a per-operation partition seals itself
+// after its last signature. ECDSA signatures are ASN.1 DER; RSA supports PKCS#1 v1.5
 // and PSS (opts *rsa.PSSOptions).
 func (s *keySigner) Sign(_ io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, error) {
 	p := s.p

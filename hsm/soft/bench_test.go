@@ -20,10 +20,9 @@ import (
 )
 
 // Signing benchmarks come in pairs: the partition signer (audit record
-// written to the segment before the signature is returned, synced in the
+// written to the segment before the signature is computed, synced in the
 // background) next to the same operation on a plain crypto key. "serial"
-// is one caller; "parallel" is 64 callers per core, like a CA under load,
-// where audit records of concurrent signatures share one write(2).
+// is one caller; "parallel" is 64 callers per core, like a CA under load.
 
 func benchSigner(b *testing.B, s crypto.Signer) {
 	digest := sha256.Sum256([]byte("hsmca benchmark"))
