@@ -84,7 +84,6 @@ type caLog struct {
 	segNo   uint64
 	pending []byte // frames queued for the next write, in seq order
 	queued  uint64 // seq of the last frame queued
-	written uint64 // seq of the last frame in a segment file (durable or not)
 	durable uint64 // seq of the last durable frame
 	busy    bool   // a writer is writing and syncing frames
 	failed  error  // the log cannot be written any more
@@ -410,7 +409,6 @@ func (l *caLog) waitDurable(seq uint64) error {
 		l.busy = true
 		buf, last, f := l.pending, l.queued, l.seg
 		l.pending = nil
-		l.written = last
 		l.mu.Unlock()
 		_, err := f.Write(buf)
 		if err == nil {
