@@ -8,6 +8,7 @@ import (
 	"hash/crc32"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -323,7 +324,7 @@ func (l *caLog) write(serial string, check func(cur ca.Record, ok bool, next *ca
 		return ca.Record{}, err
 	}
 	var next ca.Record
-	if err := check(cur, ok, &next); err != nil {
+	if err := safeCheck(check, cur, ok, &next); err != nil {
 		l.mu.Unlock()
 		return ca.Record{}, err
 	}
@@ -346,6 +347,17 @@ func (l *caLog) write(serial string, check func(cur ca.Record, ok bool, next *ca
 	err = l.waitDurable(seq)
 	l.mu.Unlock()
 	return next, err
+}
+
+// safeCheck runs a write's check, turning a panic (in a caller's update
+// function) into an error so that the log's mutex is not left held.
+func safeCheck(check func(ca.Record, bool, *ca.Record) error, cur ca.Record, ok bool, next *ca.Record) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("store: CA record update panicked: %v", p)
+		}
+	}()
+	return check(cur, ok, next)
 }
 
 // usable reports why the log takes no writes, if it does not. l.mu held.
@@ -390,6 +402,8 @@ func (l *caLog) lookup(serial string) (ca.Record, bool) {
 	}
 	r := o.rec
 	r.DER = bytes.Clone(r.DER)
+	r.Names = slices.Clone(r.Names)
+	r.CTFailures = slices.Clone(r.CTFailures)
 	return r, true
 }
 

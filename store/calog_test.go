@@ -389,3 +389,20 @@ func TestCALogFoldWhileWriting(t *testing.T) {
 		t.Fatalf("ListCerts: %d records, %v", len(all), err)
 	}
 }
+
+// TestCAUpdatePanicReleasesStore checks that a panicking update function
+// becomes an error and leaves the store usable.
+func TestCAUpdatePanicReleasesStore(t *testing.T) {
+	s, _ := openTemp(t)
+	ctx := context.Background()
+	na := time.Now().Add(time.Hour).UTC()
+	if err := s.ReserveSerial(ctx, rec("4a", "i1", na)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.UpdateRevocation(ctx, "4a", func(*ca.Record) error { panic("boom") }); err == nil {
+		t.Fatal("panicking update reported no error")
+	}
+	if err := s.StoreIssued(ctx, "4a", []byte("f"), nil); err != nil {
+		t.Fatalf("store unusable after a panicking update: %v", err)
+	}
+}
