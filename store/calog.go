@@ -48,7 +48,8 @@ import (
 // Open refuses the store.
 //
 // Segment files live next to the bbolt file (NAME.calog.SEQ) and are
-// covered by its lock. A new segment's directory entry is synced before
+// covered by its lock. They are created full of zeros (see caSegMinBytes);
+// a zero frame header marks the end of what was written. A new segment's directory entry is synced before
 // any frame goes into it, and a folded segment's deletion is synced before
 // the next fold, so a power loss can neither lose a segment nor bring back
 // one whose states bbolt already holds in a newer version.
@@ -68,6 +69,18 @@ const (
 
 var crcTable = crc32.MakeTable(crc32.Castagnoli)
 
+// Segments are written with zeros when created, so that a frame
+// overwrites blocks that are allocated and written already and its
+// fdatasync flushes only data, with no file-size change for the file
+// system's journal to commit (measured: the two writes of an issuance
+// about a fifth faster, a third less system CPU). A segment is made twice
+// as large as its predecessor's use, within these bounds; frames that do
+// not fit extend the file.
+const (
+	caSegMinBytes = 256 << 10
+	caSegMaxBytes = 4 << 20
+)
+
 // errLogClosed is returned by writes after Close.
 var errLogClosed = errors.New("store: closed")
 
@@ -83,6 +96,7 @@ type caLog struct {
 
 	seg     *os.File
 	segNo   uint64
+	off     int64  // where the next frames go in seg
 	pending []byte // frames queued for the next write, in seq order
 	queued  uint64 // seq of the last frame queued
 	durable uint64 // seq of the last durable frame
@@ -132,7 +146,7 @@ func openCALog(db *bolt.DB, path string) (*caLog, error) {
 	if err := l.removeSegments(segs); err != nil {
 		return nil, err
 	}
-	if l.seg, err = l.newSegment(l.segNo + 1); err != nil {
+	if l.seg, err = l.newSegment(l.segNo+1, caSegMinBytes); err != nil {
 		return nil, err
 	}
 	l.segNo++
@@ -166,11 +180,25 @@ func (l *caLog) segPath(n uint64) string {
 	return filepath.Join(l.dir, l.base+caLogSuffix+strconv.FormatUint(n, 10))
 }
 
-// newSegment creates segment n and makes its directory entry durable.
-func (l *caLog) newSegment(n uint64) (*os.File, error) {
-	f, err := os.OpenFile(l.segPath(n), os.O_CREATE|os.O_EXCL|os.O_WRONLY|os.O_APPEND, 0o600)
+// newSegment creates segment n of size bytes, written with zeros, and
+// makes it and its directory entry durable.
+func (l *caLog) newSegment(n uint64, size int64) (*os.File, error) {
+	f, err := os.OpenFile(l.segPath(n), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("store: create log segment: %w", err)
+	}
+	size = min(max(size, caSegMinBytes), caSegMaxBytes)
+	zero := make([]byte, 64<<10)
+	for off := int64(0); off < size && err == nil; off += int64(len(zero)) {
+		_, err = f.Write(zero)
+	}
+	if err == nil {
+		err = fdatasync(f)
+	}
+	if err != nil {
+		f.Close()
+		os.Remove(f.Name())
+		return nil, fmt.Errorf("store: preallocate log segment: %w", err)
 	}
 	if err := syncDir(l.dir); err != nil {
 		f.Close()
@@ -233,6 +261,15 @@ func readFrames(data []byte, fn func(serial string, enc []byte) error) error {
 		}
 		n := int(binary.BigEndian.Uint32(data[off:]))
 		sum := binary.BigEndian.Uint32(data[off+4:])
+		if n == 0 && sum == 0 {
+			// The zeros a segment is created with: the end of what was
+			// written. Anything but zeros after it is a write that did
+			// not complete (or damage).
+			if !allZero(data[off:]) {
+				return fmt.Errorf("%w: data after the end at offset %d", errTornFrame, off)
+			}
+			return nil
+		}
 		if n < 2 || n > len(data)-off-8 {
 			return fmt.Errorf("%w at offset %d", errTornFrame, off)
 		}
@@ -252,6 +289,15 @@ func readFrames(data []byte, fn func(serial string, enc []byte) error) error {
 	return nil
 }
 
+func allZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
+}
+
 // replay folds the given segments into bbolt in one commit.
 func (l *caLog) replay(segs []uint64) error {
 	if len(segs) == 0 {
@@ -265,7 +311,7 @@ func (l *caLog) replay(segs []uint64) error {
 			return fmt.Errorf("store: read log segment: %w", err)
 		}
 		datas[i] = data
-		if len(data) > 0 {
+		if !allZero(data) {
 			lastUsed = i
 		}
 	}
@@ -421,10 +467,11 @@ func (l *caLog) waitDurable(seq uint64) error {
 			continue
 		}
 		l.busy = true
-		buf, last, f := l.pending, l.queued, l.seg
+		buf, last, f, off := l.pending, l.queued, l.seg, l.off
 		l.pending = nil
+		l.off += int64(len(buf))
 		l.mu.Unlock()
-		_, err := f.Write(buf)
+		_, err := f.WriteAt(buf, off)
 		if err == nil {
 			err = fdatasync(f)
 		}
@@ -494,8 +541,9 @@ func (l *caLog) fold() error {
 		l.mu.Unlock()
 		return err
 	}
+	used := l.off
 	l.mu.Unlock()
-	next, err := l.newSegment(l.segNo + 1)
+	next, err := l.newSegment(l.segNo+1, 2*used)
 	if err != nil {
 		return err
 	}
@@ -514,7 +562,7 @@ func (l *caLog) fold() error {
 		return err
 	}
 	old, oldNo := l.seg, l.segNo
-	l.seg, l.segNo = next, l.segNo+1
+	l.seg, l.segNo, l.off = next, l.segNo+1, 0
 	snap := make(map[string]*overlayRec, len(l.over))
 	var maxSeq uint64
 	for s, o := range l.over {

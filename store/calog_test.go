@@ -268,6 +268,8 @@ func TestCALogReplay(t *testing.T) {
 	seg2 := append(frame(issued), frame(revoked)...)
 	torn := frame(rec("1c", "i1", na))
 	torn = torn[:len(torn)-3]
+	pad := func(b []byte) []byte { return append(append([]byte(nil), b...), make([]byte, 4096)...) }
+	cat := func(a, b []byte) []byte { return append(append([]byte(nil), a...), b...) }
 	badCRC := frame(rec("1d", "i1", na))
 	badCRC[len(badCRC)-1] ^= 0xff
 
@@ -284,6 +286,14 @@ func TestCALogReplay(t *testing.T) {
 		{"torn tail before an empty segment", [][]byte{seg1, append(append([]byte(nil), seg2...), torn...), nil}, false, []string{"1a", "1b"}, []string{"1c"}, true},
 		{"bad checksum at the tail", [][]byte{append(append([]byte(nil), seg1...), badCRC...)}, false, []string{"1a", "1b"}, []string{"1d"}, false},
 		{"bad frame in an older segment", [][]byte{append(append([]byte(nil), seg1...), badCRC...), seg2}, true, nil, nil, false},
+		// Segments are created full of zeros; frames end at the first
+		// zero header.
+		{"zero-filled segments", [][]byte{pad(seg1), pad(seg2), pad(nil)}, false, []string{"1a", "1b"}, nil, true},
+		{"torn tail before zeros", [][]byte{pad(seg1), pad(cat(seg2, torn))}, false, []string{"1a", "1b"}, []string{"1c"}, true},
+		// A batch's later pages can reach the disk before its earlier
+		// ones; none of it was acknowledged.
+		{"frame after zeros at the tail", [][]byte{pad(seg1), cat(pad(seg2), frame(rec("1e", "i1", na)))}, false, []string{"1a", "1b"}, []string{"1e"}, true},
+		{"frame after zeros in an older segment", [][]byte{cat(pad(seg1), frame(rec("1e", "i1", na))), pad(seg2)}, true, nil, nil, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
