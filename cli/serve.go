@@ -13,7 +13,6 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
-	"runtime/debug"
 	"sort"
 	"strings"
 	"sync/atomic"
@@ -265,23 +264,7 @@ func issuingPartition(cfg *Config) string {
 
 // startServe opens the module (sealed), the store, the CA, ACME and the
 // listeners. On error everything opened so far is closed again.
-// serverGCPercent is the garbage collector's target of a serving process
-// (GOGC) unless the GOGC environment variable sets one. Under ACME load the
-// live heap is small (about 8 MiB) and most garbage is per-request buffers,
-// so letting the heap grow to 3x the live heap before a collection instead
-// of Go's 2x spends less CPU on collections (docs/performance.md). 300 saved
-// no more CPU measurably and took peak RSS at 64 clients to 56-63 MiB,
-// too close to the 64 MiB target; 200 keeps it at 52-53 MiB.
-const serverGCPercent = 200
-
-func tuneGC() {
-	if _, set := os.LookupEnv("GOGC"); !set {
-		debug.SetGCPercent(serverGCPercent)
-	}
-}
-
 func startServe(e *env, cfg *Config, configPath string, f serveFlags) (_ *running, err error) {
-	tuneGC()
 	if f.httpsAddr != "" {
 		cfg.Server.HTTPSAddr = f.httpsAddr
 	}
