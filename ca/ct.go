@@ -35,7 +35,7 @@ func (c *CA) issueWithCT(ctx context.Context, prof *profileState, iss *issuerSta
 		if lintedPre, err = c.lintCopy(prof, iss, &pre, csr, ids); err != nil {
 			return nil, err
 		}
-		err = c.store.ReserveSerial(ctx, c.pendingRecord(prof, iss, lintedPre, ids, true))
+		err = c.store.ReserveSerial(ctx, c.pendingRecord(prof, iss, lintedPre.z.SerialNumber, lintedPre.der, lintedPre.z.NotBefore, lintedPre.z.NotAfter, ids, true))
 		if err == nil {
 			break
 		}

@@ -174,14 +174,19 @@ func makeCSR(t testing.TB, o csrOpts) []byte {
 	return der
 }
 
-// countCerts returns how many records the store holds.
+// countCerts returns how many records the store holds, refused ones
+// included.
 func countCerts(t testing.TB, c *ca.CA) int {
 	t.Helper()
-	l, err := c.List(context.Background(), ca.ListFilter{})
-	if err != nil {
-		t.Fatal(err)
+	n := 0
+	for _, f := range []ca.ListFilter{{}, {Refused: true}} {
+		l, err := c.List(context.Background(), f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n += len(l)
 	}
-	return len(l)
+	return n
 }
 
 // mustLintClean lints der with the profile's lint set (the same zlint

@@ -138,27 +138,9 @@ func (c *CA) issue(ctx context.Context, req IssueRequest, csr *x509.CertificateR
 		return c.issueWithCT(ctx, prof, iss, tmpl, csr, ids)
 	}
 
-	var linted *lintedCert
-	for attempt := 0; ; attempt++ {
-		if tmpl.SerialNumber, err = c.newSerial(); err != nil {
-			return nil, err
-		}
-		if linted, err = c.lintCopy(prof, iss, tmpl, csr, ids); err != nil {
-			return nil, err
-		}
-		if attempt == 0 {
-			if err := awaitSignature(sigOK); err != nil {
-				return nil, err
-			}
-		}
-		rec := c.pendingRecord(prof, iss, linted, ids, false)
-		err = c.store.ReserveSerial(ctx, rec)
-		if err == nil {
-			break
-		}
-		if !errors.Is(err, ErrSerialExists) || attempt == 2 {
-			return nil, fmt.Errorf("ca: record serial: %w", err)
-		}
+	linted, err := c.lintAndReserve(ctx, prof, iss, tmpl, csr, ids, sigOK)
+	if err != nil {
+		return nil, err
 	}
 	serial := SerialString(tmpl.SerialNumber)
 	c.log.Info("ca: serial recorded", "serial", serial, "issuer", iss.Name, "profile", prof.name)
@@ -339,28 +321,126 @@ func ParseSerial(s string) (string, error) {
 // lintCopy signs tmpl with the issuer's throwaway key and lints the result
 // (zlint and hsmca's own checks); csr is the checked request.
 func (c *CA) lintCopy(prof *profileState, iss *issuerState, tmpl *x509.Certificate, csr *x509.CertificateRequest, ids identifiers) (*lintedCert, error) {
-	der, err := buildLintCopy(tmpl, iss.lintParent, csr.PublicKey, iss.lintKey)
-	if err != nil {
-		return nil, fmt.Errorf("ca: build certificate: %w", err)
-	}
-	tbs, alg, err := certificateParts(der)
+	cp, err := c.buildCopy(iss, tmpl, csr)
 	if err != nil {
 		return nil, err
 	}
-	if !bytes.Equal(alg, iss.sigAlgDER) {
-		return nil, fmt.Errorf("ca: issuer %s: linted copy has an unexpected signature algorithm", iss.Name)
+	return c.checkCopy(prof, iss, cp, ids)
+}
+
+// unlintedCopy is a copy signed by the throwaway key, not yet linted.
+type unlintedCopy struct {
+	der, tbs, alg []byte
+}
+
+// buildCopy signs tmpl with the issuer's throwaway key; csr is the checked
+// request.
+func (c *CA) buildCopy(iss *issuerState, tmpl *x509.Certificate, csr *x509.CertificateRequest) (unlintedCopy, error) {
+	der, err := buildLintCopy(tmpl, iss.lintParent, csr.PublicKey, iss.lintKey)
+	if err != nil {
+		return unlintedCopy{}, fmt.Errorf("ca: build certificate: %w", err)
 	}
-	zc, err := zx509.ParseCertificate(der)
+	tbs, alg, err := certificateParts(der)
+	if err != nil {
+		return unlintedCopy{}, err
+	}
+	if !bytes.Equal(alg, iss.sigAlgDER) {
+		return unlintedCopy{}, fmt.Errorf("ca: issuer %s: linted copy has an unexpected signature algorithm", iss.Name)
+	}
+	return unlintedCopy{der: der, tbs: tbs, alg: alg}, nil
+}
+
+// checkCopy parses the copy (zcrypto) and lints it (zlint and hsmca's own
+// checks). Only a copy that passes every check becomes a lintedCert.
+func (c *CA) checkCopy(prof *profileState, iss *issuerState, cp unlintedCopy, ids identifiers) (*lintedCert, error) {
+	zc, err := zx509.ParseCertificate(cp.der)
 	if err != nil {
 		return nil, &ErrLint{Results: []LintResult{{Lint: "hsmca_zcrypto_parse", Status: "fatal", Details: err.Error()}}}
 	}
-	if !bytes.Equal(zc.RawTBSCertificate, tbs) {
+	if !bytes.Equal(zc.RawTBSCertificate, cp.tbs) {
 		return nil, errors.New("ca: linted copy's TBSCertificate does not round-trip; refusing it")
 	}
 	if res := c.lint(prof, iss, zc, ids); len(res) > 0 {
 		return nil, &ErrLint{Results: res}
 	}
-	return &lintedCert{der: der, tbs: tbs, sigAlg: alg, z: zc}, nil
+	return &lintedCert{der: cp.der, tbs: cp.tbs, sigAlg: cp.alg, z: zc}, nil
+}
+
+// errNotReserved stands for a reservation never attempted because the
+// CSR's signature failed; it never leaves this package.
+var errNotReserved = errors.New("ca: internal: serial not recorded")
+
+// lintAndReserve picks a serial, builds the copy of tmpl signed by the
+// throwaway key, and then, at the same time, lints that copy and records
+// it (pending) in the store, so that the record's fdatasync runs while the
+// lints do. It returns the linted copy only when both are done: the copy
+// passed every lint AND its record is durable. Only then may the issuer
+// key sign (DESIGN.md §3: the HSM signs only linted bytes, and only a
+// serial that is on record).
+//
+// The record is written only after the CSR's signature verdict (sigOK) is
+// in, so a CSR with a bad signature changes nothing. If the lints refuse
+// a copy whose record was written, the record is marked StatusRefused
+// before the lint error is returned; the issuer key never signed it. A
+// crash before that mark leaves a pending record of a serial that was
+// never signed, which is what a crash between recording and signing
+// leaves too: revocable, never wrong.
+func (c *CA) lintAndReserve(ctx context.Context, prof *profileState, iss *issuerState, tmpl *x509.Certificate, csr *x509.CertificateRequest, ids identifiers, sigOK chan error) (*lintedCert, error) {
+	for attempt := 0; ; attempt++ {
+		var err error
+		if tmpl.SerialNumber, err = c.newSerial(); err != nil {
+			return nil, err
+		}
+		cp, err := c.buildCopy(iss, tmpl, csr)
+		if err != nil {
+			return nil, err
+		}
+		rec := c.pendingRecord(prof, iss, tmpl.SerialNumber, cp.der, tmpl.NotBefore, tmpl.NotAfter, ids, false)
+		reserved := make(chan error, 1)
+		go func() {
+			if awaitSignature(sigOK) != nil {
+				reserved <- errNotReserved
+				return
+			}
+			reserved <- c.store.ReserveSerial(ctx, rec)
+		}()
+		linted, lintErr := c.checkCopy(prof, iss, cp, ids)
+		resErr := <-reserved
+		if err := awaitSignature(sigOK); err != nil {
+			return nil, err // nothing was recorded
+		}
+		switch {
+		case resErr == nil && lintErr == nil:
+			return linted, nil
+		case resErr == nil:
+			c.markRefused(ctx, rec.Serial, lintErr)
+			return nil, lintErr
+		case lintErr != nil:
+			// Not on record (or another request's serial): nothing to mark.
+			return nil, lintErr
+		case !errors.Is(resErr, ErrSerialExists) || attempt == 2:
+			return nil, fmt.Errorf("ca: record serial: %w", resErr)
+		}
+	}
+}
+
+// markRefused marks the pending record of serial, whose copy the lints
+// refused, as StatusRefused: the issuer key never signed it. If that write
+// fails the record stays pending, which is safe (a pending record is
+// revocable); the caller returns the lint error either way.
+func (c *CA) markRefused(ctx context.Context, serial string, why error) {
+	_, err := c.store.UpdateRevocation(context.WithoutCancel(ctx), serial, func(r *Record) error {
+		if r.Status != StatusPending || r.Final {
+			return fmt.Errorf("ca: record %s is %s, not pending", serial, r.Status)
+		}
+		r.Status = StatusRefused
+		return nil
+	})
+	if err != nil {
+		c.log.Warn("ca: refused serial could not be marked refused; record stays pending", "serial", serial, "refusal", why, "err", err)
+		return
+	}
+	c.log.Info("ca: serial refused by the lints; never signed", "serial", serial)
 }
 
 // signFinal has the issuer key sign the linted copy's TBSCertificate
@@ -387,17 +467,19 @@ func (c *CA) signFinal(iss *issuerState, linted *lintedCert) ([]byte, error) {
 	return assembleCertificate(linted.tbs, linted.sigAlg, sig)
 }
 
-func (c *CA) pendingRecord(prof *profileState, iss *issuerState, cert *lintedCert, ids identifiers, precert bool) Record {
+// pendingRecord is the record of a copy (linted or being linted, or a
+// precertificate) before the issuer key signs.
+func (c *CA) pendingRecord(prof *profileState, iss *issuerState, serial *big.Int, der []byte, nb, na time.Time, ids identifiers, precert bool) Record {
 	return Record{
-		Serial:    SerialString(cert.z.SerialNumber),
+		Serial:    SerialString(serial),
 		Issuer:    iss.Name,
 		Profile:   prof.name,
 		Status:    StatusPending,
 		Precert:   precert,
-		DER:       cert.der,
+		DER:       der,
 		Names:     ids.strings(),
-		NotBefore: cert.z.NotBefore,
-		NotAfter:  cert.z.NotAfter,
+		NotBefore: nb.UTC(),
+		NotAfter:  na.UTC(),
 		Created:   c.clock().UTC(),
 	}
 }

@@ -3,14 +3,19 @@ package ca_test
 import (
 	"bytes"
 	"context"
+	"crypto"
 	"crypto/x509"
 	"errors"
+	"fmt"
+	"io"
 	"net"
+	"path/filepath"
 	"slices"
 	"testing"
 	"time"
 
 	"github.com/hsmca/hsmca/ca"
+	"github.com/hsmca/hsmca/store"
 )
 
 func TestIssueProfiles(t *testing.T) {
@@ -224,5 +229,88 @@ func TestIssueVerified(t *testing.T) {
 	var be *ca.ErrBadCSR
 	if _, err := tc.IssueVerified(ctx, ca.IssueRequest{ParsedCSR: bad, Profile: "server"}); !errors.As(err, &be) || !contains(be.Rule, "malformed DNS SAN") {
 		t.Errorf("malformed name: err %v, want *ErrBadCSR", err)
+	}
+}
+
+// reserveProbeStore fails ReserveSerial on demand (after the record
+// would have gone to disk, as a failed flush does), and lets the signer
+// ask whether a serial's record is durable.
+type reserveProbeStore struct {
+	ca.Store
+	failReserve bool
+}
+
+func (s *reserveProbeStore) ReserveSerial(ctx context.Context, r ca.Record) error {
+	if s.failReserve {
+		return errors.New("injected flush failure")
+	}
+	return s.Store.ReserveSerial(ctx, r)
+}
+
+// recordCheckingSigner refuses to sign unless the store holds exactly one
+// pending record whose linted copy has the TBSCertificate being signed:
+// the issuer key signs only a serial that is on record, and only bytes
+// that the record holds.
+type recordCheckingSigner struct {
+	crypto.Signer
+	st         ca.Store
+	calls      int
+	violations []string
+}
+
+func (s *recordCheckingSigner) Sign(r io.Reader, digest []byte, o crypto.SignerOpts) ([]byte, error) {
+	s.calls++
+	recs, err := s.st.ListCerts(context.Background(), ca.Query{Status: []ca.Status{ca.StatusPending}})
+	found := false
+	for _, rec := range recs {
+		c, perr := x509.ParseCertificate(rec.DER)
+		if perr != nil {
+			continue
+		}
+		h := o.HashFunc().New()
+		h.Write(c.RawTBSCertificate)
+		found = found || bytes.Equal(h.Sum(nil), digest)
+	}
+	if err != nil || !found {
+		s.violations = append(s.violations, fmt.Sprintf("signing bytes that are not on record as pending (%d pending, %v)", len(recs), err))
+	}
+	return s.Signer.Sign(r, digest, o)
+}
+
+// TestSignOnlyAfterRecordAndLint: the record is written while the copy is
+// linted; the issuer key signs only once the copy passed the lints and its
+// record is durable, and not at all if the record could not be written.
+func TestSignOnlyAfterRecordAndLint(t *testing.T) {
+	ctx := context.Background()
+	for _, failReserve := range []bool{false, true} {
+		t.Run(fmt.Sprintf("failReserve=%v", failReserve), func(t *testing.T) {
+			p := newPKI(t)
+			st, err := store.Open(filepath.Join(t.TempDir(), "ca.db"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { st.Close() })
+			probe := &reserveProbeStore{Store: st, failReserve: failReserve}
+			signer := &recordCheckingSigner{Signer: p.interKey, st: st}
+			c, err := ca.New(baseConfig(), []ca.Issuer{{Name: "issuing-1", Cert: p.inter, Chain: []*x509.Certificate{p.root}, Signer: signer}}, probe, ca.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i := 0; i < 3; i++ {
+				_, err := c.Issue(ctx, ca.IssueRequest{CSR: makeCSR(t, csrOpts{dns: []string{"a.svc.corp"}}), Profile: "server"})
+				if failReserve != (err != nil) {
+					t.Fatalf("issue %d: err %v, failReserve %v", i, err, failReserve)
+				}
+			}
+			if len(signer.violations) > 0 {
+				t.Errorf("signer: %v", signer.violations)
+			}
+			if want := 3; !failReserve && signer.calls != want {
+				t.Errorf("signer called %d times, want %d", signer.calls, want)
+			}
+			if failReserve && signer.calls != 0 {
+				t.Errorf("signer called %d times although no serial could be recorded", signer.calls)
+			}
+		})
 	}
 }

@@ -153,7 +153,7 @@ func (c *CA) OCSPResponse(ctx context.Context, requestDER []byte) ([]byte, error
 		}
 		rec, err := c.store.CertBySerial(ctx, serial)
 		switch {
-		case err == nil && rec.Issuer == iss.Name:
+		case err == nil && rec.Issuer == iss.Name && rec.Status != StatusRefused:
 			if rec.Status == StatusRevoked {
 				tmpl.Status = ocsp.Revoked
 				tmpl.RevokedAt = rec.RevokedAt

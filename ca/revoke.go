@@ -90,6 +90,9 @@ func (c *CA) Revoke(ctx context.Context, serial string, reason int) (*Certificat
 	}
 	now := c.clock().UTC().Truncate(time.Second)
 	rec, err := c.store.UpdateRevocation(ctx, s, func(r *Record) error {
+		if r.Status == StatusRefused {
+			return fmt.Errorf("%w: serial %s was refused before signing; there is no certificate to revoke", ErrBadRequest, s)
+		}
 		if r.Status == StatusRevoked {
 			switch {
 			case r.Reason == ReasonCertificateHold && reason != ReasonCertificateHold:
@@ -171,6 +174,9 @@ type ListFilter struct {
 	// Pending keeps pending records only (serials that may have been
 	// signed but whose final certificate is not stored).
 	Pending bool
+	// Refused keeps refused records only (serials recorded and then
+	// refused by the lints, never signed); they are left out otherwise.
+	Refused bool
 	// ExpiringWithin keeps unexpired certificates whose NotAfter is within
 	// this duration from now.
 	ExpiringWithin time.Duration
@@ -197,6 +203,12 @@ func (c *CA) List(ctx context.Context, f ListFilter) ([]*Certificate, error) {
 	}
 	if f.Pending {
 		q.Status = append(q.Status, StatusPending)
+	}
+	if f.Refused {
+		q.Status = append(q.Status, StatusRefused)
+	}
+	if len(q.Status) == 0 {
+		q.Status = []Status{StatusPending, StatusValid, StatusRevoked}
 	}
 	if f.ExpiringWithin > 0 {
 		now := c.clock()

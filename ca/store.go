@@ -21,6 +21,12 @@ const (
 	// StatusRevoked: revoked (RevokedAt and Reason are set). A revoked
 	// record may still lack its final certificate (Final false).
 	StatusRevoked Status = "revoked"
+	// StatusRefused: the serial was recorded while its copy was being
+	// linted, and the lints refused that copy; the issuer key never signed
+	// it. The serial stays on record so that it is never reused. A refused
+	// record is not revocable, not listed unless asked for, and OCSP
+	// answers unknown for it.
+	StatusRefused Status = "refused"
 )
 
 // Record is what the store keeps per serial.
@@ -87,6 +93,7 @@ type Store interface {
 	// UpdateRevocation loads the record of serial (ErrUnknownSerial if
 	// none), lets update change Status, RevokedAt and Reason, and stores
 	// the result atomically; if update returns an error nothing changes.
+	// Issuance also uses it to mark a pending record StatusRefused.
 	// The revoked-serial index that RevokedSerials reads follows.
 	UpdateRevocation(ctx context.Context, serial string, update func(*Record) error) (Record, error)
 	// RevokedSerials lists the revoked serials of issuer.

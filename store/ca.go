@@ -156,6 +156,9 @@ func (s *Store) StoreIssued(ctx context.Context, serial string, der []byte, ctFa
 		if !exists {
 			return ca.ErrUnknownSerial
 		}
+		if cur.Status == ca.StatusRefused {
+			return fmt.Errorf("store: serial %s was refused by the lints; no final certificate may be stored", serial)
+		}
 		r := cur
 		r.DER = der
 		r.Final = true
