@@ -64,6 +64,42 @@ func TestCAReserveAndIssue(t *testing.T) {
 	}
 }
 
+// TestCARefusedRecord: a record marked refused (the lints refused its
+// copy after it was recorded) keeps its serial, survives a reopen, takes
+// no final certificate and stays out of the revoked index.
+func TestCARefusedRecord(t *testing.T) {
+	s, path := openTemp(t)
+	ctx := context.Background()
+	na := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+	if err := s.ReserveSerial(ctx, rec("2b", "i1", na)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.UpdateRevocation(ctx, "2b", func(r *ca.Record) error { r.Status = ca.StatusRefused; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.StoreIssued(ctx, "2b", []byte("final"), nil); err == nil {
+		t.Error("StoreIssued stored a final certificate on a refused record")
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s2, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	r, err := s2.CertBySerial(ctx, "2b")
+	if err != nil || r.Status != ca.StatusRefused || r.Final || string(r.DER) != "linted-2b" {
+		t.Fatalf("refused record after reopen: %+v, %v", r, err)
+	}
+	if err := s2.ReserveSerial(ctx, rec("2b", "i1", na)); !errors.Is(err, ca.ErrSerialExists) {
+		t.Errorf("refused serial reserved again: %v", err)
+	}
+	if rev, err := s2.RevokedSerials(ctx, "i1"); err != nil || len(rev) != 0 {
+		t.Errorf("revoked index holds %d entries, %v", len(rev), err)
+	}
+}
+
 func TestCARevocationIndex(t *testing.T) {
 	s, _ := openTemp(t)
 	ctx := context.Background()
