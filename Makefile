@@ -5,7 +5,7 @@ PKGS    := ./...
 RUNDIR  ?= ./demo
 FUZZTIME ?= 10s
 
-.PHONY: all deps build test vet fmt-check run bench bench-peers fuzz test-crash clean
+.PHONY: all deps build test vet fmt-check run bench bench-store bench-peers fuzz test-crash clean
 
 all: build
 
@@ -34,6 +34,11 @@ run: build
 
 bench: build
 	./scripts/bench.sh
+
+# bench-store: store size and `cert show` latency with STORE_CERTS
+# (1000000) certificates (issue 4); make bench runs it too.
+bench-store: build
+	./scripts/bench-store.sh
 
 bench-peers: build
 	./scripts/bench-peers.sh

@@ -4,6 +4,9 @@
 # then a short `hsmca loadtest acme` against a fresh quickstart CA on
 # loopback. Writes bench/results.json and bench/results.txt.
 #
+# Then scripts/bench-store.sh (store size and `cert show` latency with
+# STORE_CERTS certificates, 1000000 by default; STORE_CERTS=0 skips it).
+#
 # Knobs: BENCH_COUNT (5), BENCH_FILTER (go test -bench regexp, default .),
 # BENCH_PKGS (default: every package with benchmarks), LOAD_CLIENTS (16),
 # LOAD_DURATION (10s), BENCH_PORT_BASE (25000), HSMCA (bin/hsmca).
@@ -58,3 +61,7 @@ go run ./internal/benchreport -pairs bench/pairs.txt -in "$OUT/go-bench.txt" \
 echo "== loadtest (16 clients, quickstart soft P-256 issuer, durable store)"
 cat "$OUT/loadtest.json"
 echo "bench: wrote bench/results.json and bench/results.txt" >&2
+
+if [ "${STORE_CERTS:-1000000}" != 0 ]; then
+  ./scripts/bench-store.sh
+fi
