@@ -1,7 +1,9 @@
 package audit
 
 import (
+	"errors"
 	"fmt"
+	"os"
 	"time"
 )
 
@@ -222,7 +224,7 @@ func (l *Log) syncLocked() error {
 	l.mu.Lock()
 	seg := l.seg
 	l.mu.Unlock()
-	if err := seg.Sync(); err != nil {
+	if err := l.syncSegment(seg); err != nil {
 		return l.fail(fmt.Errorf("audit: sync segment: %w", err))
 	}
 	l.slotDirty = false
@@ -244,7 +246,7 @@ func (l *Log) flushLocked() error {
 		return nil
 	}
 	if off > l.syncedOff || l.slotDirty {
-		if err := seg.Sync(); err != nil {
+		if err := l.syncSegment(seg); err != nil {
 			return l.fail(fmt.Errorf("audit: sync segment: %w", err))
 		}
 		l.syncedOff, l.slotDirty = off, false
@@ -266,4 +268,18 @@ func (l *Log) fail(err error) error {
 	l.failLocked(err)
 	l.mu.Unlock()
 	return err
+}
+
+// syncSegment fsyncs the segment, through AIO where it can (see
+// fsync_aio_linux.go). Called with flushMu held.
+func (l *Log) syncSegment(seg *os.File) error {
+	if l.aio != nil {
+		err := l.aio.sync(seg)
+		if !errors.Is(err, errAIOUnsupported) {
+			return err
+		}
+		l.aio.close()
+		l.aio = nil
+	}
+	return seg.Sync()
 }
