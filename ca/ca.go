@@ -5,12 +5,17 @@
 // and persists through the small Store interface it declares (store
 // implements it). Issuance follows DESIGN.md §3: the template is signed with
 // a throwaway key of the issuer's key type and that copy is linted (zlint
-// plus our own checks); only a clean copy is recorded in the store, with its
-// serial, as pending; then the issuer key signs that very TBSCertificate
-// (the bytes that were linted, not a re-encoding of the template), the
-// signature is verified under the issuer certificate's key, and the final
-// certificate is stored. Whatever happens in between, every serial that
-// may carry a real signature is on record and can be revoked.
+// plus our own checks), and the copy is recorded in the store, with its
+// serial, as pending. With fewer issuances in flight than CPUs the record
+// is written while the lints run (its flush overlaps them) and a copy the
+// lints refuse has its record marked refused (never signed); otherwise
+// only a clean copy is recorded. Either way the issuer key signs only once
+// the copy passed every lint and its record is durable: it signs that
+// very TBSCertificate (the bytes that were linted, not a re-encoding of
+// the template), the signature is verified under the issuer certificate's
+// key, and the final certificate is stored. Whatever happens in between,
+// every serial that may carry a real signature is on record and can be
+// revoked.
 //
 // With Certificate Transparency on for a profile, the recorded and signed
 // object is first an RFC 6962 precertificate; SCTs from the SCTSource go
@@ -34,6 +39,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/zmap/zlint/v3/lint"
@@ -98,6 +104,12 @@ type CA struct {
 	ocsp          ocspCache
 	caPolicy      compiledPolicy
 	crlRegistry   lint.Registry
+
+	// inflight counts issuances in progress; overlapRecord decides from
+	// it whether an issuance records its copy while linting it (see
+	// lintAndReserve). Tests replace overlapRecord to force either way.
+	inflight      atomic.Int32
+	overlapRecord func(inflight int32) bool
 }
 
 type profileState struct {
@@ -150,6 +162,8 @@ func New(cfg Config, issuers []Issuer, st Store, opts Options) (*CA, error) {
 		rand:     opts.Rand,
 		log:      opts.Logger,
 		scts:     opts.SCTs,
+
+		overlapRecord: recordWhileLinting,
 	}
 	if c.clock == nil {
 		c.clock = time.Now

@@ -41,3 +41,10 @@ func LintDERDirect(c *CA, profile string, der []byte) ([]LintResult, error) {
 	}
 	return ps.linters.run(zc), nil
 }
+
+// SetRecordWhileLinting forces whether issuances record their copy while
+// linting it (true) or lint first (false), instead of deciding by the
+// number of issuances in flight.
+func SetRecordWhileLinting(c *CA, overlap bool) {
+	c.overlapRecord = func(int32) bool { return overlap }
+}

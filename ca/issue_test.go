@@ -282,8 +282,9 @@ func (s *recordCheckingSigner) Sign(r io.Reader, digest []byte, o crypto.SignerO
 // record is durable, and not at all if the record could not be written.
 func TestSignOnlyAfterRecordAndLint(t *testing.T) {
 	ctx := context.Background()
-	for _, failReserve := range []bool{false, true} {
-		t.Run(fmt.Sprintf("failReserve=%v", failReserve), func(t *testing.T) {
+	for _, tt := range []struct{ failReserve, overlap bool }{{false, false}, {false, true}, {true, false}, {true, true}} {
+		failReserve := tt.failReserve
+		t.Run(fmt.Sprintf("failReserve=%v/recordWhileLinting=%v", failReserve, tt.overlap), func(t *testing.T) {
 			p := newPKI(t)
 			st, err := store.Open(filepath.Join(t.TempDir(), "ca.db"))
 			if err != nil {
@@ -296,6 +297,7 @@ func TestSignOnlyAfterRecordAndLint(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			ca.SetRecordWhileLinting(c, tt.overlap)
 			for i := 0; i < 3; i++ {
 				_, err := c.Issue(ctx, ca.IssueRequest{CSR: makeCSR(t, csrOpts{dns: []string{"a.svc.corp"}}), Profile: "server"})
 				if failReserve != (err != nil) {

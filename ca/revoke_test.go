@@ -99,10 +99,19 @@ func contains(s, sub string) bool {
 }
 
 func TestLintFailureRefusedBeforeSigning(t *testing.T) {
+	for _, overlap := range []bool{false, true} {
+		t.Run(fmt.Sprintf("recordWhileLinting=%v", overlap), func(t *testing.T) {
+			testLintFailureRefused(t, overlap)
+		})
+	}
+}
+
+func testLintFailureRefused(t *testing.T, overlap bool) {
 	cfg := baseConfig()
 	// BR 6.3.2 caps TLS server certificates at 398 days.
 	cfg.Profiles = map[string]ca.Profile{"long": {ExtKeyUsages: []string{"serverAuth"}, Validity: ca.Duration(500 * 24 * time.Hour)}}
 	tc := newTestCA(t, cfg, ca.Options{})
+	ca.SetRecordWhileLinting(tc.CA, overlap)
 	_, err := tc.Issue(context.Background(), ca.IssueRequest{CSR: makeCSR(t, csrOpts{dns: []string{"a.svc.corp"}}), Profile: "long"})
 	var le *ca.ErrLint
 	if !errors.As(err, &le) {
@@ -118,14 +127,21 @@ func TestLintFailureRefusedBeforeSigning(t *testing.T) {
 	if n := tc.signer.calls.Load(); n != 0 {
 		t.Errorf("issuer key signed %d times for a refused certificate", n)
 	}
-	// The serial was recorded while the copy was linted (the record's
-	// flush overlaps the lints); the refusal marks it refused: kept so the
-	// serial is never reused, but neither listed, revocable nor valid.
 	ctx := context.Background()
 	if l, err := tc.List(ctx, ca.ListFilter{}); err != nil || len(l) != 0 {
 		t.Errorf("List after a lint refusal: %d records, %v; want none", len(l), err)
 	}
 	refused, err := tc.List(ctx, ca.ListFilter{Refused: true})
+	if !overlap {
+		// Linted first: a refused copy is never recorded.
+		if err != nil || len(refused) != 0 {
+			t.Errorf("refused records: %d, %v; want none", len(refused), err)
+		}
+		return
+	}
+	// The serial was recorded while the copy was linted (the record's
+	// flush overlaps the lints); the refusal marks it refused: kept so the
+	// serial is never reused, but neither listed, revocable nor valid.
 	if err != nil || len(refused) != 1 {
 		t.Fatalf("refused records: %d, %v; want 1", len(refused), err)
 	}
