@@ -108,8 +108,10 @@ func BenchmarkActivate3of5(b *testing.B) {
 // numbers of concurrent callers (issue 2 asks for at least 0.9), and
 // "cpu-ratio": the process's CPU time (user+system, getrusage) per raw
 // signature / per audited signature, which other processes' load disturbs
-// far less than wall time. CPU time includes the audit flusher's fsync
-// and head signatures but not the kernel's journal thread. The phases'
+// far less than wall time. CPU time includes the audit flusher's head
+// signatures but not its fsync, which on Linux runs on a kernel worker
+// (AIO; see hsm/audit), nor the kernel's journal thread: read the wall
+// ratio for the target, the CPU ratio for the signing path. The phases'
 // goroutines carry a pprof label (phase=raw or phase=audited), so that a
 // -cpuprofile can be split by phase (pprof -tagfocus).
 func BenchmarkSignP256Ratio(b *testing.B) {
