@@ -9,9 +9,12 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"math/big"
 	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/crypto/ocsp"
 
 	"github.com/hsmca/hsmca/ca"
 	"github.com/hsmca/hsmca/store"
@@ -158,6 +161,14 @@ func testLintFailureRefused(t *testing.T, overlap bool) {
 	}
 	if err := tc.store.StoreIssued(ctx, r.Serial, []byte("x"), nil); err == nil {
 		t.Error("StoreIssued accepted a final certificate for a refused serial")
+	}
+	n, _ := new(big.Int).SetString(r.Serial, 16)
+	der, err := tc.OCSPResponse(ctx, ocspRequest(t, &x509.Certificate{SerialNumber: n}, tc.pki.inter))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp, err := ocsp.ParseResponse(der, tc.pki.inter); err != nil || resp.Status != ocsp.Unknown {
+		t.Errorf("OCSP for a refused serial: %+v, %v; want unknown", resp, err)
 	}
 }
 
