@@ -1,0 +1,116 @@
+package ca_test
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"fmt"
+	"math/big"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/hsmca/hsmca/ca"
+)
+
+// BenchmarkIssueVsBare is issue 4's comparison at equal concurrency: for
+// 1, 2 and 8 goroutines in all (not per CPU), bare x509.CreateCertificate
+// with the issuer key, then Issue and IssueVerified on the durable store,
+// one after the other so that each ratio's two sides run under the same
+// conditions. BenchmarkIssueP256's par2/par8 (goroutines per CPU) compared
+// with the sequential bare benchmark set a parallel issuance against a
+// single-threaded baseline; these pairs do not.
+func BenchmarkIssueVsBare(b *testing.B) {
+	for _, g := range []int{1, 2, 8} {
+		b.Run(fmt.Sprintf("g%d/bare", g), func(b *testing.B) {
+			p := newPKI(b)
+			leafKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+			var serial atomic.Int64
+			b.ResetTimer()
+			defer cpuMeter(b)()
+			runGoroutines(b, g, func() func() error {
+				tmpl := bareTemplate()
+				return func() error {
+					tmpl.SerialNumber = big.NewInt(serial.Add(1))
+					_, err := x509.CreateCertificate(rand.Reader, tmpl, p.inter, leafKey.Public(), p.interKey)
+					return err
+				}
+			})
+		})
+		b.Run(fmt.Sprintf("g%d/issue", g), func(b *testing.B) {
+			tc := benchCA(b, "bbolt")
+			req := ca.IssueRequest{CSR: makeCSR(b, csrOpts{dns: []string{"a.svc.corp"}}), Profile: "server"}
+			b.ResetTimer()
+			defer cpuMeter(b)()
+			runGoroutines(b, g, func() func() error {
+				return func() error {
+					_, err := tc.Issue(context.Background(), req)
+					return err
+				}
+			})
+		})
+		b.Run(fmt.Sprintf("g%d/verified", g), func(b *testing.B) {
+			tc := benchCA(b, "bbolt")
+			csr, err := ca.ParseCSR(makeCSR(b, csrOpts{dns: []string{"a.svc.corp"}}))
+			if err != nil {
+				b.Fatal(err)
+			}
+			req := ca.IssueRequest{ParsedCSR: csr, Profile: "server"}
+			b.ResetTimer()
+			defer cpuMeter(b)()
+			runGoroutines(b, g, func() func() error {
+				return func() error {
+					_, err := tc.IssueVerified(context.Background(), req)
+					return err
+				}
+			})
+		})
+	}
+}
+
+// bareTemplate is the leaf BenchmarkBareCreateCertificate signs.
+func bareTemplate() *x509.Certificate {
+	return &x509.Certificate{
+		Subject:               pkix.Name{CommonName: "a.svc.corp"},
+		DNSNames:              []string{"a.svc.corp"},
+		NotBefore:             time.Now(),
+		NotAfter:              time.Now().Add(90 * 24 * time.Hour),
+		KeyUsage:              x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		BasicConstraintsValid: true,
+		CRLDistributionPoints: []string{"http://pki.svc.corp/crl/issuing-1.crl"},
+		IssuingCertificateURL: []string{"http://pki.svc.corp/issuer/issuing-1.crt"},
+	}
+}
+
+// runGoroutines runs b.N operations spread over g goroutines; newOp is
+// called once per goroutine for its own operation (its own state).
+func runGoroutines(b *testing.B, g int, newOp func() func() error) {
+	var (
+		next atomic.Int64
+		wg   sync.WaitGroup
+	)
+	errc := make(chan error, g)
+	for range g {
+		op := newOp()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for next.Add(1) <= int64(b.N) {
+				if err := op(); err != nil {
+					errc <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errc)
+	if err := <-errc; err != nil {
+		b.Fatal(err)
+	}
+}
