@@ -42,6 +42,14 @@ type Config struct {
 	AuthzLifetime time.Duration `yaml:"authz_lifetime"`
 	// OrderLifetime is how long a pending order lives (default 7 days).
 	OrderLifetime time.Duration `yaml:"order_lifetime"`
+	// Retention is how long orders and authorizations are kept after they
+	// expired, and certificate links after the certificate expired, before
+	// the pruner deletes them (default 168h; negative: keep everything
+	// forever). Processing orders are never deleted. See PrunePolicy.
+	Retention time.Duration `yaml:"retention"`
+	// PruneInterval is the time between two pruning passes (default 10m;
+	// the first runs a minute after start).
+	PruneInterval time.Duration `yaml:"prune_interval"`
 	// HTTP01Port and TLSALPN01Port are where validation connects
 	// (defaults 80 and 443).
 	HTTP01Port    int `yaml:"http01_port"`
@@ -107,6 +115,9 @@ type Options struct {
 	Dialer *net.Dialer
 	// Resolver overrides Config.Resolver ("HOST:PORT").
 	Resolver string
+	// OnPrune, if set, receives the counts of every pruning pass (for
+	// metrics).
+	OnPrune func(PruneStats)
 	// ClientIP extracts the client address for rate limits (default:
 	// the host of r.RemoteAddr).
 	ClientIP func(r *http.Request) string
@@ -145,6 +156,11 @@ func (c *Config) setDefaults() error {
 	def(&c.AuthzReuse, 24*time.Hour)
 	def(&c.AuthzLifetime, 30*24*time.Hour)
 	def(&c.OrderLifetime, 7*24*time.Hour)
+	def(&c.Retention, 7*24*time.Hour)
+	if c.PruneInterval < 0 {
+		return fmt.Errorf("acme: config: prune_interval %s must be positive (omit it for the default 10m)", c.PruneInterval)
+	}
+	def(&c.PruneInterval, 10*time.Minute)
 	def(&c.ValidationTimeout, 10*time.Second)
 	def(&c.ValidationRetryDelay, time.Second)
 	def(&c.RetryAfter, time.Second)

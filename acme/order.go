@@ -60,7 +60,10 @@ func (s *Server) orderStatus(ctx context.Context, o *Order) (string, error) {
 	ready := true
 	for _, id := range o.Authzs {
 		a, err := s.st.GetAuthz(ctx, id)
-		if err != nil {
+		if errors.Is(err, ErrNotFound) {
+			// Pruned: it expired more than the retention ago.
+			return StatusInvalid, nil
+		} else if err != nil {
 			return "", err
 		}
 		switch s.authzStatus(a) {

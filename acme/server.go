@@ -87,11 +87,15 @@ func New(cfg Config, ca CA, st Store, opts Options) (*Server, error) {
 		s.Close()
 		return nil, err
 	}
+	if _, ok := st.(Pruner); ok && cfg.Retention >= 0 {
+		s.bg.Add(1)
+		go s.pruneLoop()
+	}
 	return s, nil
 }
 
-// Close stops the validation and issuance workers and saves the nonce
-// window. Call it after the HTTP server has shut down.
+// Close stops the validation and issuance workers and the pruner, and
+// saves the nonce window. Call it after the HTTP server has shut down.
 func (s *Server) Close() error {
 	s.cancel()
 	s.val.stop()

@@ -198,7 +198,9 @@ type Store interface {
 	CreateOrder(ctx context.Context, o *Order, newAuthzs []*Authz) error
 	GetOrder(ctx context.Context, id string) (*Order, error)
 	// UpdateOrder replaces an order; work, if not empty, is recorded
-	// (add=true) or cleared in the same transaction.
+	// (add=true) or cleared in the same transaction. ErrNotFound if the
+	// order is not stored (a Pruner deleted it): an update never brings
+	// back a deleted record. UpdateAuthz and UpdateCert do the same.
 	UpdateOrder(ctx context.Context, o *Order, work string, add bool) error
 	// ListOrders returns up to limit order IDs of an account after cursor
 	// (exclusive, "" for the start) in creation order, and the next cursor

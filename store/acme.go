@@ -273,9 +273,13 @@ func putWork(tx *bolt.Tx, work string, add bool) error {
 	return tx.Bucket(bWork).Delete([]byte(work))
 }
 
-// UpdateOrder implements acme.Store.
+// UpdateOrder implements acme.Store. It returns acme.ErrNotFound for an
+// order that is not stored (pruned), rather than storing it again.
 func (s *Store) UpdateOrder(_ context.Context, o *acme.Order, work string, add bool) error {
 	return s.batchCache(func(tx *bolt.Tx) error {
+		if tx.Bucket(bOrder).Get([]byte(o.ID)) == nil {
+			return acme.ErrNotFound // pruned: never write it back
+		}
 		if err := putWork(tx, work, add); err != nil {
 			return err
 		}
@@ -337,9 +341,13 @@ func authzIdxKey(accountID string, id acme.Identifier, wildcard bool) []byte {
 	return []byte(accountID + "\x00" + id.Type + "\x00" + id.Value + "\x00" + w)
 }
 
-// UpdateAuthz implements acme.Store.
+// UpdateAuthz implements acme.Store; like UpdateOrder, it does not bring
+// back a pruned authorization.
 func (s *Store) UpdateAuthz(_ context.Context, a *acme.Authz, work string, add bool) error {
 	return s.batchCache(func(tx *bolt.Tx) error {
+		if tx.Bucket(bAuthz).Get([]byte(a.ID)) == nil {
+			return acme.ErrNotFound // pruned: never write it back
+		}
 		if err := putWork(tx, work, add); err != nil {
 			return err
 		}
@@ -398,9 +406,15 @@ func (s *Store) GetCert(_ context.Context, serial string) (*acme.Cert, error) {
 	return c, nil
 }
 
-// UpdateCert implements acme.Store.
+// UpdateCert implements acme.Store; like UpdateOrder, it does not bring
+// back a pruned certificate link.
 func (s *Store) UpdateCert(_ context.Context, c *acme.Cert) error {
-	return s.batchCache(func(tx *bolt.Tx) error { return putJSON(tx, bACert, c.Serial, c) }, certPut(c))
+	return s.batchCache(func(tx *bolt.Tx) error {
+		if tx.Bucket(bACert).Get([]byte(c.Serial)) == nil {
+			return acme.ErrNotFound // pruned: never write it back
+		}
+		return putJSON(tx, bACert, c.Serial, c)
+	}, certPut(c))
 }
 
 // ListWork implements acme.Store.

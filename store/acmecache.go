@@ -42,7 +42,7 @@ type cacheKey struct {
 
 type cacheEntry struct {
 	ver version
-	v   any // *acme.Order, *acme.Authz or *acme.Cert, never handed out
+	v   any // *acme.Order, *acme.Authz or *acme.Cert, never handed out; nil: deleted
 }
 
 type version struct{ tx, seq uint64 }
@@ -65,7 +65,17 @@ func (c *recordCache) get(k cacheKey) (any, bool) {
 			c.putLocked(k, e)
 		}
 	}
-	return e.v, ok
+	return e.v, ok && e.v != nil
+}
+
+// del records that the write at version ver deleted the record: the
+// entry becomes a tombstone (no value) at ver, so that a read which began
+// before the delete committed cannot cache the deleted record again, and
+// get misses, sending the caller to the database.
+func (c *recordCache) del(k cacheKey, ver version) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.putLocked(k, cacheEntry{ver: ver})
 }
 
 // put caches v (which the caller no longer changes) at version ver unless
