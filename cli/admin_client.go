@@ -311,6 +311,9 @@ func (t *adminTarget) list(f ca.ListFilter) ([]*ca.Certificate, error) {
 		if f.Pending {
 			v.Set("pending", "true")
 		}
+		if f.Refused {
+			v.Set("refused", "true")
+		}
 		if f.ExpiringWithin > 0 {
 			v.Set("expiring_within", f.ExpiringWithin.String())
 		}

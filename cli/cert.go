@@ -332,7 +332,7 @@ func newCertListCmd(e *env) *cobra.Command {
 	var (
 		configPath, expiring string
 		revoked, pending     bool
-		asJSON               bool
+		refused, asJSON      bool
 		t                    adminTarget
 	)
 	cmd := &cobra.Command{
@@ -340,10 +340,11 @@ func newCertListCmd(e *env) *cobra.Command {
 		Short: "List certificates on record",
 		Example: `  hsmca cert list --config ca.yaml
   hsmca cert list --revoked --json
-  hsmca cert list --expiring 30d`,
+  hsmca cert list --expiring 30d
+  hsmca cert list --refused     # serials the lints refused after recording them; never signed`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			f := ca.ListFilter{Revoked: revoked, Pending: pending}
+			f := ca.ListFilter{Revoked: revoked, Pending: pending, Refused: refused}
 			if expiring != "" {
 				d, err := ca.ParseDuration(expiring)
 				if err != nil {
@@ -373,6 +374,7 @@ func newCertListCmd(e *env) *cobra.Command {
 	addConfigFlag(cmd, &configPath)
 	cmd.Flags().BoolVar(&revoked, "revoked", false, "only revoked certificates")
 	cmd.Flags().BoolVar(&pending, "pending", false, "only pending records (serials that may have been signed before a crash)")
+	cmd.Flags().BoolVar(&refused, "refused", false, "only refused records (serials recorded, then refused by the lints; never signed, never reused)")
 	cmd.Flags().StringVar(&expiring, "expiring", "", "only certificates expiring within `DURATION` (e.g. 30d)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	addAdminFlags(cmd, &t)

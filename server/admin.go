@@ -278,6 +278,10 @@ func (s *Server) handleList(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, problemf(http.StatusBadRequest, ProbMalformed, "pending: %v", err))
 		return
 	}
+	if f.Refused, err = boolParam(q.Get("refused")); err != nil {
+		writeProblem(w, problemf(http.StatusBadRequest, ProbMalformed, "refused: %v", err))
+		return
+	}
 	if v := q.Get("limit"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1 || n > maxListLimit {
