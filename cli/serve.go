@@ -323,7 +323,12 @@ func startServe(e *env, cfg *Config, configPath string, f serveFlags) (_ *runnin
 		return nil, err
 	}
 	r.acmeURL = acfg.BaseURL + "directory"
-	if r.acme, err = acme.New(acfg, adapter, r.st, acme.Options{Logger: log, Resolver: f.resolver}); err != nil {
+	if r.acme, err = acme.New(acfg, adapter, r.st, acme.Options{Logger: log, Resolver: f.resolver,
+		OnPrune: func(st acme.PruneStats) {
+			metrics.ObservePruned("order", st.Orders)
+			metrics.ObservePruned("authz", st.Authzs)
+			metrics.ObservePruned("cert", st.Certs)
+		}}); err != nil {
 		return nil, err
 	}
 

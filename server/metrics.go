@@ -25,6 +25,7 @@ type Metrics struct {
 	sealed    prometheus.Gauge
 	presented prometheus.Gauge
 	threshold prometheus.Gauge
+	pruned    *prometheus.CounterVec
 }
 
 // NewMetrics registers hsmca's collectors with reg (nil: a private
@@ -63,14 +64,27 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Name: "hsmca_quorum_threshold",
 			Help: "Shares needed to activate the issuing partition (M).",
 		}),
+		pruned: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hsmca_acme_pruned_total",
+			Help: "ACME records deleted by the pruner after their retention, by kind (order, authz, cert).",
+		}, []string{"kind"}),
 	}
-	for _, c := range []prometheus.Collector{m.issuances, m.latency, m.sigs, m.requests, m.sealed, m.presented, m.threshold} {
+	for _, c := range []prometheus.Collector{m.issuances, m.latency, m.sigs, m.requests, m.sealed, m.presented, m.threshold, m.pruned} {
 		if err := reg.Register(c); err != nil {
 			return nil, errors.New("server: metrics: " + err.Error())
 		}
 	}
 	m.sealed.Set(1)
 	return m, nil
+}
+
+// ObservePruned adds n records of kind ("order", "authz" or "cert") that
+// the ACME pruner deleted.
+func (m *Metrics) ObservePruned(kind string, n int) {
+	if m == nil || n <= 0 {
+		return
+	}
+	m.pruned.WithLabelValues(kind).Add(float64(n))
 }
 
 // ObserveIssuance records one issuance attempt from source ("admin" or
