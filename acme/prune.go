@@ -96,7 +96,10 @@ func (s *Server) Prune(ctx context.Context) (PruneStats, error) {
 	}
 	args := []any{"orders", st.Orders, "authzs", st.Authzs, "certs", st.Certs,
 		"scanned", st.Scanned, "complete", st.Complete, "took", time.Since(start).Round(time.Millisecond)}
-	if err != nil {
+	if err != nil && ctx.Err() != nil {
+		s.log.Info("acme: pruning stopped", args...) // shutting down
+		return st, err
+	} else if err != nil {
 		s.log.Error("acme: prune", append(args, "err", err)...)
 		return st, err
 	}

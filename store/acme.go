@@ -231,21 +231,28 @@ func (s *Store) CreateOrder(_ context.Context, o *acme.Order, authzs []*acme.Aut
 				return err
 			}
 		}
-		if tx.Bucket(bOrder).Get([]byte(o.ID)) == nil {
-			ao := tx.Bucket(bAcctOrder)
-			seq, err := ao.NextSequence()
-			if err != nil {
-				return err
-			}
-			k := make([]byte, 0, len(o.AccountID)+9)
-			k = append(append(k, o.AccountID...), 0)
-			k = binary.BigEndian.AppendUint64(k, seq)
-			if err := ao.Put(k, []byte(o.ID)); err != nil {
-				return err
-			}
+		if err := indexNewOrder(tx, o); err != nil {
+			return err
 		}
 		return putJSON(tx, bOrder, o.ID, o)
 	}, puts...)
+}
+
+// indexNewOrder adds o to its account's orders list unless o is stored
+// already (and so listed).
+func indexNewOrder(tx *bolt.Tx, o *acme.Order) error {
+	if tx.Bucket(bOrder).Get([]byte(o.ID)) != nil {
+		return nil
+	}
+	ao := tx.Bucket(bAcctOrder)
+	seq, err := ao.NextSequence()
+	if err != nil {
+		return err
+	}
+	k := make([]byte, 0, len(o.AccountID)+9)
+	k = append(append(k, o.AccountID...), 0)
+	k = binary.BigEndian.AppendUint64(k, seq)
+	return ao.Put(k, []byte(o.ID))
 }
 
 // GetOrder implements acme.Store.
@@ -385,6 +392,13 @@ func (s *Store) FinishOrder(_ context.Context, o *acme.Order, c *acme.Cert) erro
 			return err
 		}
 		if err := putWork(tx, acme.WorkFinalize+o.ID, false); err != nil {
+			return err
+		}
+		// The certificate is stored whatever happened to the order. If
+		// the pruner deleted it (possible only with a retention shorter
+		// than the issuance took), it is listed again so that the next
+		// pass finds it.
+		if err := indexNewOrder(tx, o); err != nil {
 			return err
 		}
 		return putJSON(tx, bOrder, o.ID, o)
