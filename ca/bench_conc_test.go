@@ -72,7 +72,7 @@ func BenchmarkIssueVsBare(b *testing.B) {
 	}
 }
 
-// bareTemplate is the leaf BenchmarkBareCreateCertificate signs.
+// bareTemplate is the leaf the bare CreateCertificate baselines sign.
 func bareTemplate() *x509.Certificate {
 	return &x509.Certificate{
 		Subject:               pkix.Name{CommonName: "a.svc.corp"},

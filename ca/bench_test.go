@@ -6,7 +6,6 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"fmt"
 	"math/big"
 	"path/filepath"
@@ -225,17 +224,7 @@ func BenchmarkIssueVerifiedP256(b *testing.B) {
 func BenchmarkBareCreateCertificate(b *testing.B) {
 	p := newPKI(b)
 	leafKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{
-		Subject:               pkix.Name{CommonName: "a.svc.corp"},
-		DNSNames:              []string{"a.svc.corp"},
-		NotBefore:             time.Now(),
-		NotAfter:              time.Now().Add(90 * 24 * time.Hour),
-		KeyUsage:              x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		BasicConstraintsValid: true,
-		CRLDistributionPoints: []string{"http://pki.svc.corp/crl/issuing-1.crl"},
-		IssuingCertificateURL: []string{"http://pki.svc.corp/issuer/issuing-1.crt"},
-	}
+	tmpl := bareTemplate()
 	b.ResetTimer()
 	defer cpuMeter(b)()
 	for i := 0; i < b.N; i++ {
