@@ -191,11 +191,7 @@ func BenchmarkIssueVerifiedP256(b *testing.B) {
 		}
 		b.Run("store=bbolt/"+name, func(b *testing.B) {
 			tc := benchCA(b, "bbolt")
-			csr, err := ca.ParseCSR(makeCSR(b, csrOpts{dns: []string{"a.svc.corp"}}))
-			if err != nil {
-				b.Fatal(err)
-			}
-			req := ca.IssueRequest{ParsedCSR: csr, Profile: "server"}
+			req := verifiedRequest(b)
 			b.ResetTimer()
 			defer cpuMeter(b)()
 			if par == 0 {
