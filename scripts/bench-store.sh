@@ -44,36 +44,31 @@ fill_ms=$(( ($(date +%s%N) - fill_start) / 1000000 ))
 size=$(stat -c %s "$DB")
 leftover=$(find "$WORK/demo" -maxdepth 1 -name 'ca.db.calog.*' | wc -l)
 
-# lookups SERIALS_FILE: runs `cert show` on the first LOOKUPS serials and
-# prints the median and max wall time in ms.
+# lookups SERIALS cold: runs `cert show` on each serial read from stdin
+# (with cold=1, after dropping the page cache) and prints the median and
+# max wall time in ms.
 lookups() {
-  local s t0 t1 times=()
+  local cold=$1 s t0 t1 times=()
   while read -r s; do
+    if [ "$cold" = 1 ]; then
+      sync
+      echo 3 >/proc/sys/vm/drop_caches
+    fi
     t0=$(date +%s%N)
     "$HSMCA" cert show "$s" --config "$CFG" >/dev/null
     t1=$(date +%s%N)
     times+=($(( (t1 - t0) / 1000 )))
-  done < <(head -n "$LOOKUPS" "$1")
+  done
   printf '%s\n' "${times[@]}" | sort -n | awk '{a[NR]=$1} END {printf "%.1f %.1f\n", a[int((NR+1)/2)]/1000, a[NR]/1000}'
 }
 
 # The first lookup after the fill warms the binary and the module files.
 "$HSMCA" cert show "$(head -n 1 "$WORK/serials.txt")" --config "$CFG" | head -n 3
-read -r warm_med warm_max < <(lookups "$WORK/serials.txt")
+read -r warm_med warm_max < <(head -n "$LOOKUPS" "$WORK/serials.txt" | lookups 0)
 cold_med=null cold_max=null
 if [ -w /proc/sys/vm/drop_caches ]; then
-  # Cold: drop the page cache before each lookup, so the store's pages
-  # come from the disk.
-  times=()
-  while read -r s; do
-    sync
-    echo 3 >/proc/sys/vm/drop_caches
-    t0=$(date +%s%N)
-    "$HSMCA" cert show "$s" --config "$CFG" >/dev/null
-    t1=$(date +%s%N)
-    times+=($(( (t1 - t0) / 1000 )))
-  done < <(tail -n "$LOOKUPS" "$WORK/serials.txt")
-  read -r cold_med cold_max < <(printf '%s\n' "${times[@]}" | sort -n | awk '{a[NR]=$1} END {printf "%.1f %.1f\n", a[int((NR+1)/2)]/1000, a[NR]/1000}')
+  # Cold: the store's pages come from the disk.
+  read -r cold_med cold_max < <(tail -n "$LOOKUPS" "$WORK/serials.txt" | lookups 1)
 fi
 
 cat >bench/store.json <<EOF
