@@ -30,6 +30,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/sha256"
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
@@ -43,6 +44,8 @@ import (
 	"time"
 
 	"github.com/zmap/zlint/v3/lint"
+
+	"github.com/hsmca/hsmca/internal/p256verify"
 )
 
 // SCTSource obtains Signed Certificate Timestamps for a precertificate
@@ -135,6 +138,10 @@ type issuerState struct {
 	// issuer's key type, sigAlgDER its AlgorithmIdentifier encoding.
 	sigAlgo   x509.SignatureAlgorithm
 	sigAlgDER []byte
+	// p256 verifies the issuer key's ECDSA P-256 signatures with a table
+	// of the key's multiples (about half the time of crypto/x509's check);
+	// nil for other key types.
+	p256 *p256verify.Key
 	// ocsp signs OCSP responses: the issuer itself or a delegated
 	// responder.
 	ocspCert   *x509.Certificate
@@ -266,11 +273,31 @@ func newIssuerState(is Issuer) (*issuerState, error) {
 		return nil, fmt.Errorf("ca: issuer %q: %w", is.Name, err)
 	}
 	st := &issuerState{Issuer: is, lintParent: &parent, lintKey: key, keyType: kt, sigAlgo: algo, sigAlgDER: algDER, ocspCert: is.Cert, ocspSigner: is.Signer}
+	if pub, ok := is.Cert.PublicKey.(*ecdsa.PublicKey); ok && algo == x509.ECDSAWithSHA256 && pub.Curve == elliptic.P256() {
+		// 6-bit windows: a 260 KiB table, built once per issuer in
+		// about 1.5 ms, for every certificate's signature check.
+		if st.p256, err = p256verify.New(pub, 6); err != nil {
+			return nil, fmt.Errorf("ca: issuer %q: %w", is.Name, err)
+		}
+	}
 	st.chainDER = append(st.chainDER, is.Cert.Raw)
 	for _, c := range is.Chain {
 		st.chainDER = append(st.chainDER, c.Raw)
 	}
 	return st, nil
+}
+
+// checkSignature verifies sig, made by the issuer key, over tbs (a
+// TBSCertificate or TBSCertList) under the issuer certificate's key.
+func (iss *issuerState) checkSignature(tbs, sig []byte) error {
+	if iss.p256 != nil {
+		h := sha256.Sum256(tbs)
+		if !iss.p256.VerifyASN1(h[:], sig) {
+			return errors.New("ECDSA verification failure")
+		}
+		return nil
+	}
+	return iss.Cert.CheckSignature(iss.sigAlgo, tbs, sig)
 }
 
 // checkResponder checks a delegated OCSP responder: issued by the issuer,

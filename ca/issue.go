@@ -487,7 +487,7 @@ func (c *CA) signFinal(iss *issuerState, linted *lintedCert) ([]byte, error) {
 	if err != nil {
 		return nil, wrapSign("sign certificate", err)
 	}
-	if err := iss.Cert.CheckSignature(iss.sigAlgo, linted.tbs, sig); err != nil {
+	if err := iss.checkSignature(linted.tbs, sig); err != nil {
 		return nil, fmt.Errorf("ca: issuer %s: signature returned by the signer does not verify; refusing it: %w", iss.Name, err)
 	}
 	return assembleCertificate(linted.tbs, linted.sigAlg, sig)

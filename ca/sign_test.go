@@ -129,6 +129,9 @@ func TestSignFinal(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if st.p256 == nil {
+		t.Fatal("a P-256 issuer has no precomputed verifier: signFinal's check below would not exercise it")
+	}
 	leafKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	der, err := buildLintCopy(testLeafTemplate(), st.lintParent, leafKey.Public(), st.lintKey)
 	if err != nil {
