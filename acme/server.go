@@ -32,6 +32,7 @@ type Server struct {
 	nonce *nonceSource
 	keys  keyCache
 	accts accountCache
+	p256  p256Tables
 	limit *limiter
 
 	dirJSON []byte
@@ -334,7 +335,7 @@ func (s *Server) authenticate(w http.ResponseWriter, r *http.Request, h postHand
 			s.log.Error("acme: get account", "account", id, "err", err)
 			return internal()
 		}
-		if !jws.verify(key) {
+		if !jws.verifyAccount(key, &s.p256) {
 			// Signed by someone else than the account it names.
 			return unauthorized("JWS signature does not verify with the account key")
 		}

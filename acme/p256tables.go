@@ -1,0 +1,70 @@
+package acme
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"sync"
+
+	"github.com/hsmca/hsmca/internal/p256verify"
+)
+
+// p256Tables keeps precomputed verifiers (internal/p256verify) for the
+// ES256 account keys that sign many requests. Every request is verified
+// (RFC 8555 §6.2), and an order takes about seven, all under the same
+// account key: through a table a verification costs about 50 µs instead of
+// 93 on the 2-core build VM. A table costs about 0.56 ms to build and
+// 92 KiB to keep, so a key gets one only at its p256TableAfter-th
+// verification (a client that makes one order and leaves never pays for
+// it), and at most p256TablesMax are kept.
+type p256Tables struct {
+	mu     sync.Mutex
+	uses   map[*ecdsa.PublicKey]int
+	tables map[*ecdsa.PublicKey]*p256verify.Key
+}
+
+const (
+	// p256TableAfter: 16 verifications save about as much as the table
+	// costs.
+	p256TableAfter = 16
+	// p256TablesMax bounds the tables' memory (64 × 92 KiB); when full,
+	// the set starts over, as the account cache does.
+	p256TablesMax = 64
+	// p256UsesMax bounds the keys counted; when reached, the counts
+	// start over.
+	p256UsesMax = 4096
+)
+
+// get counts one verification under pub and returns its table, building
+// it when pub reaches p256TableAfter verifications; nil when pub has no
+// table (yet), or is not a P-256 key.
+func (t *p256Tables) get(pub *ecdsa.PublicKey) *p256verify.Key {
+	if pub.Curve != elliptic.P256() {
+		return nil
+	}
+	t.mu.Lock()
+	if k, ok := t.tables[pub]; ok {
+		t.mu.Unlock()
+		return k
+	}
+	if t.uses == nil || len(t.uses) >= p256UsesMax {
+		t.uses = make(map[*ecdsa.PublicKey]int)
+	}
+	t.uses[pub]++
+	build := t.uses[pub] == p256TableAfter
+	t.mu.Unlock()
+	if !build {
+		return nil
+	}
+	k, err := p256verify.New(pub, 4)
+	if err != nil {
+		return nil // verified the usual way instead
+	}
+	t.mu.Lock()
+	if t.tables == nil || len(t.tables) >= p256TablesMax {
+		t.tables = make(map[*ecdsa.PublicKey]*p256verify.Key)
+	}
+	t.tables[pub] = k
+	delete(t.uses, pub)
+	t.mu.Unlock()
+	return k
+}
