@@ -8,8 +8,9 @@ import (
 )
 
 // A key gets its table at its p256TableAfter-th verification, keeps it,
-// and the number of tables stays bounded; keys of other curves never get
-// one.
+// and the number of tables stays bounded (the first keys to qualify keep
+// theirs); keys of other curves never get one; an epoch later the set
+// starts over.
 func TestP256TablesBuildAtThreshold(t *testing.T) {
 	var tabs p256Tables
 	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -39,5 +40,12 @@ func TestP256TablesBuildAtThreshold(t *testing.T) {
 		if n := len(tabs.tables); n > p256TablesMax {
 			t.Fatalf("%d tables kept, want at most %d", n, p256TablesMax)
 		}
+	}
+	if tabs.get(&k.PublicKey) != first {
+		t.Fatal("the first key lost its table to later ones")
+	}
+	tabs.n = p256Epoch - 1
+	if tabs.get(&k.PublicKey) != nil {
+		t.Fatal("the tables did not start over after an epoch")
 	}
 }

@@ -57,7 +57,8 @@ func New(pub *ecdsa.PublicKey, w uint) (*Key, error) {
 	}
 	digits := 1<<w - 1
 	windows := (256 + int(w) - 1) / int(w)
-	k := &Key{w: w, table: make([]nistec.P256Point, windows*digits)}
+	k := &Key{w: w}
+	allocTable(k, windows*digits)
 	for i := range windows {
 		row := k.table[i*digits : (i+1)*digits]
 		row[0].Set(base)

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"math/big"
 	mrand "math/rand/v2"
+	"runtime"
 	"testing"
 )
 
@@ -270,5 +271,27 @@ func BenchmarkNew(b *testing.B) {
 				newKey(b, &priv.PublicKey, w)
 			}
 		})
+	}
+}
+
+// nistec's points are plain coordinates, so on Unix tables go outside the
+// heap; each Key verifies while its table is mapped, and collecting
+// earlier Keys (which unmaps their tables) does not disturb later ones.
+func TestTableOffHeap(t *testing.T) {
+	if !pointsOffHeap {
+		t.Skip("tables stay on the Go heap here")
+	}
+	priv := genKey(t)
+	hash := sha256.Sum256([]byte("off heap"))
+	for range 50 {
+		k := newKey(t, &priv.PublicKey, 4)
+		sig, err := ecdsa.SignASN1(rand.Reader, priv, hash[:])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !k.VerifyASN1(hash[:], sig) {
+			t.Fatal("valid signature refused")
+		}
+		runtime.GC()
 	}
 }
