@@ -17,7 +17,7 @@ ROOT=$PWD
 
 COUNT=${BENCH_COUNT:-5}
 FILTER=${BENCH_FILTER:-.}
-PKGS=${BENCH_PKGS:-./hsm/... ./ca/... ./acme/... ./server/... ./store/... ./ct/...}
+PKGS=${BENCH_PKGS:-./hsm/... ./ca/... ./acme/... ./server/... ./store/... ./ct/... ./internal/p256verify}
 CLIENTS=${LOAD_CLIENTS:-16}
 DURATION=${LOAD_DURATION:-10s}
 BASE=${BENCH_PORT_BASE:-25000}
