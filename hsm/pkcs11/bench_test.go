@@ -9,14 +9,13 @@ import (
 	"fmt"
 	"path/filepath"
 	"runtime/pprof"
-	"slices"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/hsmca/hsmca/hsm"
+	"github.com/hsmca/hsmca/internal/benchutil"
 )
 
 // The benchmarks compare signatures per second through the partition's
@@ -201,31 +200,20 @@ func BenchmarkSignRatio(b *testing.B) {
 				b.ReportMetric(100*(wrapped.Seconds()/direct.Seconds()-1), "overhead-%")
 				b.ReportMetric(100*(wrappedCPU.Seconds()/directCPU.Seconds()-1), "cpu-overhead-%")
 				if len(rounds) > 0 {
-					b.ReportMetric(100*(median(rounds)-1), "round-median-overhead-%")
+					b.ReportMetric(100*(benchutil.Median(rounds)-1), "round-median-overhead-%")
 				}
 			})
 		}
 	}
 }
 
-// median is the middle value of xs (the mean of the two middle ones for
-// an even count); xs is sorted in place.
-func median(xs []float64) float64 {
-	slices.Sort(xs)
-	m := len(xs) / 2
-	if len(xs)%2 == 0 {
-		return (xs[m-1] + xs[m]) / 2
-	}
-	return xs[m]
-}
-
 // processCPU is the user and system CPU time of the whole process so far.
 func processCPU(b *testing.B) time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+	d, err := benchutil.ProcessCPU()
+	if err != nil {
 		b.Fatal(err)
 	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	return d
 }
 
 // BenchmarkAuditSign is the audit cost of one signature alone (BeginSign

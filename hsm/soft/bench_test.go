@@ -10,14 +10,13 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"runtime/pprof"
-	"slices"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/hsmca/hsmca/hsm"
+	"github.com/hsmca/hsmca/internal/benchutil"
 )
 
 // Signing benchmarks come in pairs: the partition signer (audit record
@@ -176,7 +175,7 @@ func BenchmarkSignP256Ratio(b *testing.B) {
 			}
 			n := float64(int64(b.N) * phase)
 			b.ReportMetric(float64(rawTime)/float64(auditedTime), "ratio")
-			b.ReportMetric(median(pairs), "pair-median-ratio")
+			b.ReportMetric(benchutil.Median(pairs), "pair-median-ratio")
 			b.ReportMetric(float64(rawCPU)/float64(auditedCPU), "cpu-ratio")
 			b.ReportMetric(float64(rawTime.Nanoseconds())/n, "raw-ns/sig")
 			b.ReportMetric(float64(auditedTime.Nanoseconds())/n, "audited-ns/sig")
@@ -186,22 +185,11 @@ func BenchmarkSignP256Ratio(b *testing.B) {
 	}
 }
 
-// median is the middle value of xs (the mean of the two middle ones for
-// an even count); xs is sorted in place.
-func median(xs []float64) float64 {
-	slices.Sort(xs)
-	m := len(xs) / 2
-	if len(xs)%2 == 0 {
-		return (xs[m-1] + xs[m]) / 2
-	}
-	return xs[m]
-}
-
 // processCPU is the user and system CPU time of the whole process so far.
 func processCPU(b *testing.B) time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+	d, err := benchutil.ProcessCPU()
+	if err != nil {
 		b.Fatal(err)
 	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	return d
 }
