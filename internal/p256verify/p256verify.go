@@ -33,7 +33,9 @@ import (
 var n = elliptic.P256().Params().N
 
 // Key verifies signatures under one P-256 public key. It is safe for
-// concurrent use.
+// concurrent use. Use it through the pointer New returns and do not copy
+// the struct: its table may live outside the Go heap and is released when
+// that Key is collected.
 type Key struct {
 	w     uint
 	table []nistec.P256Point // window i, digit d ≥ 1 at i*(2^w-1) + d-1
