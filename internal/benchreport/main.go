@@ -2,6 +2,14 @@
 // into medians, ratios against baselines measured in the same run, a JSON
 // file and a readable table. `make bench` runs it; see scripts/bench.sh.
 //
+// Besides ratio pairs, the pairs file may name a metric that a benchmark
+// reports itself (b.ReportMetric), with a target: its median over the runs
+// is checked against it. Such a line reads
+//
+//	metric BENCHMARK UNIT TARGET DESCRIPTION
+//
+// where TARGET is ">=X", "<=X" or "-".
+//
 // Usage: benchreport -pairs bench/pairs.txt -in raw.txt [-extra k=file.json ...] -json out.json
 package main
 
@@ -27,6 +35,21 @@ type result struct {
 	MedianNs  float64   `json:"median_ns_per_op"`
 	OpsPerSec float64   `json:"ops_per_sec"`
 	AllNs     []float64 `json:"ns_per_op"`
+	// Metrics holds every other "value unit" pair of the benchmark's
+	// lines, by unit, one value per run.
+	Metrics map[string][]float64 `json:"metrics,omitempty"`
+}
+
+// metric is a benchmark's own metric, its median over the runs and its
+// target.
+type metric struct {
+	Benchmark string  `json:"benchmark"`
+	Unit      string  `json:"unit"`
+	Median    float64 `json:"median"`
+	Runs      int     `json:"runs"`
+	Target    string  `json:"target,omitempty"`
+	Met       *bool   `json:"target_met,omitempty"`
+	What      string  `json:"what"`
 }
 
 // ratio compares a benchmark to its baseline.
@@ -67,21 +90,69 @@ func parse(r io.Reader) map[string]*result {
 			out[key] = res
 		}
 		res.AllNs = append(res.AllNs, ns)
+		// The fields after "N ns/op" are "value unit" pairs.
+		f := strings.Fields(line)
+		for i := 4; i+1 < len(f); i += 2 {
+			v, err := strconv.ParseFloat(f[i], 64)
+			if err != nil || f[i+1] == "ns/op" {
+				continue
+			}
+			if res.Metrics == nil {
+				res.Metrics = map[string][]float64{}
+			}
+			res.Metrics[f[i+1]] = append(res.Metrics[f[i+1]], v)
+		}
 	}
 	for _, r := range out {
-		s := append([]float64(nil), r.AllNs...)
-		sort.Float64s(s)
-		r.Runs = len(s)
-		if n := len(s); n%2 == 1 {
-			r.MedianNs = s[n/2]
-		} else {
-			r.MedianNs = (s[n/2-1] + s[n/2]) / 2
-		}
+		r.Runs = len(r.AllNs)
+		r.MedianNs = median(r.AllNs)
 		if r.MedianNs > 0 {
 			r.OpsPerSec = 1e9 / r.MedianNs
 		}
 	}
 	return out
+}
+
+// median is the middle value of xs (the mean of the two middle ones for
+// an even count); xs is not changed.
+func median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := append([]float64(nil), xs...)
+	sort.Float64s(s)
+	if n := len(s); n%2 == 1 {
+		return s[n/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// checkMetric reads a "metric BENCHMARK UNIT TARGET DESCRIPTION" line's
+// fields (without "metric") against results; ok is false when the run did
+// not measure it.
+func checkMetric(f []string, results map[string]*result) (m metric, ok bool, err error) {
+	if len(f) < 4 {
+		return metric{}, false, fmt.Errorf("pairs: bad metric line %q", strings.Join(f, " "))
+	}
+	m = metric{Benchmark: f[0], Unit: f[1], What: strings.Join(f[3:], " ")}
+	r := results[f[0]]
+	if r == nil || len(r.Metrics[f[1]]) == 0 {
+		return m, false, nil
+	}
+	m.Median, m.Runs = median(r.Metrics[f[1]]), len(r.Metrics[f[1]])
+	if t := f[2]; t != "-" {
+		op, num := t[:min(2, len(t))], t[min(2, len(t)):]
+		x, perr := strconv.ParseFloat(num, 64)
+		if perr != nil || (op != ">=" && op != "<=") {
+			return m, false, fmt.Errorf("pairs: metric target %q is not >=X, <=X or -", t)
+		}
+		met := m.Median >= x
+		if op == "<=" {
+			met = m.Median <= x
+		}
+		m.Target, m.Met = t, &met
+	}
+	return m, true, nil
 }
 
 func main() {
@@ -103,6 +174,7 @@ func main() {
 	}
 	results := parse(r)
 	var ratios []ratio
+	var metrics []metric
 	pf, err := os.ReadFile(*pairsPath)
 	if err != nil {
 		fatal(err)
@@ -113,6 +185,18 @@ func main() {
 			continue
 		}
 		f := strings.Fields(line)
+		if f[0] == "metric" {
+			m, ok, err := checkMetric(f[1:], results)
+			if err != nil {
+				fatal(err)
+			}
+			if !ok {
+				fmt.Fprintf(os.Stderr, "benchreport: metric %s of %s not measured in this run\n", m.Unit, m.Benchmark)
+				continue
+			}
+			metrics = append(metrics, m)
+			continue
+		}
 		if len(f) < 4 {
 			fatal(fmt.Errorf("pairs: bad line %q", line))
 		}
@@ -133,7 +217,7 @@ func main() {
 		names = append(names, n)
 	}
 	sort.Strings(names)
-	doc := map[string]any{"ratios": ratios}
+	doc := map[string]any{"ratios": ratios, "metrics": metrics}
 	list := make([]*result, 0, len(names))
 	for _, n := range names {
 		list = append(list, results[n])
@@ -178,6 +262,20 @@ func main() {
 			target = fmt.Sprintf(">= %.2f (%s)", rt.Target, map[bool]string{true: "met", false: "NOT met"}[*rt.Met])
 		}
 		fmt.Fprintf(tw, "%s / %s\t%.3f\t%s\t%s\n", rt.Subject, rt.Baseline, rt.Ratio, target, rt.What)
+	}
+	tw.Flush()
+	if len(metrics) == 0 {
+		return
+	}
+	fmt.Println()
+	tw = tabwriter.NewWriter(os.Stdout, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "METRIC (median over runs)\tVALUE\tTARGET\tWHAT")
+	for _, m := range metrics {
+		target := "-"
+		if m.Met != nil {
+			target = fmt.Sprintf("%s (%s)", m.Target, map[bool]string{true: "met", false: "NOT met"}[*m.Met])
+		}
+		fmt.Fprintf(tw, "%s %s\t%.3f\t%s\t%s\n", m.Benchmark, m.Unit, m.Median, target, m.What)
 	}
 	tw.Flush()
 }
