@@ -257,11 +257,7 @@ func main() {
 	tw = tabwriter.NewWriter(os.Stdout, 2, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "RATIO (ops/s vs same-run baseline)\tVALUE\tTARGET\tWHAT")
 	for _, rt := range ratios {
-		target := "-"
-		if rt.Met != nil {
-			target = fmt.Sprintf(">= %.2f (%s)", rt.Target, map[bool]string{true: "met", false: "NOT met"}[*rt.Met])
-		}
-		fmt.Fprintf(tw, "%s / %s\t%.3f\t%s\t%s\n", rt.Subject, rt.Baseline, rt.Ratio, target, rt.What)
+		fmt.Fprintf(tw, "%s / %s\t%.3f\t%s\t%s\n", rt.Subject, rt.Baseline, rt.Ratio, verdict(fmt.Sprintf(">= %.2f", rt.Target), rt.Met), rt.What)
 	}
 	tw.Flush()
 	if len(metrics) == 0 {
@@ -271,13 +267,21 @@ func main() {
 	tw = tabwriter.NewWriter(os.Stdout, 2, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "METRIC (median over runs)\tVALUE\tTARGET\tWHAT")
 	for _, m := range metrics {
-		target := "-"
-		if m.Met != nil {
-			target = fmt.Sprintf("%s (%s)", m.Target, map[bool]string{true: "met", false: "NOT met"}[*m.Met])
-		}
-		fmt.Fprintf(tw, "%s %s\t%.3f\t%s\t%s\n", m.Benchmark, m.Unit, m.Median, target, m.What)
+		fmt.Fprintf(tw, "%s %s\t%.3f\t%s\t%s\n", m.Benchmark, m.Unit, m.Median, verdict(m.Target, m.Met), m.What)
 	}
 	tw.Flush()
+}
+
+// verdict is a table's TARGET column: "-" without a target, else the
+// target and whether it was met.
+func verdict(target string, met *bool) string {
+	if met == nil {
+		return "-"
+	}
+	if *met {
+		return target + " (met)"
+	}
+	return target + " (NOT met)"
 }
 
 func human(ns float64) string {

@@ -33,7 +33,7 @@ func TestCheckMetric(t *testing.T) {
 		ok   bool
 		met  *bool
 	}{
-		{"BenchmarkX/a ratio >=0.9 x", true, ptr(true)},  // median 0.91
+		{"BenchmarkX/a ratio >=0.9 x", true, ptr(true)},   // median 0.91
 		{"BenchmarkX/a ratio >=0.95 x", true, ptr(false)}, // median 0.91
 		{"BenchmarkX/a overhead-% <=10 x", true, ptr(true)},
 		{"BenchmarkX/a overhead-% <=5 x", true, ptr(false)},
