@@ -13,8 +13,8 @@ import (
 // (RFC 8555 §6.2), and an order takes about seven, all under the same
 // account key: through a table a verification costs about 50 µs instead of
 // 93 on the 2-core build VM. A table costs about 0.56 ms to build and
-// 92 KiB to keep (about twice that in the process's memory, with the
-// garbage collector's headroom), so a key gets one only at its
+// 92 KiB to keep (mapped outside the Go heap, see internal/p256verify),
+// so a key gets one only at its
 // p256TableAfter-th verification (a client that makes one order and
 // leaves never pays for it), and at most p256TablesMax keys have one: the
 // first to qualify. Every p256Epoch verifications the tables and counts
@@ -30,9 +30,9 @@ const (
 	// p256TableAfter: 16 verifications save about as much as the table
 	// costs.
 	p256TableAfter = 16
-	// p256TablesMax bounds the tables' memory (16 × 92 KiB). With 64
-	// tables, peak RSS at 64 loadtest clients went from 58 to 72 MiB,
-	// past issue 6's 64 MiB.
+	// p256TablesMax bounds the tables' memory (16 × 92 KiB). With up to
+	// 64 tables, then on the Go heap, peak RSS at 64 loadtest clients
+	// went from 56-57 to 70-71 MiB, past issue 6's 64 MiB.
 	p256TablesMax = 16
 	// p256UsesMax bounds the keys counted; when reached, the counts
 	// start over.
