@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/hsmca/hsmca/ca"
+	"github.com/hsmca/hsmca/internal/benchutil"
 	"github.com/hsmca/hsmca/store"
 )
 
@@ -121,11 +122,12 @@ func (m *memStore) LatestCRL(_ context.Context, issuer string) ([]byte, error) {
 // cpuMeter reports the process CPU time per operation as "cpu-ns/op"
 // (user + system, every goroutine, GC included). Start it right after
 // b.ResetTimer and call stop at the end of the benchmark function.
+// Where process CPU time is not available, only wall time is reported.
 func cpuMeter(b *testing.B) (stop func()) {
-	start, ok := processCPU()
+	start, err := benchutil.ProcessCPU()
 	return func() {
-		end, ok2 := processCPU()
-		if ok && ok2 && b.N > 0 {
+		end, err2 := benchutil.ProcessCPU()
+		if err == nil && err2 == nil && b.N > 0 {
 			b.ReportMetric(float64(end-start)/float64(b.N), "cpu-ns/op")
 		}
 	}
