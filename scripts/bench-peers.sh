@@ -38,19 +38,12 @@ STEPCA_PORT=$((BASE + 200))
 HSMCA_HTTPS=$((BASE + 300))
 HSMCA_HTTP=$((BASE + 301))
 
-WORK=$(mktemp -d /tmp/bench-peers.XXXXXX)
+bench_workdir bench-peers
 # Each run's report is kept (bench/peers-runs/SERVER_cN_rR.json and .rss)
 # so that the table and chart can be redrawn with `loadtest peers`.
 RUNS=bench/peers-runs
 mkdir -p "$RUNS" bench docs
 rm -f "$RUNS"/*.json "$RUNS"/*.rss
-SERVER_PID=""
-cleanup() {
-  if [ -n "$SERVER_PID" ]; then stop_pid "$SERVER_PID"; fi
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
 
 peers_install
 

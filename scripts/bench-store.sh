@@ -22,14 +22,7 @@ BASE=${BENCH_PORT_BASE:-25000}
 HSMCA=${HSMCA:-$ROOT/bin/hsmca}
 mkdir -p bench
 
-WORK=$(mktemp -d /tmp/bench-store.XXXXXX)
-SERVER_PID=""
-cleanup() {
-  if [ -n "$SERVER_PID" ]; then stop_pid "$SERVER_PID"; fi
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+bench_workdir bench-store
 
 echo "== store: quickstart CA, then $N records" >&2
 start_hsmca "$HSMCA" "$WORK" "$((BASE + 400))" "$((BASE + 401))" "127.0.0.1:$((BASE + 453))"

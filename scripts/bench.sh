@@ -25,14 +25,7 @@ HSMCA=${HSMCA:-$ROOT/bin/hsmca}
 OUT=bench/out
 mkdir -p "$OUT"
 
-WORK=$(mktemp -d /tmp/bench.XXXXXX)
-SERVER_PID=""
-cleanup() {
-  if [ -n "$SERVER_PID" ]; then stop_pid "$SERVER_PID"; fi
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+bench_workdir bench
 
 echo "== go benchmarks: -count $COUNT, packages: $PKGS" >&2
 # Benchmarks that need outside programs (TesseraCT, SoftHSM2) find them via

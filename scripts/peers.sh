@@ -65,6 +65,15 @@ stop_pid() {
   wait "$pid" 2>/dev/null || true
 }
 
+# bench_workdir NAME: makes a fresh work directory in $WORK and, on exit,
+# stops the server whose PID is in $SERVER_PID (if any) and removes $WORK.
+bench_workdir() {
+  WORK=$(mktemp -d "/tmp/$1.XXXXXX")
+  SERVER_PID=""
+  trap 'if [ -n "$SERVER_PID" ]; then stop_pid "$SERVER_PID"; fi; rm -rf "$WORK"' EXIT
+  trap 'exit 130' INT TERM
+}
+
 # peak_rss PID: the process's peak resident set (VmHWM) in KiB.
 peak_rss() {
   awk '/^VmHWM:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0
