@@ -19,7 +19,8 @@ import (
 
 // BenchmarkIssueVsBare is issue 4's comparison at equal concurrency: for
 // 1, 2 and 8 goroutines in all (not per CPU), bare x509.CreateCertificate
-// with the issuer key, then Issue and IssueVerified on the durable store,
+// with a plain crypto/ecdsa P-256 issuer key, then Issue and IssueVerified
+// with a soft module's P-256 key (benchCA) on the durable store,
 // one after the other so that each ratio's two sides run under the same
 // conditions. BenchmarkIssueP256's par2/par8 (goroutines per CPU) compared
 // with the sequential bare benchmark set a parallel issuance against a

@@ -2,6 +2,7 @@ package ca_test
 
 import (
 	"context"
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -15,6 +16,8 @@ import (
 	"time"
 
 	"github.com/hsmca/hsmca/ca"
+	"github.com/hsmca/hsmca/hsm"
+	"github.com/hsmca/hsmca/hsm/soft"
 	"github.com/hsmca/hsmca/internal/benchutil"
 	"github.com/hsmca/hsmca/store"
 )
@@ -133,12 +136,55 @@ func cpuMeter(b *testing.B) (stop func()) {
 	}
 }
 
+// benchCA is a CA whose issuing key is a P-256 key in an active soft
+// module partition (issue 4 measures issuance "with a soft P-256 issuer"):
+// every signature goes through the partition's crypto.Signer and its audit
+// log, as in `ca serve`. The bare baselines sign with a plain crypto/ecdsa
+// key.
 func benchCA(b *testing.B, storeKind string) *testCA {
 	b.Helper()
+	p := newPKIWith(b, softIssuerKey(b))
 	if storeKind == "memory" {
-		return newTestCAWith(b, baseConfig(), ca.Options{}, newPKI(b), newMemStore(), "")
+		return newTestCAWith(b, baseConfig(), ca.Options{}, p, newMemStore(), "")
 	}
-	return newTestCA(b, baseConfig(), ca.Options{})
+	path := filepath.Join(b.TempDir(), "ca.db")
+	st, err := store.Open(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { st.Close() })
+	return newTestCAWith(b, baseConfig(), ca.Options{}, p, st, path)
+}
+
+// softIssuerKey generates a P-256 key in a new soft module's partition
+// (1 of 1 shares, online, activated) and returns its signer.
+func softIssuerKey(b *testing.B) crypto.Signer {
+	b.Helper()
+	m, err := soft.Open(filepath.Join(b.TempDir(), "module"), soft.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { m.Close() })
+	shares, err := m.InitPartition(hsm.InitOptions{Partition: "issuing", Shares: 1, Threshold: 1, Policy: hsm.PolicyOnline})
+	if err != nil {
+		b.Fatal(err)
+	}
+	part, err := m.Partition("issuing")
+	if err != nil {
+		b.Fatal(err)
+	}
+	if st, err := part.AddShare(shares[0]); err != nil || st.State != hsm.StateActive {
+		b.Fatalf("activate the bench partition: %v (%v)", err, st.State)
+	}
+	k, err := part.GenerateKey(hsm.ECDSAP256, "issuing-1", false)
+	if err != nil {
+		b.Fatal(err)
+	}
+	s, err := part.Signer(k.ID)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return s
 }
 
 // BenchmarkIssueP256 measures direct issuance (CSR → linted, stored

@@ -30,8 +30,14 @@ type pki struct {
 
 func newPKI(t testing.TB) *pki {
 	t.Helper()
-	rootKey, _ := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
 	interKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	return newPKIWith(t, interKey)
+}
+
+// newPKIWith is newPKI with the given issuing key (a module's signer).
+func newPKIWith(t testing.TB, interKey crypto.Signer) *pki {
+	t.Helper()
+	rootKey, _ := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
 	now := time.Now()
 	rootT := &x509.Certificate{
 		SerialNumber:          big.NewInt(1),
