@@ -4,7 +4,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"os/signal"
+	"runtime/pprof"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -28,8 +30,9 @@ var errOrdersFailed = errors.New("loadtest: some orders failed or did not finish
 
 func newLoadtestACMECmd(e *env) *cobra.Command {
 	var (
-		cfg    loadtest.Config
-		asJSON bool
+		cfg        loadtest.Config
+		asJSON     bool
+		cpuProfile string
 	)
 	cmd := &cobra.Command{
 		Use:   "acme",
@@ -60,6 +63,17 @@ Exit codes: 0 every order succeeded, 1 some failed or did not finish
 			if err := cfg.Validate(); err != nil {
 				return usageError{err}
 			}
+			if cpuProfile != "" {
+				f, err := os.Create(cpuProfile)
+				if err != nil {
+					return err
+				}
+				defer f.Close()
+				if err := pprof.StartCPUProfile(f); err != nil {
+					return err
+				}
+				defer pprof.StopCPUProfile()
+			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
 			rep, err := loadtest.Run(ctx, cfg, e.stderr)
@@ -83,6 +97,7 @@ Exit codes: 0 every order succeeded, 1 some failed or did not finish
 	}
 	cfg.AddFlags(cmd.Flags())
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the report as JSON")
+	cmd.Flags().StringVar(&cpuProfile, "cpuprofile", "", "write the generator's own CPU profile (go tool pprof) to `FILE`")
 	return cmd
 }
 

@@ -73,3 +73,22 @@ func TestLoadtestPeers(t *testing.T) {
 		t.Errorf("chart: %v %.40q", err, s)
 	}
 }
+
+// TestLoadtestCPUProfile: --cpuprofile writes the generator's CPU profile
+// (gzip-compressed protobuf, as go tool pprof reads it) even when the run
+// fails, here because nothing listens at the directory URL.
+func TestLoadtestCPUProfile(t *testing.T) {
+	prof := filepath.Join(t.TempDir(), "client.pprof")
+	code, _, stderr := runMain(t, "loadtest", "acme", "--url", "https://127.0.0.1:1/dir", "--orders", "1",
+		"--max-time", "5s", "--cpuprofile", prof)
+	if code == 0 {
+		t.Fatalf("a run against a closed port succeeded; stderr %q", stderr)
+	}
+	b, err := os.ReadFile(prof)
+	if err != nil {
+		t.Fatalf("no profile written: %v (stderr %q)", err, stderr)
+	}
+	if len(b) < 2 || b[0] != 0x1f || b[1] != 0x8b {
+		t.Fatalf("profile is not gzip data: % x", b[:min(len(b), 8)])
+	}
+}
