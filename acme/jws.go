@@ -171,15 +171,23 @@ func (p *parsedJWS) verify(key *jose.JSONWebKey) bool {
 
 // verifyAccount is verify for an account's key: an ES256 signature under a
 // key that tables has a precomputed verifier for is checked through it
-// (the same check, about half the time); anything else goes to verify.
+// (the same check, about half the time); anything else goes to verify,
+// and an ES256 signature that verifies there counts towards its key's
+// table.
 func (p *parsedJWS) verifyAccount(key *jose.JSONWebKey, tables *p256Tables) bool {
-	if k, ok := key.Key.(*ecdsa.PublicKey); ok && p.hdr.Alg == "ES256" && len(p.sig) == 64 {
-		if t := tables.get(k); t != nil {
-			sum := sha256.Sum256([]byte(p.signed))
-			return t.Verify(sum[:], new(big.Int).SetBytes(p.sig[:32]), new(big.Int).SetBytes(p.sig[32:]))
-		}
+	k, ok := key.Key.(*ecdsa.PublicKey)
+	if !ok || p.hdr.Alg != "ES256" || len(p.sig) != 64 {
+		return p.verify(key)
 	}
-	return p.verify(key)
+	if t := tables.get(k); t != nil {
+		sum := sha256.Sum256([]byte(p.signed))
+		return t.Verify(sum[:], new(big.Int).SetBytes(p.sig[:32]), new(big.Int).SetBytes(p.sig[32:]))
+	}
+	if !p.verify(key) {
+		return false
+	}
+	tables.verified(k)
+	return true
 }
 
 // keyCache keeps parsed account keys, bounded, keyed by their JSON.

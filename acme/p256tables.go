@@ -15,8 +15,8 @@ import (
 // 93 on the 2-core build VM. A table costs about 0.56 ms to build and
 // 92 KiB to keep (mapped outside the Go heap, see internal/p256verify),
 // so a key gets one only at its
-// p256TableAfter-th verification (a client that makes one order and
-// leaves never pays for it), and at most p256TablesMax keys have one: the
+// p256TableAfter-th successful verification (a client that makes one
+// order and leaves never pays for it), and at most p256TablesMax keys have one: the
 // first to qualify. Every p256Epoch verifications the tables and counts
 // start over, so that the set follows the accounts that are busy now.
 type p256Tables struct {
@@ -41,20 +41,33 @@ const (
 	p256Epoch = 1 << 20
 )
 
-// get counts one verification under pub and returns its table, building
-// it when pub reaches p256TableAfter verifications; nil when pub has no
-// table (yet), or is not a P-256 key.
+// get returns pub's table, or nil when pub has none (yet) or is not a
+// P-256 key. It counts towards the epoch but not towards pub's table:
+// only a signature that verified does that (verified), so requests with
+// bad signatures cannot claim the table slots.
 func (t *p256Tables) get(pub *ecdsa.PublicKey) *p256verify.Key {
 	if pub.Curve != elliptic.P256() {
 		return nil
 	}
 	t.mu.Lock()
+	defer t.mu.Unlock()
 	if t.n++; t.n >= p256Epoch {
 		t.n, t.uses, t.tables = 0, nil, nil
 	}
-	if k, ok := t.tables[pub]; ok {
+	return t.tables[pub]
+}
+
+// verified counts one signature that verified under pub without a table,
+// and builds pub's table when that makes p256TableAfter; it returns the
+// table it built, or nil.
+func (t *p256Tables) verified(pub *ecdsa.PublicKey) *p256verify.Key {
+	if pub.Curve != elliptic.P256() {
+		return nil
+	}
+	t.mu.Lock()
+	if _, ok := t.tables[pub]; ok {
 		t.mu.Unlock()
-		return k
+		return nil // another request built it meanwhile
 	}
 	if t.uses == nil || len(t.uses) >= p256UsesMax {
 		t.uses = make(map[*ecdsa.PublicKey]int)
