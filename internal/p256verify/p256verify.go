@@ -23,6 +23,7 @@ import (
 	"crypto/elliptic"
 	"errors"
 	"math/big"
+	"runtime"
 
 	"filippo.io/nistec"
 	"golang.org/x/crypto/cryptobyte"
@@ -132,6 +133,10 @@ func (k *Key) mul(u []byte) *nistec.P256Point {
 			acc.Add(acc, &k.table[i*digits+d-1])
 		}
 	}
+	// The table may be mapped outside the Go heap and unmapped by k's
+	// cleanup once k is unreachable; k must stay reachable until the last
+	// read of the table, whatever the compiler makes of the loop.
+	runtime.KeepAlive(k)
 	return acc
 }
 
