@@ -33,19 +33,27 @@ import (
 // background folder copies the logged states into bbolt in one commit per
 // batch and then deletes the folded log segment.
 //
-// Until a state is folded, readers find it in the overlay, an in-memory
-// map serial → latest state that every write updates under one mutex (so
-// concurrent writers of a serial are ordered as their frames are). A state
-// leaves the overlay only after bbolt holds it, so a reader that misses
-// the overlay finds it in bbolt. ListCerts and RevokedSerials fold first
-// and then read bbolt alone.
+// Until a state is folded, it is in the overlay, an in-memory map serial →
+// latest state that every write updates under one mutex (so concurrent
+// writers of a serial are ordered as their frames are, and each write's
+// check sees the states queued before it). Readers are served only
+// durable states: a state whose frame is still queued, or whose write
+// failed, is skipped for the serial's previous one. A state leaves the
+// overlay only after bbolt holds it, so a reader that misses the overlay
+// finds it in bbolt. ListCerts and RevokedSerials fold first and then read
+// bbolt alone.
 //
 // Open replays the log segments left by a crash into bbolt, in order (the
 // last state of a serial wins; folding twice is harmless), before anything
-// else reads the store. A frame carries a length and a CRC-32C; a torn
-// frame at the end of the newest segment is a write that was never
-// acknowledged and is dropped, a bad frame anywhere else is corruption and
-// Open refuses the store.
+// else reads the store. That is right only if no segment outlives a newer
+// one whose states bbolt holds: a fold therefore removes every segment
+// before the one it started (including any that an earlier, failed fold
+// left), oldest first, each removal durable before the next. A frame
+// carries a length and a CRC-32C; a torn frame at the end of the newest
+// segment is a write that was never acknowledged and is dropped, a bad
+// frame in an older segment is corruption and Open refuses the store. (A
+// bad frame in the middle of the newest segment cannot be told from a torn
+// group write without batch markers, and is read as the torn end.)
 //
 // Segment files live next to the bbolt file (NAME.calog.SEQ) and are
 // covered by its lock. They are created full of zeros (see caSegMinBytes);
@@ -81,6 +89,18 @@ const (
 	caSegMaxBytes = 4 << 20
 )
 
+// testHookFold, when set by a test, is called at each stage of a fold
+// ("commit" before the bbolt commit, "remove" before deleting segments);
+// an error it returns stands for that stage failing.
+var testHookFold func(stage string) error
+
+func foldHook(stage string) error {
+	if testHookFold == nil {
+		return nil
+	}
+	return testHookFold(stage)
+}
+
 // errLogClosed is returned by writes after Close.
 var errLogClosed = errors.New("store: closed")
 
@@ -104,10 +124,11 @@ type caLog struct {
 	failed  error  // the log cannot be written any more
 	closed  bool
 
-	kick    chan struct{} // wakes the folder
-	folding sync.Mutex    // one fold at a time
-	done    chan struct{} // closed when the folder exits
-	stop    chan struct{}
+	foldDelay time.Duration // caFoldDelay; tests lengthen it to fold only on demand
+	kick      chan struct{} // wakes the folder
+	folding   sync.Mutex    // one fold at a time
+	done      chan struct{} // closed when the folder exits
+	stop      chan struct{}
 
 	closeOnce sync.Once
 	closeErr  error
@@ -118,6 +139,10 @@ type overlayRec struct {
 	rec ca.Record
 	enc []byte // caEncodeRecord(rec)
 	seq uint64 // frame that wrote it
+	// prev is the serial's overlay state before this one, kept while this
+	// one is not durable: readers are served the newest durable state
+	// (lookup), writers' checks the newest queued one (current).
+	prev *overlayRec
 }
 
 // openCALog replays the segments a previous process left into db, deletes
@@ -129,8 +154,10 @@ func openCALog(db *bolt.DB, path string) (*caLog, error) {
 		base: filepath.Base(path),
 		over: map[string]*overlayRec{},
 		kick: make(chan struct{}, 1),
-		done: make(chan struct{}),
-		stop: make(chan struct{}),
+
+		foldDelay: caFoldDelay,
+		done:      make(chan struct{}),
+		stop:      make(chan struct{}),
 	}
 	l.cond = sync.NewCond(&l.mu)
 	segs, err := l.segments()
@@ -208,17 +235,23 @@ func (l *caLog) newSegment(n uint64, size int64) (*os.File, error) {
 	return f, nil
 }
 
-// removeSegments deletes folded segments and makes the deletion durable.
+// removeSegments deletes folded segments, given in ascending order, the
+// oldest first, each deletion durable before the next: a power loss in
+// between may leave newer segments but never an older one without the
+// newer ones, whose states would otherwise be replayed over newer ones.
 func (l *caLog) removeSegments(segs []uint64) error {
-	if len(segs) == 0 {
-		return nil
-	}
 	for _, n := range segs {
-		if err := os.Remove(l.segPath(n)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		if err := os.Remove(l.segPath(n)); err != nil {
+			if errors.Is(err, os.ErrNotExist) {
+				continue
+			}
 			return fmt.Errorf("store: remove folded log segment: %w", err)
 		}
+		if err := syncDir(l.dir); err != nil {
+			return err
+		}
 	}
-	return syncDir(l.dir)
+	return nil
 }
 
 func syncDir(dir string) error {
@@ -383,7 +416,11 @@ func (l *caLog) write(serial string, check func(cur ca.Record, ok bool, next *ca
 	l.pending = appendFrame(l.pending, serial, enc)
 	l.queued++
 	seq := l.queued
-	l.over[serial] = &overlayRec{rec: next, enc: enc, seq: seq}
+	o := &overlayRec{rec: cloneRecord(next), enc: enc, seq: seq, prev: l.over[serial]}
+	if o.prev != nil && o.prev.seq <= l.durable {
+		o.prev.prev = nil // nothing older is ever served
+	}
+	l.over[serial] = o
 	if len(l.over) >= caFoldRecords || len(l.over) == 1 {
 		select {
 		case l.kick <- struct{}{}:
@@ -438,19 +475,31 @@ func (l *caLog) current(serial string) (ca.Record, bool, error) {
 	return r, found, err
 }
 
-// lookup returns serial's state if the overlay holds it.
+// lookup returns serial's newest durable state if the overlay holds one.
+// A state whose frame is still queued, or whose write failed, is not
+// served: a reader (OCSP, `cert show`) must not report what a crash could
+// take back. With no durable overlay state, bbolt holds the newest durable
+// one.
 func (l *caLog) lookup(serial string) (ca.Record, bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	o, ok := l.over[serial]
-	if !ok {
+	o := l.over[serial]
+	for o != nil && o.seq > l.durable {
+		o = o.prev
+	}
+	if o == nil {
 		return ca.Record{}, false
 	}
-	r := o.rec
+	return cloneRecord(o.rec), true
+}
+
+// cloneRecord copies r's slices, so that the overlay and its callers never
+// share them.
+func cloneRecord(r ca.Record) ca.Record {
 	r.DER = bytes.Clone(r.DER)
 	r.Names = slices.Clone(r.Names)
 	r.CTFailures = slices.Clone(r.CTFailures)
-	return r, true
+	return r
 }
 
 // waitDurable waits, with l.mu held, until frame seq is durable. When no
@@ -461,6 +510,9 @@ func (l *caLog) waitDurable(seq uint64) error {
 	for l.durable < seq {
 		if l.failed != nil {
 			return l.failed
+		}
+		if l.closed {
+			return errLogClosed // its frame was never written
 		}
 		if l.busy {
 			l.cond.Wait()
@@ -504,7 +556,7 @@ func (l *caLog) folder() {
 			select {
 			case <-l.stop:
 				return
-			case <-time.After(caFoldDelay):
+			case <-time.After(l.foldDelay):
 			}
 		}
 		err := l.fold()
@@ -576,14 +628,17 @@ func (l *caLog) fold() error {
 	if err != nil {
 		return err
 	}
-	err = l.db.Update(func(tx *bolt.Tx) error {
-		for _, o := range snap {
-			if err := caPutEncoded(tx, o.rec, o.enc); err != nil {
-				return err
+	err = foldHook("commit")
+	if err == nil {
+		err = l.db.Update(func(tx *bolt.Tx) error {
+			for _, o := range snap {
+				if err := caPutEncoded(tx, o.rec, o.enc); err != nil {
+					return err
+				}
 			}
-		}
-		return nil
-	})
+			return nil
+		})
+	}
 	if err != nil {
 		return fmt.Errorf("store: fold the CA record log: %w", err)
 	}
@@ -594,8 +649,20 @@ func (l *caLog) fold() error {
 		}
 	}
 	l.mu.Unlock()
-	// Segments before the new one hold no state that bbolt lacks now.
-	return l.removeSegments([]uint64{oldNo})
+	// Segments before the new one hold no state that bbolt lacks now, in
+	// the same or a newer version: this commit took every state the
+	// overlay held, and older ones were committed by earlier folds. That
+	// includes segments an earlier fold left behind when its commit or
+	// its removal failed, which must go before any of their states could
+	// be replayed over newer ones.
+	if err := foldHook("remove"); err != nil {
+		return err
+	}
+	segs, err := l.segments()
+	if err != nil {
+		return err
+	}
+	return l.removeSegments(slices.DeleteFunc(segs, func(n uint64) bool { return n > oldNo }))
 }
 
 // close folds what is left, stops the folder and removes the log. Only
