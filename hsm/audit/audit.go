@@ -62,8 +62,13 @@
 // "audit-recover" event naming the lost record, offset and size, then cuts
 // the torn bytes off, after which the log verifies again with that event in
 // it. Damage inside the signed part of the log, or complete records after
-// the head that do not chain, are tampering, not a crash: the log then
-// refuses every append and Verify names the first bad record.
+// the head that do not chain, are tampering, not a crash: Verify names the
+// first bad record. Open reads only the last signed record and the records
+// after the head, so it refuses every append when the damage is there;
+// damage further back is found by Verify (`hsmca hsm audit verify`), not
+// at Open. Space is always allocated at least a frame header beyond the
+// last record, so that a kill -9 never leaves a record ending too close to
+// the end of the file to read its end.
 //
 // # The audit key
 //

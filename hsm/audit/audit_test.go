@@ -1048,3 +1048,24 @@ func TestSegmentV2Upgraded(t *testing.T) {
 		t.Fatalf("header after upgrade: %q, %v", got[:len(segMagic)], err)
 	}
 }
+
+// A signer whose Wait runs an overdue flush itself, and that flush fails,
+// is told so: its record was never synced and the log is broken, so the
+// signature must be withheld, as when the flusher's own flush fails.
+func TestWaitOverdueFlushFailureWithholds(t *testing.T) {
+	e := newEnvOpts(t, Options{FlushInterval: time.Hour, MaxUnsynced: 100})
+	e.sign(t, 0)
+	tk, err := e.log.BeginSign("issuing", "k1", "SHA-256", digestOf(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The next sync fails, as on an I/O error; the flusher is overdue, so
+	// Wait syncs itself.
+	e.log.mu.Lock()
+	e.log.seg.Close()
+	e.log.mu.Unlock()
+	e.log.lastFlush.Store(0)
+	if err := e.log.Wait(tk); err == nil {
+		t.Fatalf("Wait released record %d: its own flush failed (log failed: %v, synced up to %d)", tk.Seq(), e.log.failed.Load(), e.log.synced.Load())
+	}
+}

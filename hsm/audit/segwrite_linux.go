@@ -41,10 +41,14 @@ func newSegWriter(f *os.File, size int64) *segWriter {
 // writeAt puts b at off, allocating and mapping the file as needed.
 func (w *segWriter) writeAt(b []byte, off int64) error {
 	end := off + int64(len(b))
-	if end > w.size {
+	// The space after the last record must hold at least a zero frame
+	// header: a reader after a kill -9 (no truncate at Close) tells the
+	// end of the records by it, and a record that ended within a header's
+	// length of the file's end would read as a torn one.
+	if need := end + frameHeaderLen; need > w.size {
 		// Allocate a whole step beyond the record, so that allocation
 		// is rare.
-		size := (end + growStep - 1) / growStep * growStep
+		size := (need + growStep - 1) / growStep * growStep
 		if err := allocate(w.f, w.size, size); err != nil {
 			return fmt.Errorf("allocate segment space to %d: %w", size, err)
 		}

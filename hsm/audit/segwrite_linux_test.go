@@ -1,7 +1,9 @@
 package audit
 
 import (
+	"fmt"
 	"os"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -137,4 +139,44 @@ func mappedSpace(b *testing.B, space string, size int64) (*os.File, []byte) {
 		b.Fatal(err)
 	}
 	return f, m
+}
+
+// A record that ends within a frame header's length of the allocated end
+// of the segment must not read as torn after a kill -9 (which leaves the
+// allocated size: no truncate at Close). The writer keeps room for a zero
+// header after the last record, for each possible shortfall.
+func TestRecordEndingNearAllocationNotTorn(t *testing.T) {
+	for gap := int64(1); gap < frameHeaderLen; gap++ {
+		t.Run(fmt.Sprintf("gap%d", gap), func(t *testing.T) {
+			e := newEnvOpts(t, Options{FlushInterval: time.Hour})
+			var h [32]byte
+			frameLen := func(partition string) int64 {
+				return int64(len(appendSignFrame(nil, 1, 1, &h, partition, "k", "h", []byte{1})))
+			}
+			base := frameLen("p")
+			for i := 0; ; i++ {
+				e.log.mu.Lock()
+				size, off := e.log.w.size, e.log.off
+				e.log.mu.Unlock()
+				// Pad the partition name so that the record ends gap
+				// bytes before the allocation's end, once that fits.
+				if pad := size - off - gap - base; size > 0 && pad >= 0 && pad < 200 {
+					tk, err := e.log.BeginSign("p"+strings.Repeat("p", int(pad)), "k", "h", []byte{1})
+					if err == nil {
+						err = e.log.Wait(tk)
+					}
+					if err != nil {
+						t.Fatal(err)
+					}
+					break
+				}
+				e.sign(t, i)
+			}
+			e.crash(t)
+			e2 := e.reopen(t)
+			if _, err := e2.log.Verify(); err != nil {
+				t.Fatalf("a log killed with its last record %d bytes before the allocation's end reads as damaged: %v", gap, err)
+			}
+		})
+	}
 }

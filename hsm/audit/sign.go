@@ -95,27 +95,30 @@ func (l *Log) Wait(t Ticket) error {
 	if !l.failed.Load() && t.seq <= l.synced.Load()+l.maxUnsynced {
 		// The flusher is a goroutine like any other: with many signers
 		// queued for the CPUs it can be scheduled late. A signer that
-		// finds the sync overdue does it itself (if nobody is syncing).
+		// finds the sync overdue does it itself (if nobody is syncing);
+		// if that flush breaks the log, the check below withholds the
+		// record like any other unsynced one.
 		if l.written.Load() > l.synced.Load() && time.Now().UnixNano()-l.lastFlush.Load() > overdue*int64(l.interval) {
 			l.tryFlush()
 		}
-		return nil
-	}
-	// Over the bound: sync now, or wait for the sync in progress.
-	// Counted before the kick, so that the flusher skips its interval.
-	l.waiters.Add(1)
-	for !l.failed.Load() && t.seq > l.synced.Load()+l.maxUnsynced {
-		if l.tryFlush() {
-			continue
+	} else {
+		// Over the bound: sync now, or wait for the sync in progress.
+		// Counted before the kick, so that the flusher skips its
+		// interval.
+		l.waiters.Add(1)
+		for !l.failed.Load() && t.seq > l.synced.Load()+l.maxUnsynced {
+			if l.tryFlush() {
+				continue
+			}
+			l.kickFlusher()
+			l.syncMu.Lock()
+			if !l.failed.Load() && t.seq > l.synced.Load()+l.maxUnsynced {
+				l.syncCond.Wait()
+			}
+			l.syncMu.Unlock()
 		}
-		l.kickFlusher()
-		l.syncMu.Lock()
-		if !l.failed.Load() && t.seq > l.synced.Load()+l.maxUnsynced {
-			l.syncCond.Wait()
-		}
-		l.syncMu.Unlock()
+		l.waiters.Add(-1)
 	}
-	l.waiters.Add(-1)
 	if l.failed.Load() && t.seq > l.synced.Load() {
 		l.mu.Lock()
 		err := l.broken
