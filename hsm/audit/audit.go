@@ -301,6 +301,16 @@ func Open(db *bolt.DB, key ed25519.PrivateKey, opts Options) (*Log, error) {
 		l.seg.Close()
 		return nil, err
 	}
+	if l.seq > l.headSeq {
+		// Records after the head may be only in the page cache (a kill
+		// -9 keeps them there); sync them before counting them as synced,
+		// or a power loss before the first flush could take them and
+		// MaxUnsynced new ones.
+		if err := l.seg.Sync(); err != nil {
+			l.seg.Close()
+			return nil, fmt.Errorf("audit: sync the records after the head: %w", err)
+		}
+	}
 	l.w = newSegWriter(l.seg, size)
 	l.aio = newAIOSyncer()
 	l.written.Store(l.seq)
