@@ -107,6 +107,9 @@ type CA struct {
 	ocsp          ocspCache
 	caPolicy      compiledPolicy
 	crlRegistry   lint.Registry
+	// crlMu serialises GenerateCRL, so that a CRL number is never given
+	// to an older snapshot of the revoked list than a lower number's.
+	crlMu sync.Mutex
 
 	// inflight counts issuances in progress; overlapRecord decides from
 	// it whether an issuance records its copy while linting it (see

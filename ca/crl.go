@@ -3,8 +3,8 @@ package ca
 import (
 	"bytes"
 	"context"
-	"crypto"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"math/big"
 	"time"
@@ -23,6 +23,10 @@ func (c *CA) GenerateCRL(ctx context.Context, issuer string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	// One generation at a time: the revoked list it reads, its thisUpdate
+	// and its number then go up together.
+	c.crlMu.Lock()
+	defer c.crlMu.Unlock()
 	entries, err := c.store.RevokedSerials(ctx, iss.Name)
 	if err != nil {
 		return nil, fmt.Errorf("ca: crl %s: list revoked: %w", iss.Name, err)
@@ -72,34 +76,25 @@ func (c *CA) GenerateCRL(ctx context.Context, issuer string) ([]byte, error) {
 	tmpl.Number = new(big.Int).SetUint64(num)
 
 	// Lint-then-sign, as for certificates: the throwaway key signs a copy,
-	// zlint's CRL lints check it, and the issuer key signs the identical
-	// tbsCertList.
-	lintDER, err := x509.CreateRevocationList(nil, tmpl, iss.lintParent, iss.lintKey)
+	// zlint's CRL lints check it, and the issuer key signs exactly its
+	// tbsCertList (not a second CreateRevocationList run).
+	lintDER, tbs, err := buildLintCRL(tmpl, iss)
 	if err != nil {
 		return nil, fmt.Errorf("ca: crl %s: build: %w", iss.Name, err)
-	}
-	linted, err := x509.ParseRevocationList(lintDER)
-	if err != nil {
-		return nil, fmt.Errorf("ca: crl %s: parse linted copy: %w", iss.Name, err)
 	}
 	if res := c.lintCRL(lintDER); len(res) > 0 {
 		return nil, &ErrLint{Results: res}
 	}
-	if k, ok := iss.Signer.Public().(interface{ Equal(crypto.PublicKey) bool }); !ok || !k.Equal(iss.Cert.PublicKey) {
-		return nil, fmt.Errorf("ca: issuer %s: signer public key no longer matches the issuer certificate", iss.Name)
-	}
-	// x509 verifies the returned signature against Signer.Public(), the
-	// issuer key (checked above).
-	der, err := x509.CreateRevocationList(nil, tmpl, iss.Cert, iss.Signer)
+	sig, err := iss.signTBS(tbs, "crl "+iss.Name)
 	if err != nil {
-		return nil, wrapSign("crl "+iss.Name, err)
+		return nil, err
 	}
-	final, err := x509.ParseRevocationList(der)
+	der, err := assembleCertificate(tbs, iss.sigAlgDER, sig)
 	if err != nil {
+		return nil, err
+	}
+	if _, err := x509.ParseRevocationList(der); err != nil {
 		return nil, fmt.Errorf("ca: crl %s: parse signed CRL: %w", iss.Name, err)
-	}
-	if !bytes.Equal(final.RawTBSRevocationList, linted.RawTBSRevocationList) {
-		return nil, fmt.Errorf("ca: crl %s: signed CRL differs from the linted one; refusing it", iss.Name)
 	}
 	if err := c.store.SaveCRL(ctx, iss.Name, num, der); err != nil {
 		return nil, fmt.Errorf("ca: crl %s: store: %w", iss.Name, err)
@@ -121,4 +116,33 @@ func (c *CA) LatestCRL(ctx context.Context, issuer string) ([]byte, error) {
 		return nil, fmt.Errorf("ca: crl %s: %w", iss.Name, err)
 	}
 	return der, nil
+}
+
+// buildLintCRL returns the DER of tmpl signed by the issuer's throwaway key
+// and its tbsCertList, which the issuer key is to sign. As for
+// certificates (buildLintCopy), tbsCapture stops x509 before it checks
+// the throwaway signature.
+func buildLintCRL(tmpl *x509.RevocationList, iss *issuerState) (lintDER, tbs []byte, err error) {
+	capture := &tbsCapture{key: iss.lintKey}
+	der, err := x509.CreateRevocationList(nil, tmpl, iss.lintParent, capture)
+	switch {
+	case err == nil:
+		lintDER = der // crypto/x509 did not use SignMessage
+	case !errors.Is(err, errTBSCaptured) || capture.tbs == nil:
+		return nil, nil, err
+	default:
+		if lintDER, err = assembleCertificate(capture.tbs, iss.sigAlgDER, capture.sig); err != nil {
+			return nil, nil, err
+		}
+	}
+	// Parsing checks the copy's structure, including that its signature
+	// algorithm inside and outside the tbsCertList agree.
+	linted, err := x509.ParseRevocationList(lintDER)
+	if err != nil {
+		return nil, nil, fmt.Errorf("parse linted copy: %w", err)
+	}
+	if capture.tbs != nil && !bytes.Equal(linted.RawTBSRevocationList, capture.tbs) {
+		return nil, nil, errors.New("linted copy's tbsCertList does not round-trip; refusing it")
+	}
+	return lintDER, linted.RawTBSRevocationList, nil
 }

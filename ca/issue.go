@@ -474,6 +474,18 @@ func (c *CA) markRefused(ctx context.Context, serial string, why error) {
 // verifies that signature under the issuer certificate's key before
 // anything is stored or returned. It returns the final certificate's DER.
 func (c *CA) signFinal(iss *issuerState, linted *lintedCert) ([]byte, error) {
+	sig, err := iss.signTBS(linted.tbs, "certificate")
+	if err != nil {
+		return nil, err
+	}
+	return assembleCertificate(linted.tbs, linted.sigAlg, sig)
+}
+
+// signTBS signs the DER tbs (a TBSCertificate or a TBSCertList that passed
+// its lints) with the issuer key and verifies the signature against the
+// issuer certificate before returning it; what names the object for
+// errors.
+func (iss *issuerState) signTBS(tbs []byte, what string) ([]byte, error) {
 	if k, ok := iss.Signer.Public().(interface{ Equal(crypto.PublicKey) bool }); !ok || !k.Equal(iss.Cert.PublicKey) {
 		return nil, fmt.Errorf("ca: issuer %s: signer public key no longer matches the issuer certificate", iss.Name)
 	}
@@ -483,14 +495,14 @@ func (c *CA) signFinal(iss *issuerState, linted *lintedCert) ([]byte, error) {
 	}
 	// A nil rand, as x509.CreateCertificate was called with before: the
 	// signer picks its own randomness (or signs deterministically).
-	sig, err := crypto.SignMessage(iss.Signer, nil, linted.tbs, opts)
+	sig, err := crypto.SignMessage(iss.Signer, nil, tbs, opts)
 	if err != nil {
-		return nil, wrapSign("sign certificate", err)
+		return nil, wrapSign("sign "+what, err)
 	}
-	if err := iss.checkSignature(linted.tbs, sig); err != nil {
+	if err := iss.checkSignature(tbs, sig); err != nil {
 		return nil, fmt.Errorf("ca: issuer %s: signature returned by the signer does not verify; refusing it: %w", iss.Name, err)
 	}
-	return assembleCertificate(linted.tbs, linted.sigAlg, sig)
+	return sig, nil
 }
 
 // pendingRecord is the record of a copy (linted or being linted, or a

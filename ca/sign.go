@@ -122,7 +122,8 @@ func certificateParts(der []byte) (tbs, alg []byte, err error) {
 }
 
 // assembleCertificate encodes Certificate ::= SEQUENCE { tbsCertificate,
-// signatureAlgorithm, signatureValue BIT STRING } (RFC 5280 §4.1).
+// signatureAlgorithm, signatureValue BIT STRING } (RFC 5280 §4.1); a
+// CertificateList (§5.1) has the same shape.
 func assembleCertificate(tbs, alg, sig []byte) ([]byte, error) {
 	var b cryptobyte.Builder
 	b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
