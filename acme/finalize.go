@@ -209,14 +209,28 @@ func (s *Server) finishLocked(o *Order, c *Cert) error {
 		return err
 	}
 	if o.Replaces != "" {
-		if old, p := s.certByARIID(s.ctx, o.Replaces); p == nil {
-			old.Replaced = true
-			if err := s.st.UpdateCert(s.ctx, old); err != nil {
-				s.log.Error("acme: mark replaced certificate", "err", err)
-			}
-		}
+		s.markReplaced(o.Replaces)
 	}
 	return nil
+}
+
+// markReplaced marks the certificate certID names as replaced. It reads
+// and writes the record under the certificate's lock, as handleRevoke
+// does, so that neither write undoes the other.
+func (s *Server) markReplaced(certID string) {
+	_, serial, p := parseCertID(certID)
+	if p != nil {
+		return
+	}
+	defer s.lock("c" + serial)()
+	old, p := s.certByARIID(s.ctx, certID)
+	if p != nil || old.Replaced {
+		return
+	}
+	old.Replaced = true
+	if err := s.st.UpdateCert(s.ctx, old); err != nil {
+		s.log.Error("acme: mark replaced certificate", "err", err)
+	}
 }
 
 // failLocked makes the order invalid with the problem err maps to; the

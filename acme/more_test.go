@@ -34,6 +34,11 @@ func TestRateLimits(t *testing.T) {
 			if r.problemType() != hacme.ProbRateLimited || r.hdr.Get("Retry-After") == "" {
 				t.Fatalf("limited answer: %d %s %v", r.code, r.body, r.hdr)
 			}
+			// A turned-away request mints no nonce (it would advance the
+			// nonce window for everyone).
+			if n := r.hdr.Get("Replay-Nonce"); n != "" {
+				t.Fatalf("limited answer carries a Replay-Nonce %q", n)
+			}
 			limited++
 		}
 	}
@@ -70,6 +75,18 @@ func TestIPRateLimit(t *testing.T) {
 	}
 	if codes[2] != 200 || codes[3] != http.StatusTooManyRequests {
 		t.Fatalf("codes %v", codes)
+	}
+	// new-nonce, limited too, answers without minting a nonce.
+	for _, method := range []string{http.MethodHead, http.MethodGet} {
+		req, _ := http.NewRequest(method, e.base+"new-nonce", nil)
+		resp, err := e.client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusTooManyRequests || resp.Header.Get("Replay-Nonce") != "" {
+			t.Fatalf("%s new-nonce over the limit: %d, Replay-Nonce %q; want 429 and none", method, resp.StatusCode, resp.Header.Get("Replay-Nonce"))
+		}
 	}
 }
 

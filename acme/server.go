@@ -226,10 +226,12 @@ func (s *Server) clientIP(r *http.Request) string {
 	return h
 }
 
+// rateLimited answers 429 without a Replay-Nonce: minting nonces for
+// requests that are turned away would let one client flood the nonce
+// window (see nonce.go) and make every other client's nonces stale.
 func (s *Server) rateLimited(w http.ResponseWriter, detail string) {
 	p := prob(ProbRateLimited, 429, detail)
 	p.retryAfter = time.Second
-	s.setNonce(w)
 	s.writeProblem(w, p)
 }
 
@@ -263,7 +265,10 @@ func (s *Server) jwkAllowed(path string) (allowed, required bool) {
 func (s *Server) post(h postHandler) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		if p := s.authenticate(w, r, h); p != nil {
-			if p.Type == ProbBadNonce || w.Header().Get("Replay-Nonce") == "" {
+			// Every problem answer carries a fresh nonce (RFC 8555 §6.5
+			// requires one with badNonce), except rateLimited, for the
+			// reason rateLimited gives.
+			if p.Type == ProbBadNonce || (p.Type != ProbRateLimited && w.Header().Get("Replay-Nonce") == "") {
 				s.setNonce(w)
 			}
 			if p.Status == 500 && p.Type == ProbServerInternal {
