@@ -382,7 +382,10 @@ func (e *env) start() {
 		// a POST on one would fail with EOF rather than be retried.
 		e.client.CloseIdleConnections()
 	}
-	e.http = &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second, TLSConfig: e.tlsCfg}
+	// Each server instance gets its own copy of the TLS config: net/http
+	// fills in NextProtos on first use, and a server stopped right after
+	// it started may still be doing that when the next one starts.
+	e.http = &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second, TLSConfig: e.tlsCfg.Clone()}
 	go e.http.ServeTLS(e.ln, "", "")
 }
 

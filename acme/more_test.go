@@ -458,3 +458,32 @@ func TestFinalizeAlwaysAsync(t *testing.T) {
 	close(e.ca.hold)
 	a.waitOrder(u, "valid")
 }
+
+// RFC 8555 §7.6: an account other than the issuing one may revoke a
+// certificate once it holds valid authorizations for every identifier in
+// it, and not before.
+func TestRevokeByAccountAuthorizedForAllNames(t *testing.T) {
+	e := newEnv(t, nil)
+	a := newRaw(t, e)
+	a.register()
+	leaf := issueFor(t, a, "shared.example.test", nil)
+	if leaf == nil {
+		t.FailNow()
+	}
+	body := map[string]any{"certificate": b64(leaf.Raw), "reason": 4}
+	b := newRaw(t, e)
+	b.register()
+	if r := b.post(e.base+"revoke-cert", body, signOpts{}); r.code != 403 || r.problemType() != hacme.ProbUnauthorized {
+		t.Fatalf("revoke by an account without authorizations: %d %s", r.code, r.body)
+	}
+	// B validates the name (an order it never finalizes).
+	u, o := b.newOrder("shared.example.test")
+	b.solveHTTP(u, o)
+	b.waitOrder(u, "ready")
+	if r := b.post(e.base+"revoke-cert", body, signOpts{}); r.code != 200 {
+		t.Fatalf("revoke by an account authorized for every name: %d %s", r.code, r.body)
+	}
+	if r := a.post(e.base+"revoke-cert", body, signOpts{}); r.code != 400 || r.problemType() != hacme.ProbAlreadyRevoked {
+		t.Fatalf("second revoke: %d %s", r.code, r.body)
+	}
+}

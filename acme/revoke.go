@@ -8,6 +8,8 @@ import (
 	"encoding/base64"
 	"errors"
 	"net/http"
+	"net/netip"
+	"strings"
 
 	jose "github.com/go-jose/go-jose/v4"
 )
@@ -56,7 +58,15 @@ func (s *Server) handleRevoke(w http.ResponseWriter, q *request) *Problem {
 			return unauthorized("the JWS is not signed by the certificate's key")
 		}
 	} else if c.AccountID != q.acct.ID {
-		return unauthorized("the certificate belongs to another account")
+		// RFC 8555 §7.6: an account that holds authorizations for every
+		// identifier in the certificate may revoke it too.
+		ok, err := s.authorizedForAll(ctx, q.acct.ID, leaf)
+		if err != nil {
+			return s.internalErr("find authorizations", err)
+		}
+		if !ok {
+			return unauthorized("the certificate belongs to another account, and this account does not hold valid authorizations for all its identifiers")
+		}
 	}
 	if c.Revoked {
 		return prob(ProbAlreadyRevoked, 400, "certificate is already revoked")
@@ -79,4 +89,43 @@ func (s *Server) handleRevoke(w http.ResponseWriter, q *request) *Problem {
 func sameKey(k *jose.JSONWebKey, pub any) bool {
 	eq, ok := k.Key.(interface{ Equal(crypto.PublicKey) bool })
 	return ok && eq.Equal(pub)
+}
+
+// authorizedForAll reports whether the account holds a valid, unexpired
+// authorization for every identifier of leaf (its DNS names, wildcards as
+// wildcard authorizations, and IP addresses); false for a certificate that
+// names none.
+func (s *Server) authorizedForAll(ctx context.Context, accountID string, leaf *x509.Certificate) (bool, error) {
+	type want struct {
+		id   Identifier
+		wild bool
+	}
+	var ids []want
+	for _, n := range leaf.DNSNames {
+		v := strings.ToLower(n)
+		ids = append(ids, want{Identifier{Type: "dns", Value: strings.TrimPrefix(v, "*.")}, strings.HasPrefix(v, "*.")})
+	}
+	for _, ip := range leaf.IPAddresses {
+		a, ok := netip.AddrFromSlice(ip)
+		if !ok {
+			return false, nil
+		}
+		ids = append(ids, want{Identifier{Type: "ip", Value: a.Unmap().String()}, false})
+	}
+	if len(ids) == 0 {
+		return false, nil
+	}
+	now := s.now()
+	for _, w := range ids {
+		a, err := s.st.FindValidAuthz(ctx, accountID, w.id, w.wild)
+		if errors.Is(err, ErrNotFound) {
+			return false, nil
+		} else if err != nil {
+			return false, err
+		}
+		if s.authzStatus(a) != StatusValid || !a.Expires.After(now) {
+			return false, nil
+		}
+	}
+	return true, nil
 }
