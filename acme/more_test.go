@@ -487,3 +487,48 @@ func TestRevokeByAccountAuthorizedForAllNames(t *testing.T) {
 		t.Fatalf("second revoke: %d %s", r.code, r.body)
 	}
 }
+
+// A validation that is retried (its first attempt failed) and succeeds only
+// after the authorization expired leaves the authorization expired, its
+// challenge invalid: it does not become valid with a fresh lifetime.
+func TestQueuedValidationAfterExpiry(t *testing.T) {
+	var mu sync.Mutex
+	now := time.Now()
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	e := newEnvOpts(t, func(c *hacme.Config) { c.ValidationRetryDelay = 300 * time.Millisecond }, hacme.Options{Clock: clock})
+	a := newRaw(t, e)
+	a.register()
+	_, o := a.newOrder("late.example.test")
+	az := decode[authzResp](t, a.post(o.Authorizations[0], nil, signOpts{}))
+	var chURL, token string
+	for _, c := range az.Challenges {
+		if c.Type == "http-01" {
+			chURL, token = c.URL, c.Token
+		}
+	}
+	if chURL == "" {
+		t.Fatal("no http-01 challenge")
+	}
+	// The first attempt runs inline and fails: nothing is published yet.
+	if r := a.post(chURL, map[string]any{}, signOpts{}); r.code != http.StatusOK {
+		t.Fatalf("challenge: %d %s", r.code, r.body)
+	}
+	// Before the retry: the authorization expires, then the answer appears.
+	mu.Lock()
+	now = now.Add(30 * 24 * time.Hour)
+	mu.Unlock()
+	e.chal.setToken(token, a.keyAuth(token))
+	var got authzResp
+	waitFor(t, "the retried validation to settle", func() bool {
+		got = decode[authzResp](t, a.post(o.Authorizations[0], nil, signOpts{}))
+		for _, c := range got.Challenges {
+			if c.Type == "http-01" {
+				return c.Status != "processing" && c.Status != "pending"
+			}
+		}
+		return got.Status == "valid"
+	})
+	if got.Status != "expired" {
+		t.Fatalf("authorization after a validation that completed past its expiry: %s, want expired", got.Status)
+	}
+}

@@ -175,6 +175,13 @@ func (v *validator) settle(authzID, typ string, p *Problem, from string) *Authz 
 		return nil
 	}
 	now := s.now().UTC()
+	expired := s.authzStatus(a) == StatusExpired
+	if p == nil && expired {
+		// A queued attempt that succeeded after the authorization expired
+		// proves nothing for it any more: it stays expired rather than
+		// becoming valid with a fresh lifetime.
+		p = unauthorized("the authorization expired before its validation completed")
+	}
 	if p == nil {
 		c.Status, c.Validated = StatusValid, now
 		if a.Status == StatusPending {
@@ -185,7 +192,7 @@ func (v *validator) settle(authzID, typ string, p *Problem, from string) *Authz 
 		id := a.Identifier
 		p.Identifier = &id
 		c.Status, c.Error = StatusInvalid, p
-		if a.Status == StatusPending {
+		if a.Status == StatusPending && !expired {
 			a.Status = StatusInvalid
 		}
 	}
