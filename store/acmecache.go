@@ -84,6 +84,14 @@ func (c *recordCache) put(k cacheKey, ver version, v any) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if ver.less(c.floor) {
+		// Too old to cache (a newer state may have been evicted), but it
+		// is newer than any entry of k older than itself: drop those, or
+		// they would be served instead of what this write committed.
+		for _, m := range []map[cacheKey]cacheEntry{c.cur, c.prev} {
+			if e, ok := m[k]; ok && e.ver.less(ver) {
+				delete(m, k)
+			}
+		}
 		return
 	}
 	if e, ok := c.cur[k]; ok && ver.less(e.ver) {

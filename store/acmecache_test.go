@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"math"
 	"path/filepath"
 	"reflect"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/hsmca/hsmca/acme"
+	bolt "go.etcd.io/bbolt"
 )
 
 func fullProblem() *acme.Problem {
@@ -250,5 +252,56 @@ func TestRecordCacheRace(t *testing.T) {
 		if c.Challenges[0].Attempts != writes || !reflect.DeepEqual(c, d) {
 			t.Fatalf("cached %+v, on disk %+v", c.Challenges[0], d.Challenges[0])
 		}
+	}
+}
+
+// A write whose cache put comes late, after a whole generation of other
+// puts raised the floor past it, is not cached; the entry of the record it
+// replaced must not survive either, or reads would keep getting the state
+// before the write.
+func TestRecordCacheLatePutDropsOlderEntry(t *testing.T) {
+	s, _ := openTemp(t)
+	ctx := context.Background()
+	o := &acme.Order{ID: "late", AccountID: "a", Status: acme.StatusPending}
+	if err := s.CreateOrder(ctx, o, nil); err != nil {
+		t.Fatal(err)
+	}
+	// The first half of an update: its commit, whose put is held back.
+	g := s.committer()
+	next := cloneOrder(o)
+	next.Status = acme.StatusProcessing
+	var ver version
+	if err := g.do(func(tx *bolt.Tx) error {
+		ver = version{uint64(tx.ID()), g.cache.seq.Add(1)}
+		return putJSON(tx, bOrder, next.ID, next)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	// Meanwhile other orders fill more than a generation of the cache,
+	// with a read of this one among them (which keeps its old entry).
+	for i := range recordCacheGen {
+		if err := s.CreateOrder(ctx, &acme.Order{ID: fmt.Sprint("x", i), AccountID: "b"}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.GetOrder(ctx, "late"); err != nil {
+		t.Fatal(err)
+	}
+	for i := range recordCacheGen + 1 {
+		if err := s.CreateOrder(ctx, &acme.Order{ID: fmt.Sprint("y", i), AccountID: "b"}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !ver.less(g.cache.floor) {
+		t.Fatalf("setup: the floor %v did not pass the write %v", g.cache.floor, ver)
+	}
+	p := orderPut(next)
+	g.cache.put(p.k, ver, p.v) // the second half of the update
+	got, err := s.GetOrder(ctx, "late")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Status != acme.StatusProcessing {
+		t.Fatalf("read %q after a committed update to %q", got.Status, acme.StatusProcessing)
 	}
 }
