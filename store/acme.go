@@ -91,8 +91,9 @@ type groupCommitter struct {
 }
 
 type groupCall struct {
-	fn  func(*bolt.Tx) error
-	res chan error // capacity 1: errLead, then the result
+	fn       func(*bolt.Tx) error
+	res      chan error // capacity 1: errLead, then the result
+	answered bool       // the result was sent (set by the leader only)
 }
 
 // errLead tells a queued caller that it leads the next commit.
@@ -118,7 +119,38 @@ func (g *groupCommitter) do(fn func(*bolt.Tx) error) error {
 	group := g.queue[:n:n]
 	g.queue = append([]*groupCall(nil), g.queue[n:]...)
 	g.mu.Unlock()
+	g.lead(group)
+	return <-c.res
+}
+
+// lead commits group and then passes the lead on. If the commit does not
+// return (a panic in bbolt itself, or runtime.Goexit in a function), the
+// callers not yet answered get an error and the lead is still passed on,
+// so that later writers are not left queued forever; a panic then goes on.
+func (g *groupCommitter) lead(group []*groupCall) {
+	done := false
+	defer func() {
+		if !done {
+			p := recover()
+			for _, c := range group {
+				if !c.answered {
+					c.answered = true
+					c.res <- fmt.Errorf("store: group commit did not complete: %v", p)
+				}
+			}
+			g.passLead()
+			if p != nil {
+				panic(p)
+			}
+			return
+		}
+		g.passLead()
+	}()
 	g.commit(group)
+	done = true
+}
+
+func (g *groupCommitter) passLead() {
 	g.mu.Lock()
 	if len(g.queue) > 0 {
 		g.queue[0].res <- errLead
@@ -126,7 +158,6 @@ func (g *groupCommitter) do(fn func(*bolt.Tx) error) error {
 		g.busy = false
 	}
 	g.mu.Unlock()
-	return <-c.res
 }
 
 // commit runs the group's functions in one transaction and tells each
@@ -147,13 +178,16 @@ func (g *groupCommitter) commit(group []*groupCall) {
 		})
 		if failed < 0 {
 			for _, c := range group {
+				c.answered = true
 				c.res <- err // nil, or a commit error every caller shares
 			}
 			return
 		}
 		c := group[failed]
 		group = append(group[:failed:failed], group[failed+1:]...)
-		c.res <- g.db.Update(func(tx *bolt.Tx) error { return safeCall(c.fn, tx) })
+		err = g.db.Update(func(tx *bolt.Tx) error { return safeCall(c.fn, tx) })
+		c.answered = true
+		c.res <- err
 	}
 }
 
