@@ -189,8 +189,11 @@ type Store interface {
 	CreateAccount(ctx context.Context, a *Account) error
 	GetAccount(ctx context.Context, id string) (*Account, error)
 	GetAccountByKey(ctx context.Context, thumb string) (*Account, error)
-	// UpdateAccount replaces an account. If a.KeyThumb differs from
-	// oldThumb the key index moves atomically (ErrConflict if taken).
+	// UpdateAccount replaces an account. oldThumb is the key thumbprint
+	// the caller read; ErrConflict if the stored account has another one
+	// (the caller's read is stale). If a.KeyThumb differs from oldThumb
+	// the key index moves atomically (ErrConflict if the new key is
+	// taken).
 	UpdateAccount(ctx context.Context, a *Account, oldThumb string) error
 
 	// CreateOrder stores an order and those of its authorizations that are

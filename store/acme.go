@@ -237,6 +237,16 @@ func (s *Store) GetAccountByKey(_ context.Context, thumb string) (*acme.Account,
 // UpdateAccount implements acme.Store.
 func (s *Store) UpdateAccount(_ context.Context, a *acme.Account, oldThumb string) error {
 	return s.batch(func(tx *bolt.Tx) error {
+		// The key index moves from the stored key, which the caller must
+		// have read: a caller with a stale oldThumb would otherwise drop
+		// the wrong index entry and leave the real old key indexed.
+		var cur acme.Account
+		if err := getJSON(tx, bAcct, a.ID, &cur); err != nil {
+			return err
+		}
+		if cur.KeyThumb != oldThumb {
+			return acme.ErrConflict
+		}
 		if a.KeyThumb != oldThumb {
 			keys := tx.Bucket(bAcctKey)
 			if keys.Get([]byte(a.KeyThumb)) != nil {

@@ -120,6 +120,18 @@ func TestACMEAccounts(t *testing.T) {
 	if err := s.CreateAccount(ctx, &acme.Account{ID: "a3", KeyThumb: "k3"}); err != nil {
 		t.Fatal(err)
 	}
+	// A caller whose read of the old key is stale is refused, and the
+	// index is left as it was.
+	a.KeyThumb = "k9"
+	if err := s.UpdateAccount(ctx, a, "stale"); !errors.Is(err, acme.ErrConflict) {
+		t.Fatalf("rollover from a stale old key: %v", err)
+	}
+	if got, err := s.GetAccountByKey(ctx, "k1"); err != nil || got.ID != "a1" {
+		t.Fatalf("after a refused rollover, k1 finds %v, %v; want a1", got, err)
+	}
+	if _, err := s.GetAccountByKey(ctx, "k9"); !errors.Is(err, acme.ErrNotFound) {
+		t.Fatalf("a refused rollover indexed its new key: %v", err)
+	}
 	// Key rollover moves the index; taking another account's key is refused.
 	a.KeyThumb = "k3"
 	if err := s.UpdateAccount(ctx, a, "k1"); !errors.Is(err, acme.ErrConflict) {
