@@ -174,11 +174,18 @@ init refuses a partition that exists already and never overwrites a file.`,
 				MaxFailures:     maxFail,
 				LockoutDuration: lockout,
 			}, backend)
-			if err != nil {
+			if err != nil && len(shares) == 0 {
 				return err
 			}
-			if err := ss.write(shares); err != nil {
-				return withHint(err, "the partition exists but not every share was written; re-create the module or partition")
+			// Shares that come back with an error are the only way into
+			// a partition that exists (a PKCS#11 token whose PIN was
+			// already changed, a partition made but not audited): they
+			// are written all the same, and the error reported after.
+			if werr := ss.write(shares); werr != nil {
+				return withHint(errors.Join(werr, err), "the partition exists but not every share was written; re-create the module or partition (a PKCS#11 token's security officer must first reset its user PIN)")
+			}
+			if err != nil {
+				return withHint(err, "the shares were written; they are the only way to activate this partition")
 			}
 			if created {
 				fmt.Fprintf(e.stdout, "created %s module %s in %s\n", m.Backend(), m.ID(), f.module)

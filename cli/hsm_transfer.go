@@ -48,11 +48,16 @@ the same names.`,
 				return err
 			}
 			shares, err := p.Reshare(ss.N, ss.M)
-			if err != nil {
+			if err != nil && len(shares) == 0 {
 				return err
 			}
-			if err := ss.write(shares); err != nil {
-				return withHint(err, "the old shares no longer work; reshare again from the new shares that were written")
+			// New shares that come back with an error already replace the
+			// old ones: they are written all the same.
+			if werr := ss.write(shares); werr != nil {
+				return withHint(errors.Join(werr, err), "the old shares no longer work; reshare again from the new shares that were written")
+			}
+			if err != nil {
+				return withHint(err, "the new shares were written; the previous shares no longer work")
 			}
 			gen := 0
 			if len(shares) > 0 {

@@ -329,6 +329,7 @@ func TestRefusals(t *testing.T) {
 		want string
 	}{
 		{"unknown field", rootYAML + "colour: blue\n", "field colour not found"},
+		{"second YAML document", rootYAML + "---\ncertificate: {validity: 100y}\n", "more than one YAML document"},
 		{"unknown kind", "kind: party\noutputs: {}\n", "unknown kind"},
 		{"root over 25 years", strings.Replace(rootYAML, "20y", "26y", 1), "exceeds the limit of 25 years"},
 		{"intermediate over 8 years", strings.Replace(interYAML, "5y", "9y", 1), "exceeds the limit of 8 years"},

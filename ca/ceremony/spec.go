@@ -208,6 +208,15 @@ func Parse(b []byte) (*File, error) {
 		}
 		return nil, fmt.Errorf("ceremony: %w", err)
 	}
+	// One ceremony per file: a second YAML document would be ignored by
+	// the run but read by an auditor as part of the ceremony.
+	var more yaml.Node
+	if err := dec.Decode(&more); !errors.Is(err, io.EOF) {
+		if err != nil {
+			return nil, fmt.Errorf("ceremony: after the ceremony document: %w", err)
+		}
+		return nil, errors.New("ceremony: the file holds more than one YAML document; a ceremony file holds exactly one")
+	}
 	if err := s.Validate(); err != nil {
 		return nil, err
 	}

@@ -29,7 +29,9 @@ func CreateModule(dir string, opts Options) (hsm.Module, error) {
 // tokenURI names, in the module in dir: it creates the module if dir holds
 // none, and opens it otherwise. See Module.InitTokenPartition for what
 // happens to the token PIN. The returned module is open; the caller closes
-// it and stores the shares.
+// it and stores the shares. With an error, shares are returned (and the
+// module is open) only when the token's PIN was changed before the
+// failure: the caller must store them then too.
 func InitModule(dir string, opts Options, init hsm.InitOptions, tokenURI string, currentPIN []byte) (hsm.Module, []hsm.Share, error) {
 	var m *Module
 	var err error
@@ -42,9 +44,9 @@ func InitModule(dir string, opts Options, init hsm.InitOptions, tokenURI string,
 		return nil, nil, err
 	}
 	shares, err := m.InitTokenPartition(init, tokenURI, currentPIN)
-	if err != nil {
+	if err != nil && len(shares) == 0 {
 		m.Close()
 		return nil, nil, err
 	}
-	return m, shares, nil
+	return m, shares, err
 }

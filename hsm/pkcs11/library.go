@@ -253,33 +253,35 @@ func pinString(pin []byte) string {
 
 // changePIN logs in to the token in slot with oldPIN, sets newPIN, logs
 // out, and checks that oldPIN is refused and newPIN accepted.
-func (l *library) changePIN(slot uint, oldPIN, newPIN []byte) error {
+// changed reports whether C_SetPIN succeeded: from then on newPIN may be
+// the only PIN the token takes, even if a later check fails.
+func (l *library) changePIN(slot uint, oldPIN, newPIN []byte) (changed bool, err error) {
 	sh, err := l.raw.OpenSession(slot, p11.CKF_SERIAL_SESSION|p11.CKF_RW_SESSION)
 	if err != nil {
-		return fmt.Errorf("hsm/pkcs11: open session: %w", err)
+		return false, fmt.Errorf("hsm/pkcs11: open session: %w", err)
 	}
 	defer l.raw.CloseSession(sh)
 	if err := l.raw.Login(sh, p11.CKU_USER, pinString(oldPIN)); err != nil && !isCode(err, p11.CKR_USER_ALREADY_LOGGED_IN) {
 		if isCode(err, p11.CKR_PIN_INCORRECT) {
-			return errors.New("hsm/pkcs11: log in with the current user PIN: the token refused the PIN (CKR_PIN_INCORRECT)")
+			return false, errors.New("hsm/pkcs11: log in with the current user PIN: the token refused the PIN (CKR_PIN_INCORRECT)")
 		}
-		return fmt.Errorf("hsm/pkcs11: log in with the current user PIN: %w", err)
+		return false, fmt.Errorf("hsm/pkcs11: log in with the current user PIN: %w", err)
 	}
 	if err := l.raw.SetPIN(sh, pinString(oldPIN), pinString(newPIN)); err != nil {
 		_ = l.raw.Logout(sh)
-		return fmt.Errorf("hsm/pkcs11: change the user PIN (C_SetPIN): %w", err)
+		return false, fmt.Errorf("hsm/pkcs11: change the user PIN (C_SetPIN): %w", err)
 	}
 	if err := l.raw.Logout(sh); err != nil {
-		return fmt.Errorf("hsm/pkcs11: log out after changing the PIN: %w", err)
+		return true, fmt.Errorf("hsm/pkcs11: log out after changing the PIN: %w", err)
 	}
 	if err := l.raw.Login(sh, p11.CKU_USER, pinString(oldPIN)); err == nil {
 		_ = l.raw.Logout(sh)
-		return errors.New("hsm/pkcs11: the token still accepts the old PIN after C_SetPIN")
+		return true, errors.New("hsm/pkcs11: the token still accepts the old PIN after C_SetPIN")
 	}
 	if err := l.raw.Login(sh, p11.CKU_USER, pinString(newPIN)); err != nil {
-		return fmt.Errorf("hsm/pkcs11: the token refuses the new PIN after C_SetPIN: %w", err)
+		return true, fmt.Errorf("hsm/pkcs11: the token refuses the new PIN after C_SetPIN: %w", err)
 	}
-	return l.raw.Logout(sh)
+	return true, l.raw.Logout(sh)
 }
 
 // setPINLoggedIn changes the PIN of a token this process is logged in to

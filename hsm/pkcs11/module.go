@@ -242,7 +242,10 @@ func (m *Module) InitPartition(opts hsm.InitOptions) ([]hsm.Share, error) {
 // retained; the caller should wipe it.
 //
 // The partition's settings are written to the module before the PIN is
-// changed, and removed again if the change fails. A crash between the PIN
+// changed, and removed again if the change fails. Once the token has taken
+// the new PIN (C_SetPIN succeeded), the shares are the only way back in:
+// a failure after that returns the shares together with the error, and the
+// caller must save them whenever any are returned. A crash between the PIN
 // change and the caller saving the shares leaves the token unusable until
 // its security officer re-initializes the PIN.
 func (m *Module) InitTokenPartition(opts hsm.InitOptions, tokenURI string, currentPIN []byte) ([]hsm.Share, error) {
@@ -316,19 +319,18 @@ func (m *Module) InitTokenPartition(opts hsm.InitOptions, tokenURI string, curre
 	if err := saveConfig(m.dir, &next); err != nil {
 		return nil, err
 	}
-	if err := lib.changePIN(slot, currentPIN, newPIN); err != nil {
+	changed, err := lib.changePIN(slot, currentPIN, newPIN)
+	if err != nil && !changed {
 		if rerr := saveConfig(m.dir, m.cfg); rerr != nil {
 			m.opts.Logger.Error("hsm/pkcs11: could not remove the failed partition from the module config", "partition", opts.Partition, "err", rerr)
 		}
 		_, _ = m.log.Append("init-failed", opts.Partition, map[string]string{"token": canon.TokenURI().String(), "reason": err.Error()})
 		return nil, err
 	}
+	// From here on the token's PIN has changed and only the shares can
+	// recompute it: every failure returns them with its error, and the
+	// caller must save them (see the doc comment).
 	m.cfg = &next
-	p, err := m.newPartition(pc)
-	if err != nil {
-		return nil, err
-	}
-	m.parts[p.name] = p
 	shares := make([]hsm.Share, opts.Shares)
 	for i := range shares {
 		shares[i] = hsm.Share{
@@ -336,6 +338,15 @@ func (m *Module) InitTokenPartition(opts hsm.InitOptions, tokenURI string, curre
 			Index: i + 1, Threshold: opts.Threshold, Value: dealing.Values[i],
 		}
 	}
+	if err != nil {
+		_, _ = m.log.Append("init-failed", opts.Partition, map[string]string{"token": canon.TokenURI().String(), "reason": err.Error(), "pin_changed": "true"})
+		return shares, fmt.Errorf("hsm/pkcs11: partition %s: the token's PIN was changed, then: %w", opts.Partition, err)
+	}
+	p, err := m.newPartition(pc)
+	if err != nil {
+		return shares, fmt.Errorf("hsm/pkcs11: partition %s: the token's PIN was changed, then: %w", opts.Partition, err)
+	}
+	m.parts[p.name] = p
 	_, err = m.log.Append("init", opts.Partition, map[string]string{
 		"backend": Backend, "token": canon.String(), "threshold": strconv.Itoa(opts.Threshold),
 		"shares": strconv.Itoa(opts.Shares), "policy": string(opts.Policy), "generation": "1",

@@ -349,13 +349,16 @@ func (p *Partition) Reshare(n, m int) ([]hsm.Share, error) {
 	clear(p.pin)
 	p.pin = newPIN
 	p.cfg = next
-	if err := p.coll.SetParams(p.params(next)); err != nil {
-		return nil, fmt.Errorf("hsm/pkcs11: %w", err)
-	}
+	// The token's PIN and the module's settings have moved to the new
+	// secret: from here on the new shares are returned with any error, and
+	// the caller must save them.
 	shares := make([]hsm.Share, n)
 	for i := range shares {
 		shares[i] = hsm.Share{Module: p.m.cfg.ModuleID, Partition: p.name, Generation: next.Generation,
 			Index: i + 1, Threshold: m, Value: dealing.Values[i]}
+	}
+	if err := p.coll.SetParams(p.params(next)); err != nil {
+		return shares, fmt.Errorf("hsm/pkcs11: reshare of %s: the token's PIN was changed, then: %w", p.name, err)
 	}
 	if _, err := p.m.log.Append("reshare", p.name, map[string]string{
 		"generation": strconv.Itoa(next.Generation), "shares": strconv.Itoa(n), "threshold": strconv.Itoa(m),

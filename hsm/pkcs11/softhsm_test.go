@@ -30,9 +30,10 @@ const (
 	tokBench     = "hsmca-bench"
 	tokDirect    = "hsmca-direct"
 	tokRace      = "hsmca-race"
+	tokInitFail  = "hsmca-initfail"
 )
 
-var allTokens = []string{tokLifecycle, tokLockout, tokPerOp, tokGone, tokBadPIN, tokReshare, tokBench, tokDirect, tokRace}
+var allTokens = []string{tokLifecycle, tokLockout, tokPerOp, tokGone, tokBadPIN, tokReshare, tokBench, tokDirect, tokRace, tokInitFail}
 
 const (
 	userPIN = "87654321"
