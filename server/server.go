@@ -472,7 +472,12 @@ func (s *Server) Reload() error {
 // place, so it is never reachable with looser permissions. A stale socket
 // (no server answers) is removed; a live one is an error.
 func listenSocket(path string) (net.Listener, error) {
-	if _, err := os.Lstat(path); err == nil {
+	if fi, err := os.Lstat(path); err == nil {
+		// Only a socket is ever removed: a mistyped admin_socket must not
+		// delete the store or a share file that happens to be there.
+		if fi.Mode().Type() != os.ModeSocket {
+			return nil, fmt.Errorf("server: admin socket %s: a file that is not a socket is in the way; remove it or choose another path", path)
+		}
 		c, derr := net.DialTimeout("unix", path, time.Second)
 		if derr == nil {
 			c.Close()

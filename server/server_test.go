@@ -206,6 +206,19 @@ func TestAdminSocket(t *testing.T) {
 		t.Fatalf("stale socket: %v", err)
 	}
 	ln2.Close()
+	// Anything but a socket at the path is left alone: a mistyped
+	// admin_socket must not delete the store or a share.
+	notSock := e.dir + "/ca.db.copy"
+	if err := os.WriteFile(notSock, []byte("precious"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if ln, err := listenSocket(notSock); err == nil {
+		ln.Close()
+		t.Fatal("listened on a path that held a regular file")
+	}
+	if b, err := os.ReadFile(notSock); err != nil || string(b) != "precious" {
+		t.Fatalf("the file at the socket path was changed: %q, %v", b, err)
+	}
 }
 
 // ocspRequest builds a DER request for leaf.

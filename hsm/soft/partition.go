@@ -380,14 +380,18 @@ func (p *Partition) Reshare(n, m int) ([]hsm.Share, error) {
 	p.mu.Lock()
 	p.rec = &rec
 	p.mu.Unlock()
+	// The new generation is stored and in force: the old shares no longer
+	// work, so from here on the new ones are returned even with an error,
+	// and the caller must save them.
+	shares := rec.shares(p.m.meta.ID, d)
 	_, err = p.m.log.Append("reshare", p.name, map[string]string{
 		"generation": fmt.Sprint(rec.Generation), "shares": fmt.Sprint(n), "threshold": fmt.Sprint(m),
 		"previous_generation": fmt.Sprint(old.Generation),
 	})
 	if err != nil {
-		return nil, fmt.Errorf("soft: %w", err)
+		return shares, fmt.Errorf("soft: reshare of %s done but not audited: %w", p.name, err)
 	}
-	return rec.shares(p.m.meta.ID, d), nil
+	return shares, nil
 }
 
 // TransportKey returns the partition's age recipient for wrapped imports.
