@@ -116,8 +116,10 @@ func (c *CA) issuerForOCSP(req *ocsp.Request) (*issuerState, error) {
 
 // OCSPResponse answers a DER OCSP request (RFC 6960) with a response signed
 // by the issuer key (or its delegated responder, Options.OCSPResponders): good for valid and pending serials (a pending serial
-// may carry a real signature), revoked with time and reason, unknown for
-// serials this issuer never recorded. Signed good and revoked responses
+// may carry a real signature), revoked with time and reason. A serial this
+// issuer never recorded (or whose copy the lints refused) gets the
+// unsigned "unauthorized" error response, which costs no signature.
+// Signed good and revoked responses
 // are cached for half of OCSP.Validity, and forgotten on revocation, so
 // repeated requests do not reach the HSM. Errors: ErrOCSPMalformed,
 // ErrOCSPUnknownIssuer, ErrSealed (wrapped).
@@ -166,6 +168,14 @@ func (c *CA) OCSPResponse(ctx context.Context, requestDER []byte) ([]byte, error
 			return nil, fmt.Errorf("ca: ocsp: store: %w", err)
 		}
 	}
+	if tmpl.Status == ocsp.Unknown {
+		// A serial this issuer never signed (not recorded, refused, or
+		// another issuer's) gets the unsigned "unauthorized" answer
+		// (RFC 6960 §2.3; RFC 5019 §2.2.3): a signed "unknown" would let
+		// anyone on the network draw an HSM signature, and an audit
+		// record, per request for random serials.
+		return ocsp.UnauthorizedErrorResponse, nil
+	}
 	if iss.delegated {
 		// RFC 6960 §4.2.2.2: the client needs the responder certificate
 		// to check the delegation.
@@ -175,10 +185,6 @@ func (c *CA) OCSPResponse(ctx context.Context, requestDER []byte) ([]byte, error
 	if err != nil {
 		return nil, wrapSign("ocsp", err)
 	}
-	if tmpl.Status != ocsp.Unknown {
-		// Unknown answers are not cached: the serial may be issued a
-		// moment later.
-		c.ocsp.put(ocspKey(iss.Name, serial, req.HashAlgorithm), ocspEntry{der: der, refresh: now.Add(validity / 2)})
-	}
+	c.ocsp.put(ocspKey(iss.Name, serial, req.HashAlgorithm), ocspEntry{der: der, refresh: now.Add(validity / 2)})
 	return der, nil
 }

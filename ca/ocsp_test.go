@@ -1,6 +1,7 @@
 package ca_test
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"crypto/ecdsa"
@@ -74,8 +75,22 @@ func TestOCSP(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r, err := ocsp.ParseResponse(der, tc.pki.inter); err != nil || r.Status != ocsp.Unknown {
-		t.Errorf("unknown serial: %v %v", r, err)
+	// Not on record: the unsigned "unauthorized" answer, and no signature.
+	before := tc.signer.calls.Load()
+	if !bytes.Equal(der, ocsp.UnauthorizedErrorResponse) {
+		t.Errorf("unknown serial: %x, want the unauthorized error response", der)
+	}
+	if _, err := ocsp.ParseResponse(der, tc.pki.inter); !errors.As(err, new(ocsp.ResponseError)) {
+		t.Errorf("unknown serial parses as %v, want an OCSP unauthorized error", err)
+	}
+	for i := range 5 {
+		other.SerialNumber = big.NewInt(int64(20000 + i))
+		if _, err := tc.OCSPResponse(ctx, ocspRequest(t, &other, tc.pki.inter)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := tc.signer.calls.Load() - before; n != 0 {
+		t.Errorf("OCSP requests for serials not on record cost %d signatures", n)
 	}
 	// Issuer we do not serve.
 	if _, err := tc.OCSPResponse(ctx, ocspRequest(t, cert, tc.pki.root)); !errors.Is(err, ca.ErrOCSPUnknownIssuer) {
