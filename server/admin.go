@@ -79,6 +79,12 @@ func (s *Server) checkOperator(r *http.Request) error {
 	if !hasClientAuth {
 		return errors.New("the client certificate lacks the clientAuth extended key usage")
 	}
+	// The handshake checked validity when the connection was made; a
+	// connection kept alive must not outlive its certificate.
+	if now := time.Now(); now.After(leaf.NotAfter) || now.Before(leaf.NotBefore) {
+		return fmt.Errorf("client certificate %s is not valid now (valid from %s to %s)",
+			ca.SerialString(leaf.SerialNumber), leaf.NotBefore.UTC().Format(time.RFC3339), leaf.NotAfter.UTC().Format(time.RFC3339))
+	}
 	serial := ca.SerialString(leaf.SerialNumber)
 	rec, err := s.CA().Get(r.Context(), serial)
 	if err != nil {

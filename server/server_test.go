@@ -18,6 +18,7 @@ import (
 	"math/big"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"strings"
 	"testing"
@@ -572,5 +573,22 @@ func TestCountingSignerAndOutcomes(t *testing.T) {
 		if got := issuanceOutcome(tc.err); got != tc.want {
 			t.Errorf("outcome(%v) = %s, want %s", tc.err, got, tc.want)
 		}
+	}
+}
+
+// An operator certificate that expired while its connection stayed open
+// is refused at the next request, not only at the next handshake.
+func TestCheckOperatorRefusesExpiredLeaf(t *testing.T) {
+	leaf := &x509.Certificate{
+		SerialNumber: big.NewInt(7),
+		NotBefore:    time.Now().Add(-2 * time.Hour),
+		NotAfter:     time.Now().Add(-time.Hour),
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	r := httptest.NewRequest(http.MethodGet, "/admin/status", nil)
+	r.TLS = &tls.ConnectionState{PeerCertificates: []*x509.Certificate{leaf}, VerifiedChains: [][]*x509.Certificate{{leaf}}}
+	err := (&Server{}).checkOperator(r)
+	if err == nil || !strings.Contains(err.Error(), "not valid now") {
+		t.Fatalf("expired operator certificate: %v", err)
 	}
 }
