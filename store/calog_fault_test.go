@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"path/filepath"
@@ -157,4 +158,32 @@ func TestCALogOverlayCopies(t *testing.T) {
 	if string(r.DER) != "linted-cc" || r.Names[0] != "a.svc.corp" {
 		t.Fatalf("the store's record changed with the caller's copy: DER %q, names %v", r.DER, r.Names)
 	}
+}
+
+// FuzzCALogFrames: readFrames never panics on arbitrary segment bytes, and
+// frames written by appendFrame, followed by the zeros a segment is made
+// with, read back whole and in order.
+func FuzzCALogFrames(f *testing.F) {
+	f.Add([]byte{}, "1a", []byte("state"))
+	f.Add([]byte{0, 0, 0, 5, 1, 2, 3, 4, 0, 1, 'a', 'b', 'c'}, "ff", []byte{})
+	f.Fuzz(func(t *testing.T, raw []byte, serial string, enc []byte) {
+		_ = readFrames(raw, func(string, []byte) error { return nil })
+		if serial == "" || len(serial) > 64 || len(enc) > 1<<16 {
+			return
+		}
+		seg := appendFrame(nil, serial, enc)
+		seg = appendFrame(seg, serial+"x", enc)
+		seg = append(seg, make([]byte, 64)...)
+		var got []string
+		err := readFrames(seg, func(s string, e []byte) error {
+			if !bytes.Equal(e, enc) {
+				t.Fatalf("frame of %q read back %x, wrote %x", s, e, enc)
+			}
+			got = append(got, s)
+			return nil
+		})
+		if err != nil || len(got) != 2 || got[0] != serial || got[1] != serial+"x" {
+			t.Fatalf("read back %q, %v; wrote %q and %q", got, err, serial, serial+"x")
+		}
+	})
 }
