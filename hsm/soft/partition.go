@@ -333,11 +333,13 @@ func (p *Partition) dropSecrets() (wasActive bool) {
 	return wasActive
 }
 
-// requireActive returns the master key (a copy) or ErrSealed.
+// requireActive returns the master key (a copy) or ErrSealed. A
+// per-operation partition whose last signature has been taken (left 0,
+// about to reseal) counts as sealed already, for every operation.
 func (p *Partition) requireActive() ([]byte, *partitionRecord, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if !p.active {
+	if !p.active || p.left == 0 {
 		return nil, nil, fmt.Errorf("soft: partition %s: %w", p.name, hsm.ErrSealed)
 	}
 	return append([]byte(nil), p.master...), p.rec, nil

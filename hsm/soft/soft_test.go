@@ -682,3 +682,27 @@ func TestReshareNotAuditedReturnsWorkingShares(t *testing.T) {
 	}
 	activate(t, p, fresh[:2])
 }
+
+// A per-operation partition whose last signature has been taken (the
+// state between that signature and its reseal) refuses every other
+// operation too, not only further signatures.
+func TestPerOperationSpentRefusesOtherOperations(t *testing.T) {
+	f := newFixture(t)
+	shares := f.init(t, "root", 1, 1, hsm.PolicyPerOperation)
+	p := f.part(t, "root")
+	activate(t, p, shares)
+	sp := p.(*Partition)
+	sp.mu.Lock()
+	if !sp.active || sp.left != 1 {
+		sp.mu.Unlock()
+		t.Fatalf("activated per-operation partition: active %v, left %d", sp.active, sp.left)
+	}
+	sp.left = 0 // the last signature was taken; its reseal has not run yet
+	sp.mu.Unlock()
+	if _, err := p.GenerateKey(hsm.ECDSAP256, "late", false); !errors.Is(err, hsm.ErrSealed) {
+		t.Fatalf("GenerateKey after the last signature: %v, want ErrSealed", err)
+	}
+	if _, err := p.Reshare(1, 1); !errors.Is(err, hsm.ErrSealed) {
+		t.Fatalf("Reshare after the last signature: %v, want ErrSealed", err)
+	}
+}
