@@ -16,6 +16,10 @@ type identifiers struct {
 	ips    []net.IP
 	emails []string
 	uris   []*url.URL
+	// cn holds the names a kept common name carries in a profile whose
+	// CN need not be a SAN (not a TLS server profile): not SANs, but
+	// names all the same, so the name policy checks them too.
+	cn *identifiers
 }
 
 func (ids identifiers) count() int {
@@ -42,6 +46,11 @@ func (ids identifiers) matchNames(names []string) error {
 	want := map[string]bool{}
 	for _, n := range names {
 		want[normName(n)] = true
+	}
+	// An order names DNS names and IP addresses only; any other kind of
+	// name in the CSR was not requested (nor validated).
+	if len(ids.emails) > 0 || len(ids.uris) > 0 {
+		return &ErrBadCSR{Rule: "CSR names email addresses or URIs, which the request does not"}
 	}
 	have := map[string]bool{}
 	for _, d := range ids.dns {
@@ -222,6 +231,9 @@ func (ps *profileState) checkCSR(csr *x509.CertificateRequest) (identifiers, err
 	if !ps.server && ps.p.KeepCN && len(cn) > 64 {
 		return identifiers{}, &ErrBadCSR{Rule: "common name longer than 64 characters"}
 	}
+	if !ps.server && ps.p.KeepCN && cn != "" {
+		ids.cn = cnNames(cn)
+	}
 	n := ids.count()
 	if n == 0 && !(ps.p.KeepCN && cn != "" && !ps.server) {
 		return identifiers{}, &ErrBadCSR{Rule: "no names: the CSR has no subject alternative name the profile can use"}
@@ -294,4 +306,26 @@ func checkEmail(e string) error {
 		}
 	}
 	return checkDNSName(e[at+1:])
+}
+
+// cnNames returns the names a common name kept outside a server profile
+// carries, for the name policy: an IP address, an email address, or a DNS
+// name; nil for free text ("Jane Doe"), which names no host.
+func cnNames(cn string) *identifiers {
+	if ip := net.ParseIP(cn); ip != nil {
+		if v4 := ip.To4(); v4 != nil {
+			ip = v4
+		}
+		return &identifiers{ips: []net.IP{ip}}
+	}
+	if strings.Contains(cn, "@") {
+		if checkEmail(cn) == nil {
+			return &identifiers{emails: []string{cn}}
+		}
+		return nil
+	}
+	if checkDNSName(cn) == nil && strings.Contains(cn, ".") {
+		return &identifiers{dns: []string{strings.ToLower(cn)}}
+	}
+	return nil
 }

@@ -3,6 +3,7 @@ package ca
 import (
 	"crypto/rsa"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"net"
 	"strings"
@@ -17,16 +18,30 @@ type compiledPolicy struct {
 
 func compilePolicy(np NamePolicy) (compiledPolicy, error) {
 	var cp compiledPolicy
-	norm := func(in []string) []string {
+	var bad error
+	norm := func(field string, in []string) []string {
 		out := make([]string, 0, len(in))
 		for _, s := range in {
-			out = append(out, strings.ToLower(strings.TrimPrefix(strings.TrimSpace(s), ".")))
+			v := strings.ToLower(strings.TrimSuffix(strings.TrimPrefix(strings.TrimSpace(s), "."), "."))
+			// Entries are matched against names as certificates carry
+			// them: LDH labels (IDNs as punycode A-labels), no wildcard,
+			// no trailing dot. Anything else would silently never match.
+			if err := checkDNSName(v); err != nil || strings.HasPrefix(v, "*") {
+				if bad == nil {
+					bad = fmt.Errorf("ca: name policy %s: %q is not a DNS suffix (LDH labels, IDNs as xn-- A-labels, no wildcard)", field, s)
+				}
+				continue
+			}
+			out = append(out, v)
 		}
 		return out
 	}
-	cp.allowDNS = norm(np.AllowedDNSSuffixes)
-	cp.denyDNS = norm(np.DeniedDNSSuffixes)
-	cp.allowEmail = norm(np.AllowedEmailDomains)
+	cp.allowDNS = norm("allowed_dns_suffixes", np.AllowedDNSSuffixes)
+	cp.denyDNS = norm("denied_dns_suffixes", np.DeniedDNSSuffixes)
+	cp.allowEmail = norm("allowed_email_domains", np.AllowedEmailDomains)
+	if bad != nil {
+		return cp, bad
+	}
 	for _, r := range np.AllowedIPRanges {
 		_, n, err := net.ParseCIDR(r)
 		if err != nil {
@@ -50,6 +65,38 @@ func hasSuffix(name, suffix string) bool {
 }
 
 func (cp compiledPolicy) check(ids identifiers, where string) error {
+	if ids.cn != nil {
+		if err := cp.check(*ids.cn, where+" (common name)"); err != nil {
+			return err
+		}
+	}
+	for _, u := range ids.uris {
+		// A URI names its host: it answers to the DNS or IP rules. One
+		// without a host (a URN) cannot be placed under an allowed suffix.
+		host := strings.ToLower(strings.TrimSuffix(u.Hostname(), "."))
+		var hid identifiers
+		switch ip := net.ParseIP(host); {
+		case host == "":
+			if len(cp.allowDNS) > 0 {
+				return &ErrPolicy{Name: u.String(), Reason: fmt.Sprintf("%s allows only names under %s, and this URI names no host", where, strings.Join(cp.allowDNS, ", "))}
+			}
+			continue
+		case ip != nil:
+			if v4 := ip.To4(); v4 != nil {
+				ip = v4
+			}
+			hid.ips = []net.IP{ip}
+		default:
+			hid.dns = []string{host}
+		}
+		if err := cp.check(hid, where); err != nil {
+			var pe *ErrPolicy
+			if errors.As(err, &pe) {
+				pe.Name = u.String() + " (host " + pe.Name + ")"
+			}
+			return err
+		}
+	}
 	for _, d := range ids.dns {
 		base := strings.TrimPrefix(d, "*.")
 		for _, s := range cp.denyDNS {
