@@ -239,6 +239,11 @@ func New(cfg Config, issuers []Issuer, st Store, opts Options) (*CA, error) {
 		if p.CT.Mode != CTOff && c.scts == nil {
 			return nil, fmt.Errorf("ca: profile %q asks for certificate transparency (mode %s) but no SCT source is configured", name, p.CT.Mode)
 		}
+		// A source that stops collecting at its own minimum could never
+		// give a profile more SCTs than that.
+		if m, ok := c.scts.(interface{ MinSCTs() int }); ok && p.CT.Mode != CTOff && p.CT.MinSCTs > m.MinSCTs() {
+			return nil, fmt.Errorf("ca: profile %q asks for %d SCTs (ct.min_scts) but the CT client stops at %d; raise the top-level ct.min_scts or lower the profile's", name, p.CT.MinSCTs, m.MinSCTs())
+		}
 		c.profiles[name] = ps
 	}
 	return c, nil

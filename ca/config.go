@@ -147,8 +147,11 @@ const (
 type CTConfig struct {
 	// Mode is off (the zero value), embed or best-effort.
 	Mode CTMode `yaml:"mode,omitempty"`
-	// MinSCTs is informative for the SCTSource, which enforces the policy;
-	// zero means 2.
+	// MinSCTs, when set, is how many SCTs this profile's certificates need
+	// at least, checked after the SCT source's own policy (the top-level
+	// ct.min_scts and ct.min_operators); zero leaves it to that policy. In
+	// embed mode fewer refuse the certificate; in best-effort mode the
+	// shortfall is recorded.
 	MinSCTs int `yaml:"min_scts,omitempty"`
 	// Deadline bounds the wait for SCTs; zero means 10s.
 	Deadline Duration `yaml:"deadline,omitempty"`
@@ -338,9 +341,6 @@ func (p Profile) withDefaults() Profile {
 	}
 	if p.CT.Mode == "" {
 		p.CT.Mode = CTOff
-	}
-	if p.CT.MinSCTs == 0 {
-		p.CT.MinSCTs = 2
 	}
 	if p.CT.Deadline == 0 {
 		p.CT.Deadline = Duration(10 * time.Second)

@@ -53,6 +53,9 @@ func (c *CA) issueWithCT(ctx context.Context, prof *profileState, iss *issuerSta
 	sctCtx, cancel := context.WithTimeout(ctx, prof.p.CT.Deadline.D())
 	scts, sctErr := c.scts.GetSCTs(sctCtx, append([][]byte{precert}, iss.chainDER...))
 	cancel()
+	if need := prof.p.CT.MinSCTs; sctErr == nil && len(scts) < need {
+		sctErr = fmt.Errorf("profile %s needs %d SCTs, got %d", prof.name, need, len(scts))
+	}
 	var failures []string
 	if sctErr != nil {
 		if prof.p.CT.Mode == CTEmbed {

@@ -145,3 +145,47 @@ func TestCTNeedsSource(t *testing.T) {
 		t.Fatalf("New without SCT source: %v", err)
 	}
 }
+
+// minFakeSCTs is fakeSCTs that says at which minimum it stops collecting.
+type minFakeSCTs struct {
+	*fakeSCTs
+	min int
+}
+
+func (f minFakeSCTs) MinSCTs() int { return f.min }
+
+// A profile's ct.min_scts is enforced: in embed mode fewer SCTs than it
+// asks for refuse the certificate (the precertificate stays on record); in
+// best-effort mode the shortfall is recorded. A source that stops at a
+// lower minimum could never satisfy it, so the CA refuses to start.
+func TestCTProfileMinSCTs(t *testing.T) {
+	ctx := context.Background()
+	withMin := func(mode ca.CTMode, n int) ca.Config {
+		cfg := ctConfig(mode)
+		p := cfg.Profiles["ct"]
+		p.CT.MinSCTs = n
+		cfg.Profiles["ct"] = p
+		return cfg
+	}
+	src := &fakeSCTs{t: t, scts: [][]byte{fakeSCT(1), fakeSCT(2)}}
+	tc := newTestCA(t, withMin(ca.CTEmbed, 3), ca.Options{SCTs: src})
+	_, err := tc.Issue(ctx, ca.IssueRequest{CSR: makeCSR(t, csrOpts{dns: []string{"a.svc.corp"}}), Profile: "ct"})
+	var cterr *ca.ErrCT
+	if !errors.As(err, &cterr) || !contains(err.Error(), "needs 3 SCTs, got 2") {
+		t.Fatalf("embed with 2 of 3 SCTs: %v, want ErrCT naming the shortfall", err)
+	}
+	tc = newTestCA(t, withMin(ca.CTBestEffort, 3), ca.Options{SCTs: src})
+	got, err := tc.Issue(ctx, ca.IssueRequest{CSR: makeCSR(t, csrOpts{dns: []string{"b.svc.corp"}}), Profile: "ct"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got.CTFailures) != 1 || !contains(got.CTFailures[0], "needs 3 SCTs") {
+		t.Fatalf("best-effort with 2 of 3 SCTs recorded %v", got.CTFailures)
+	}
+	p := newPKI(t)
+	_, err = ca.New(withMin(ca.CTEmbed, 3), []ca.Issuer{{Name: "issuing-1", Cert: p.inter, Signer: p.interKey}}, failingStore{},
+		ca.Options{SCTs: minFakeSCTs{fakeSCTs: src, min: 2}})
+	if err == nil || !contains(err.Error(), "stops at 2") {
+		t.Fatalf("New with a profile asking more SCTs than the client collects: %v", err)
+	}
+}

@@ -135,6 +135,10 @@ type result struct {
 	dur  time.Duration
 }
 
+// MinSCTs is how many verified SCTs the submitter collects before it stops
+// (its policy's minimum); the CA refuses a profile that asks for more.
+func (s *Submitter) MinSCTs() int { return s.cfg.MinSCTs }
+
 // GetSCTs submits the precertificate chain (chain[0] the precertificate
 // DER, then its issuer chain) to every log with add-pre-chain (RFC 6962
 // section 4.1), in parallel, and returns the TLS-serialised SCTs that
