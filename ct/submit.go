@@ -139,6 +139,10 @@ type result struct {
 // (its policy's minimum); the CA refuses a profile that asks for more.
 func (s *Submitter) MinSCTs() int { return s.cfg.MinSCTs }
 
+// maxSCTExtensions bounds the CtExtensions of an SCT accepted from a log
+// (RFC 6962 defines none; RFC 9162 §4.7's leaf_index extension is 8 bytes).
+const maxSCTExtensions = 512
+
 // GetSCTs submits the precertificate chain (chain[0] the precertificate
 // DER, then its issuer chain) to every log with add-pre-chain (RFC 6962
 // section 4.1), in parallel, and returns the TLS-serialised SCTs that
@@ -344,6 +348,12 @@ func (s *Submitter) attempt(ctx context.Context, l *logClient, chain []ctgo.ASN1
 	}
 	if sct.LogID.KeyID != l.ID {
 		return nil, fail(ReasonBadSignature, fmt.Errorf("SCT names log ID %x..., want %s...", sct.LogID.KeyID[:4], shortID(l.ID))), 0
+	}
+	// SCT extensions go into every certificate as they are, and the SCT
+	// list extension holds at most 64 KiB: a log sending large ones would
+	// bloat certificates or make the list too long to embed at all.
+	if len(sct.Extensions) > maxSCTExtensions {
+		return nil, fail(ReasonBadResponse, fmt.Errorf("SCT extensions of %d bytes (at most %d accepted)", len(sct.Extensions), maxSCTExtensions)), 0
 	}
 	leaf := *entry
 	te := *entry.TimestampedEntry

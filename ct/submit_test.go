@@ -459,3 +459,23 @@ func TestRetryAfter(t *testing.T) {
 		}
 	}
 }
+
+// An SCT whose extensions are larger than any log has a use for is refused
+// like a bad response: it would go into every certificate as it is, and a
+// few of them make the SCT list too long to embed at all.
+func TestGetSCTsRefusesLargeExtensions(t *testing.T) {
+	pki := newTestPKI(t)
+	big := cttest.NewFakeLog(t, cttest.OK)
+	big.Ext = bytes.Repeat([]byte{0xee}, 4096)
+	small := cttest.NewFakeLog(t, cttest.OK)
+	small.Ext = []byte{0, 1, 2, 3, 4, 5, 6, 7}
+	s := mustNew(t, Config{MinSCTs: 2, Retries: -1, Logs: []LogConfig{logCfg(big, "big", "a"), logCfg(small, "small", "b")}})
+	scts, err := s.GetSCTs(context.Background(), pki.precert(t, leafTemplate(t, "x.example.test")).chain())
+	if len(scts) != 1 {
+		t.Fatalf("got %d SCTs, want only the small log's", len(scts))
+	}
+	var pe *PolicyError
+	if !errors.As(err, &pe) || len(pe.Failures) != 1 || pe.Failures[0].Log != "big" || pe.Failures[0].Reason != ReasonBadResponse {
+		t.Fatalf("err %v, want the big log's SCT refused as a bad response", err)
+	}
+}
