@@ -601,17 +601,9 @@ func TestCommitFailureIsSticky(t *testing.T) {
 // signature withheld when the segment cannot be synced, and the log
 // refuses everything after.
 func TestSyncFailureWithholdsSignatures(t *testing.T) {
-	e := newEnvOpts(t, Options{FlushInterval: time.Hour, MaxUnsynced: 1})
-	e.sign(t, 0) // seq 1: within the bound, not synced
-	tk, err := e.log.BeginSign("issuing", "k1", "SHA-256", digestOf(1))
-	if err != nil {
-		t.Fatal(err)
-	}
-	// The segment fails under the log: seq 2 is beyond the bound and
-	// cannot be synced, so its signature must be withheld.
-	e.log.mu.Lock()
-	e.log.seg.Close()
-	e.log.mu.Unlock()
+	e, tk := brokenSegmentTicket(t, 1)
+	// seq 2 is beyond the bound and cannot be synced, so its signature
+	// must be withheld.
 	if err := e.log.Wait(tk); err == nil {
 		t.Fatal("Wait released a record beyond the unsynced bound that could not be synced")
 	}
@@ -621,6 +613,34 @@ func TestSyncFailureWithholdsSignatures(t *testing.T) {
 	if _, err := e.log.Append("seal", "", nil); err == nil {
 		t.Fatal("log accepted an event after a failed sync")
 	}
+}
+
+// A signer whose Wait runs an overdue flush itself, and that flush fails,
+// is told so: its record was never synced and the log is broken, so the
+// signature must be withheld, as when the flusher's own flush fails.
+func TestWaitOverdueFlushFailureWithholds(t *testing.T) {
+	e, tk := brokenSegmentTicket(t, 100)
+	e.log.lastFlush.Store(0) // overdue: Wait syncs itself
+	if err := e.log.Wait(tk); err == nil {
+		t.Fatalf("Wait released record %d: its own flush failed (log failed: %v, synced up to %d)", tk.Seq(), e.log.failed.Load(), e.log.synced.Load())
+	}
+}
+
+// brokenSegmentTicket signs record 1 (not synced: the flush interval is an
+// hour), begins record 2, and then makes the segment fail under the log,
+// as an I/O error would, so that the next sync fails.
+func brokenSegmentTicket(t *testing.T, maxUnsynced int) (*env, Ticket) {
+	t.Helper()
+	e := newEnvOpts(t, Options{FlushInterval: time.Hour, MaxUnsynced: maxUnsynced})
+	e.sign(t, 0)
+	tk, err := e.log.BeginSign("issuing", "k1", "SHA-256", digestOf(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.log.mu.Lock()
+	e.log.seg.Close()
+	e.log.mu.Unlock()
+	return e, tk
 }
 
 // Flushes keep the signed head in the segment's two slots; the database
@@ -1046,26 +1066,5 @@ func TestSegmentV2Upgraded(t *testing.T) {
 	got, err := os.ReadFile(e.segPath())
 	if err != nil || !strings.HasPrefix(string(got), segMagic) {
 		t.Fatalf("header after upgrade: %q, %v", got[:len(segMagic)], err)
-	}
-}
-
-// A signer whose Wait runs an overdue flush itself, and that flush fails,
-// is told so: its record was never synced and the log is broken, so the
-// signature must be withheld, as when the flusher's own flush fails.
-func TestWaitOverdueFlushFailureWithholds(t *testing.T) {
-	e := newEnvOpts(t, Options{FlushInterval: time.Hour, MaxUnsynced: 100})
-	e.sign(t, 0)
-	tk, err := e.log.BeginSign("issuing", "k1", "SHA-256", digestOf(1))
-	if err != nil {
-		t.Fatal(err)
-	}
-	// The next sync fails, as on an I/O error; the flusher is overdue, so
-	// Wait syncs itself.
-	e.log.mu.Lock()
-	e.log.seg.Close()
-	e.log.mu.Unlock()
-	e.log.lastFlush.Store(0)
-	if err := e.log.Wait(tk); err == nil {
-		t.Fatalf("Wait released record %d: its own flush failed (log failed: %v, synced up to %d)", tk.Seq(), e.log.failed.Load(), e.log.synced.Load())
 	}
 }
