@@ -14,15 +14,26 @@ import (
 // padding, as clients (certbot --eab-hmac-key, lego --eab.hmac) take it.
 // The key is shown once; hand it to the account holder over a safe channel.
 func CreateEAB(ctx context.Context, st Store, label string) (keyID, hmacKey string, err error) {
-	var id [12]byte
 	key := make([]byte, 32)
-	rand.Read(id[:])
 	rand.Read(key)
-	e := &EAB{KeyID: base64.RawURLEncoding.EncodeToString(id[:]), Key: key, Label: label, Created: time.Now().UTC()}
+	e := &EAB{KeyID: newEABKeyID(), Key: key, Label: label, Created: time.Now().UTC()}
 	if err := st.PutEAB(ctx, e); err != nil {
 		return "", "", fmt.Errorf("acme: store EAB key: %w", err)
 	}
 	return e.KeyID, base64.RawURLEncoding.EncodeToString(key), nil
+}
+
+// newEABKeyID draws a key ID: 12 random bytes, base64url. One that would
+// start with "-" is drawn again, so that `hsmca acme eab revoke KEYID`
+// never reads it as a flag.
+func newEABKeyID() string {
+	for {
+		var id [12]byte
+		rand.Read(id[:])
+		if s := base64.RawURLEncoding.EncodeToString(id[:]); s[0] != '-' {
+			return s
+		}
+	}
 }
 
 // EABInfo is what ListEAB tells about a key (never the key itself).

@@ -79,3 +79,13 @@ func BenchmarkParseVerifyES256(b *testing.B) {
 		}
 	}
 }
+
+// EAB key IDs never start with "-": `hsmca acme eab revoke KEYID` would
+// read such an ID as a flag (one draw in 64 did).
+func TestEABKeyIDNeverLooksLikeAFlag(t *testing.T) {
+	for range 2000 {
+		if id := newEABKeyID(); id[0] == '-' || len(id) != 16 {
+			t.Fatalf("key ID %q", id)
+		}
+	}
+}
