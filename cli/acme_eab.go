@@ -186,14 +186,14 @@ func newEABListCmd(e *env) *cobra.Command {
 func newEABRevokeCmd(e *env) *cobra.Command {
 	var t eabTarget
 	cmd := &cobra.Command{
-		Use:     "revoke KEY_ID",
-		Short:   "Revoke an EAB key: no new account can bind with it",
+		Use:   "revoke KEY_ID",
+		Short: "Revoke an EAB key: no new account can bind with it",
 		Example: `  hsmca acme eab revoke 3kq9...Zx --socket ./demo/admin.sock
 
   # a key ID that starts with "-" (keys made before hsmca stopped drawing
   # them) goes after "--"
   hsmca acme eab revoke --socket ./demo/admin.sock -- -okEWL...a`,
-		Args:    cobra.ExactArgs(1),
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if t.admin.remote() {
 				c, err := t.admin.client()
