@@ -10,6 +10,7 @@ import (
 	"encoding/pem"
 	"fmt"
 	"net/http"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -530,5 +531,41 @@ func TestQueuedValidationAfterExpiry(t *testing.T) {
 	})
 	if got.Status != "expired" {
 		t.Fatalf("authorization after a validation that completed past its expiry: %s, want expired", got.Status)
+	}
+}
+
+// The http-01 body is the key authorization, optionally followed by
+// whitespace, and nothing else (RFC 8555 §8.3): trailing junk after a run
+// of whitespace, or leading whitespace, does not pass.
+func TestHTTP01BodyExact(t *testing.T) {
+	e := newEnv(t, func(c *hacme.Config) { c.ValidationRetries = 0 })
+	a := newRaw(t, e)
+	a.register()
+	for i, tc := range []struct {
+		body func(ka string) string
+		want string
+	}{
+		{func(ka string) string { return ka + "\r\n" }, "valid"},
+		{func(ka string) string { return ka + strings.Repeat(" ", 1024) + "GARBAGE" }, "invalid"},
+		{func(ka string) string { return ka + strings.Repeat("\n", 4096) }, "invalid"},
+		{func(ka string) string { return " " + ka }, "invalid"},
+	} {
+		_, o := a.newOrder(fmt.Sprintf("body%d.example.test", i))
+		z := decode[authzResp](t, a.post(o.Authorizations[0], nil, signOpts{}))
+		for _, ch := range z.Challenges {
+			if ch.Type != "http-01" {
+				continue
+			}
+			e.chal.setToken(ch.Token, tc.body(a.keyAuth(ch.Token)))
+			a.post(ch.URL, map[string]any{}, signOpts{})
+		}
+		var st string
+		waitFor(t, "authorization settled", func() bool {
+			st = decode[authzResp](t, a.post(o.Authorizations[0], nil, signOpts{})).Status
+			return st == "valid" || st == "invalid"
+		})
+		if st != tc.want {
+			t.Errorf("case %d: authorization %s, want %s", i, st, tc.want)
+		}
 	}
 }

@@ -311,10 +311,15 @@ func (v *validator) http01(ctx context.Context, a *Authz, keyAuth string) *Probl
 	if resp.StatusCode != http.StatusOK {
 		return prob(ProbUnauthorized, 403, "http-01: "+hp+" answered HTTP "+strconv.Itoa(resp.StatusCode))
 	}
-	buf := make([]byte, 1024)
+	// The body is the key authorization, optionally followed by whitespace
+	// (RFC 8555 §8.3), and nothing else: a body longer than the limit is
+	// refused rather than judged by its first bytes.
+	buf := make([]byte, maxHTTP01Body+1)
 	n, _ := readFull(resp.Body, buf)
-	got := trimSpace(buf[:n])
-	if string(got) != keyAuth {
+	if n > maxHTTP01Body {
+		return prob(ProbIncorrectResponse, 403, "http-01: the response is longer than "+strconv.Itoa(maxHTTP01Body)+" bytes, not the key authorization")
+	}
+	if string(trimTrailingSpace(buf[:n])) != keyAuth {
 		return prob(ProbIncorrectResponse, 403, "http-01: the response is not the key authorization")
 	}
 	return nil
@@ -357,12 +362,16 @@ func readFull(r interface{ Read([]byte) (int, error) }, b []byte) (int, error) {
 	return n, nil
 }
 
-func trimSpace(b []byte) []byte {
+// maxHTTP01Body bounds an http-01 response: a key authorization is a
+// token (43 characters here), a dot and a 43-character thumbprint; the
+// rest allows for trailing whitespace.
+const maxHTTP01Body = 1024
+
+// trimTrailingSpace drops the whitespace RFC 8555 §8.3 lets a server
+// ignore at the end of the body (only there).
+func trimTrailingSpace(b []byte) []byte {
 	for len(b) > 0 && (b[len(b)-1] == ' ' || b[len(b)-1] == '\n' || b[len(b)-1] == '\r' || b[len(b)-1] == '\t') {
 		b = b[:len(b)-1]
-	}
-	for len(b) > 0 && (b[0] == ' ' || b[0] == '\n' || b[0] == '\r' || b[0] == '\t') {
-		b = b[1:]
 	}
 	return b
 }
