@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/netip"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 )
@@ -225,20 +226,30 @@ func (v *validator) checkRedirect(req *http.Request, via []*http.Request) error 
 	}
 	u := req.URL
 	port := u.Port()
+	ok := false
 	switch u.Scheme {
 	case "http":
 		if port == "" {
 			port = "80"
 		}
-		if port == strconv.Itoa(v.s.cfg.HTTP01Port) {
-			return nil
-		}
+		ok = port == strconv.Itoa(v.s.cfg.HTTP01Port)
 	case "https":
-		if port == "" || port == "443" || port == strconv.Itoa(v.s.cfg.TLSALPN01Port) {
-			return nil
-		}
+		ok = port == "" || port == "443" || port == strconv.Itoa(v.s.cfg.TLSALPN01Port)
 	}
-	return prob(ProbConnection, 400, "http-01: redirect to "+quoteShort(u.Scheme+"://"+u.Host)+" is not followed (only http on the http-01 port and https on 443)")
+	if !ok {
+		return prob(ProbConnection, 400, "http-01: redirect to "+quoteShort(u.Scheme+"://"+u.Host)+" is not followed (only http on the http-01 port and https on 443)")
+	}
+	// The validator goes only where the CA would issue: a redirect's host
+	// must pass the name policy, so that a client cannot point the CA at
+	// addresses or names the operator has ruled out (RFC 8555 §10.2).
+	id := Identifier{Type: "dns", Value: strings.ToLower(strings.TrimSuffix(u.Hostname(), "."))}
+	if a, err := netip.ParseAddr(u.Hostname()); err == nil {
+		id = Identifier{Type: "ip", Value: a.Unmap().String()}
+	}
+	if err := v.s.ca.CheckNames("", []Identifier{id}); err != nil {
+		return prob(ProbConnection, 400, "http-01: redirect to "+quoteShort(u.Scheme+"://"+u.Host)+" is not followed: its host is outside the CA's name policy")
+	}
+	return nil
 }
 
 // dialResolved dials addr, resolving a host name with the validation
