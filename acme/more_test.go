@@ -5,10 +5,15 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
 	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/asn1"
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
+	"math/big"
 	"net/http"
 	"strings"
 	"sync"
@@ -569,6 +574,48 @@ func TestHTTP01BodyExact(t *testing.T) {
 		})
 		if st != tc.want {
 			t.Errorf("case %d: authorization %s, want %s", i, st, tc.want)
+		}
+	}
+}
+
+// A tls-alpn-01 certificate that names the identifier and anything else
+// (here an email address) does not validate: RFC 8737 §3 asks for the
+// identifier and no other subjectAltName entry.
+func TestTLSALPN01ExtraSAN(t *testing.T) {
+	e := newEnv(t, func(c *hacme.Config) { c.ValidationRetries = 0 })
+	a := newRaw(t, e)
+	a.register()
+	for i, extra := range []bool{false, true} {
+		name := fmt.Sprintf("alpn%d.example.test", i)
+		_, o := a.newOrder(name)
+		z := decode[authzResp](t, a.post(o.Authorizations[0], nil, signOpts{}))
+		for _, ch := range z.Challenges {
+			if ch.Type != "tls-alpn-01" {
+				continue
+			}
+			sum := sha256.Sum256([]byte(a.keyAuth(ch.Token)))
+			val, _ := asn1.Marshal(sum[:])
+			k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+			tpl := &x509.Certificate{SerialNumber: big.NewInt(1), NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+				DNSNames:        []string{name},
+				ExtraExtensions: []pkix.Extension{{Id: asn1.ObjectIdentifier{1, 3, 6, 1, 5, 5, 7, 1, 31}, Critical: true, Value: val}}}
+			if extra {
+				tpl.EmailAddresses = []string{"someone@example.test"}
+			}
+			der, err := x509.CreateCertificate(rand.Reader, tpl, tpl, &k.PublicKey, k)
+			if err != nil {
+				t.Fatal(err)
+			}
+			e.chal.setCert(name, &tls.Certificate{Certificate: [][]byte{der}, PrivateKey: k})
+			a.post(ch.URL, map[string]any{}, signOpts{})
+		}
+		var st string
+		waitFor(t, "authorization settled", func() bool {
+			st = decode[authzResp](t, a.post(o.Authorizations[0], nil, signOpts{})).Status
+			return st == "valid" || st == "invalid"
+		})
+		if want := map[bool]string{false: "valid", true: "invalid"}[extra]; st != want {
+			t.Errorf("extra SAN %v: authorization %s, want %s", extra, st, want)
 		}
 	}
 }

@@ -44,6 +44,11 @@ func (v *validator) tlsALPN01(ctx context.Context, a *Authz, keyAuth string) *Pr
 		return prob(ProbTLS, 400, "tls-alpn-01: no certificate")
 	}
 	c := cs.PeerCertificates[0]
+	// RFC 8737 §3 (RFC 8738 §6 for IPs): the subjectAltName holds the
+	// identifier being validated and no other entries, of any type.
+	if len(c.EmailAddresses) != 0 || len(c.URIs) != 0 {
+		return prob(ProbUnauthorized, 403, "tls-alpn-01: the certificate must name exactly "+id.Value)
+	}
 	switch id.Type {
 	case "dns":
 		if len(c.DNSNames) != 1 || c.DNSNames[0] != id.Value || len(c.IPAddresses) != 0 {
