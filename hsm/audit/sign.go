@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
 	"time"
 )
 
@@ -30,7 +31,7 @@ func (l *Log) BeginSign(partition, key, hashName string, digest []byte) (Ticket,
 	}
 	now := l.clock().UnixNano()
 	for range 2 {
-		l.mu.Lock()
+		l.lockForSign()
 		if l.torn != nil || l.closed || l.broken != nil {
 			err := l.signBlockedLocked()
 			l.mu.Unlock()
@@ -64,6 +65,33 @@ func (l *Log) BeginSign(partition, key, hashName string, digest []byte) (Ticket,
 	}
 	return Ticket{}, fmt.Errorf("audit: log refuses appends: %w", l.tornError())
 }
+
+// lockForSign takes mu for BeginSign. It tries the lock and yields the
+// CPU a few times before it parks on it. With many more signers than CPUs
+// (hundreds of goroutines on 2 Ps) a plain Lock forms a convoy: a holder
+// preempted inside the short critical section makes the others park, a
+// parked signer waits over 1 ms in the run queue, and sync.Mutex switches
+// to starvation mode, in which every later Lock parks and every Unlock
+// hands the lock to a parked goroutine, so each signature pays a park and
+// a hand-off until the queue drains, which under that load it never does
+// (block profile: 94 goroutine-seconds blocked in BeginSign's Lock over 5 s
+// of signing). Yielding lets the holder run and finish instead. A holder
+// that keeps mu long (appendLocked syncs the segment under it) still
+// parks the signer after the few tries. Measured in BenchmarkSignP256Ratio
+// at 512 callers, 7 alternated runs each: median ratio 0.930 against
+// 0.899 with Lock.
+func (l *Log) lockForSign() {
+	for range signLockTries {
+		if l.mu.TryLock() {
+			return
+		}
+		runtime.Gosched()
+	}
+	l.mu.Lock()
+}
+
+// signLockTries is how many times lockForSign tries before it parks.
+const signLockTries = 4
 
 // signBlockedLocked says why BeginSign cannot write now; nil means only a
 // torn end is in the way (Recover it). Called with mu held.
