@@ -49,6 +49,11 @@ func (c *CA) issueWithCT(ctx context.Context, prof *profileState, iss *issuerSta
 	if err != nil {
 		return nil, err
 	}
+	// The precertificate leaves the CA with the submission: its
+	// signature's audit record must be durable first.
+	if err := iss.startAuditSync()(); err != nil {
+		return nil, unauditedErr("precertificate "+serial, err)
+	}
 
 	sctCtx, cancel := context.WithTimeout(ctx, prof.p.CT.Deadline.D())
 	scts, sctErr := c.scts.GetSCTs(sctCtx, append([][]byte{precert}, iss.chainDER...))
@@ -94,8 +99,13 @@ func (c *CA) issueWithCT(ctx context.Context, prof *profileState, iss *issuerSta
 	if err != nil {
 		return nil, err
 	}
+	audited := iss.startAuditSync()
 	if err := c.store.StoreIssued(context.WithoutCancel(ctx), serial, cert, failures); err != nil {
+		audited()
 		return nil, fmt.Errorf("ca: store issued certificate %s: %w", serial, err)
+	}
+	if err := audited(); err != nil {
+		return nil, unauditedErr("certificate "+serial, err)
 	}
 	c.log.Info("ca: certificate issued", "serial", serial, "issuer", iss.Name, "profile", prof.name, "scts", len(scts))
 	return c.certFromParts(serial, cert, lintedFinal, iss, prof.name, ids, StatusValid, failures), nil

@@ -155,11 +155,51 @@ func (c *CA) issue(ctx context.Context, req IssueRequest, csr *x509.CertificateR
 		c.log.Warn("ca: signing failed; pending record kept", "serial", serial, "err", err)
 		return nil, err
 	}
+	audited := iss.startAuditSync()
 	if err := c.store.StoreIssued(context.WithoutCancel(ctx), serial, final, nil); err != nil {
+		audited()
 		return nil, fmt.Errorf("ca: store issued certificate %s: %w", serial, err)
+	}
+	if err := audited(); err != nil {
+		return nil, unauditedErr("certificate "+serial, err)
 	}
 	c.log.Info("ca: certificate issued", "serial", serial, "issuer", iss.Name, "profile", prof.name)
 	return c.certFromParts(serial, final, linted, iss, prof.name, ids, StatusValid, nil), nil
+}
+
+// AuditSyncer is implemented by issuer signers whose module records each
+// signature in an audit log that it syncs in the background (hsm's
+// AuditSyncer; ca does not import hsm). SyncAudit returns once the records
+// of every signature the module has released are durable, or an error if
+// the log failed first. A wrapper around such a signer must forward it.
+type AuditSyncer interface {
+	SyncAudit() error
+}
+
+// startAuditSync starts making the audit records of the issuer key's
+// signatures durable (AuditSyncer) and returns the function that waits
+// for it. A module syncs its audit log in the background every few
+// milliseconds; without this a power loss right after a certificate (or
+// CRL) was stored could keep it and lose the record of its signature, so
+// that the module's log would not account for a certificate the CA holds.
+// The sync runs while the caller writes its own record, so the two
+// fsyncs overlap; the caller hands nothing out until both are done. A
+// signer that is not a module's (tests, a plain key) has nothing to sync.
+func (iss *issuerState) startAuditSync() (wait func() error) {
+	s, ok := iss.Signer.(AuditSyncer)
+	if !ok {
+		return func() error { return nil }
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.SyncAudit() }()
+	return func() error { return <-done }
+}
+
+// unauditedErr is the error for an object whose signature's audit record
+// could not be made durable: the module's audit log failed, and what was
+// signed is not handed out.
+func unauditedErr(what string, err error) error {
+	return fmt.Errorf("ca: %s was signed and stored, but the audit record of its signature could not be made durable, so it is not handed out: %w", what, err)
 }
 
 // CheckNames checks DNS names and IP addresses against the name policy of

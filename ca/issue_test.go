@@ -11,6 +11,8 @@ import (
 	"net"
 	"path/filepath"
 	"slices"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -314,5 +316,68 @@ func TestSignOnlyAfterRecordAndLint(t *testing.T) {
 				t.Errorf("signer called %d times although no serial could be recorded", signer.calls)
 			}
 		})
+	}
+}
+
+// auditSyncSigner is a module signer fake with ca.AuditSyncer: it counts
+// signatures and, at each SyncAudit, how many are covered.
+type auditSyncSigner struct {
+	crypto.Signer
+	signed, covered atomic.Int64
+	fail            atomic.Bool
+}
+
+func (s *auditSyncSigner) Sign(r io.Reader, d []byte, o crypto.SignerOpts) ([]byte, error) {
+	sig, err := s.Signer.Sign(r, d, o)
+	s.signed.Add(1)
+	return sig, err
+}
+
+func (s *auditSyncSigner) SyncAudit() error {
+	if s.fail.Load() {
+		return errors.New("audit: sync segment: injected failure")
+	}
+	s.covered.Store(s.signed.Load())
+	return nil
+}
+
+// A certificate or CRL is handed out only once the audit records of the
+// issuer key's signatures are durable (ca.AuditSyncer), so that a power
+// loss cannot keep a stored certificate and lose its signature's record;
+// if that sync fails, nothing is handed out.
+func TestIssueSyncsAuditBeforeHandingOut(t *testing.T) {
+	ctx := context.Background()
+	p := newPKI(t)
+	st, err := store.Open(filepath.Join(t.TempDir(), "ca.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	signer := &auditSyncSigner{Signer: p.interKey}
+	c, err := ca.New(baseConfig(), []ca.Issuer{{Name: "issuing-1", Cert: p.inter, Chain: []*x509.Certificate{p.root}, Signer: signer}}, st, ca.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := ca.IssueRequest{CSR: makeCSR(t, csrOpts{dns: []string{"a.svc.corp"}}), Profile: "server"}
+	if _, err := c.Issue(ctx, req); err != nil {
+		t.Fatal(err)
+	}
+	if s, cv := signer.signed.Load(), signer.covered.Load(); s != 1 || cv != s {
+		t.Fatalf("after Issue: %d signatures, %d covered by an audit sync; want 1 and 1", s, cv)
+	}
+	if _, err := c.GenerateCRL(ctx, ""); err != nil {
+		t.Fatal(err)
+	}
+	if s, cv := signer.signed.Load(), signer.covered.Load(); s != 2 || cv != s {
+		t.Fatalf("after GenerateCRL: %d signatures, %d covered by an audit sync; want 2 and 2", s, cv)
+	}
+
+	signer.fail.Store(true)
+	cert, err := c.Issue(ctx, req)
+	if err == nil || !strings.Contains(err.Error(), "audit record") {
+		t.Fatalf("Issue with a failing audit sync: cert %v, err %v; want an error about the audit record", cert != nil, err)
+	}
+	if der, err := c.GenerateCRL(ctx, ""); err == nil || !strings.Contains(err.Error(), "audit record") {
+		t.Fatalf("GenerateCRL with a failing audit sync: %d bytes, err %v; want an error about the audit record", len(der), err)
 	}
 }

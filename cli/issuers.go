@@ -32,6 +32,16 @@ func (s caSigner) Sign(rand io.Reader, digest []byte, opts crypto.SignerOpts) ([
 	return sig, err
 }
 
+// SyncAudit forwards to the module key (ca.AuditSyncer), so that the CA can
+// make its signatures' audit records durable before it hands out what they
+// signed; a key without an audit log has nothing to sync.
+func (s caSigner) SyncAudit() error {
+	if a, ok := s.Signer.(ca.AuditSyncer); ok {
+		return a.SyncAudit()
+	}
+	return nil
+}
+
 // caDeps are the optional parts of openCA.
 type caDeps struct {
 	Logger     *slog.Logger

@@ -215,6 +215,20 @@ type AuditHead struct {
 	PublicKey string `json:"public_key"` // the module audit key (base64 Ed25519), printed at init for auditors to pin
 }
 
+// AuditSyncer is implemented by the signers of modules whose audit log
+// syncs signature records in the background (both backends here). Between
+// a signature and the next background sync (at most the log's flush
+// interval) a power loss can take the signature's audit record. A caller
+// that keeps what a signature produced durably (the CA storing a
+// certificate or a CRL; ca.AuditSyncer is the same interface) calls
+// SyncAudit before it hands that out: it
+// returns once the records of every signature this module has released
+// are durable. An error means the log failed first; treat the signature
+// as unaudited and do not hand it out.
+type AuditSyncer interface {
+	SyncAudit() error
+}
+
 // AuditLog is the module's append-only, hash-chained event log.
 type AuditLog interface {
 	// Head returns the current count and head hash (the position that

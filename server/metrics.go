@@ -146,6 +146,14 @@ func (c *countingSigner) Sign(r io.Reader, digest []byte, opts crypto.SignerOpts
 	return sig, err
 }
 
+// SyncAudit forwards to the wrapped key (ca.AuditSyncer).
+func (c *countingSigner) SyncAudit() error {
+	if a, ok := c.Signer.(ca.AuditSyncer); ok {
+		return a.SyncAudit()
+	}
+	return nil
+}
+
 // setQuorum updates the seal-state gauges.
 func (m *Metrics) setQuorum(q QuorumStatus) {
 	if q.Active() {

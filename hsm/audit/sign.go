@@ -131,29 +131,61 @@ func (l *Log) Wait(t Ticket) error {
 		}
 	} else {
 		// Over the bound: sync now, or wait for the sync in progress.
-		// Counted before the kick, so that the flusher skips its
-		// interval.
-		l.waiters.Add(1)
-		for !l.failed.Load() && t.seq > l.synced.Load()+l.maxUnsynced {
-			if l.tryFlush() {
-				continue
-			}
-			l.kickFlusher()
-			l.syncMu.Lock()
-			if !l.failed.Load() && t.seq > l.synced.Load()+l.maxUnsynced {
-				l.syncCond.Wait()
-			}
-			l.syncMu.Unlock()
+		if t.seq > l.maxUnsynced {
+			l.awaitSynced(t.seq - l.maxUnsynced)
 		}
-		l.waiters.Add(-1)
 	}
-	if l.failed.Load() && t.seq > l.synced.Load() {
+	return l.syncedErr(t.seq)
+}
+
+// awaitSynced returns once records up to seq are synced or the log has
+// failed. It syncs itself if no sync is in progress, or waits for the one
+// in progress (and the next), so that concurrent callers share syncs.
+// Counted as a waiter before the kick, so that the flusher skips its
+// interval.
+func (l *Log) awaitSynced(seq uint64) {
+	l.waiters.Add(1)
+	for !l.failed.Load() && seq > l.synced.Load() {
+		if l.tryFlush() {
+			continue
+		}
+		l.kickFlusher()
+		l.syncMu.Lock()
+		if !l.failed.Load() && seq > l.synced.Load() {
+			l.syncCond.Wait()
+		}
+		l.syncMu.Unlock()
+	}
+	l.waiters.Add(-1)
+}
+
+// syncedErr is nil unless the log failed before record seq was synced.
+func (l *Log) syncedErr(seq uint64) error {
+	if l.failed.Load() && seq > l.synced.Load() {
 		l.mu.Lock()
 		err := l.broken
 		l.mu.Unlock()
-		return fmt.Errorf("audit: record %d not synced: %w", t.seq, err)
+		return fmt.Errorf("audit: record %d not synced: %w", seq, err)
 	}
 	return nil
+}
+
+// SyncWritten makes every signature record written so far durable (the
+// records of every Wait that has returned, in particular) without waiting
+// for the flusher's interval. Concurrent calls share syncs: a caller that
+// finds a sync in progress waits for it, and one more if that sync began
+// before its records. The CA calls it (through hsm.AuditSyncer) before it
+// hands out what a signature produced, so that a power loss can never
+// keep a certificate and lose the record of its signature. It returns an
+// error if the log failed before those records were synced; the caller
+// must then treat the signature as unaudited.
+func (l *Log) SyncWritten() error {
+	seq := l.written.Load()
+	if seq <= l.synced.Load() {
+		return nil
+	}
+	l.awaitSynced(seq)
+	return l.syncedErr(seq)
 }
 
 // overdue is how many flush intervals may pass before a signer does the

@@ -489,6 +489,17 @@ func (s *keySigner) Sign(_ io.Reader, digest []byte, opts crypto.SignerOpts) ([]
 	return sig, nil
 }
 
+var _ hsm.AuditSyncer = (*keySigner)(nil)
+
+// SyncAudit makes the audit records of every signature released so far
+// durable; see hsm.AuditSyncer.
+func (s *keySigner) SyncAudit() error {
+	if err := s.p.m.log.SyncWritten(); err != nil {
+		return fmt.Errorf("hsm/pkcs11: %w", err)
+	}
+	return nil
+}
+
 // sealAfterOperation seals a per-operation activation gen whose budget is
 // spent.
 func (p *Partition) sealAfterOperation(gen uint64) {

@@ -405,6 +405,17 @@ func (s *signer) Sign(rnd io.Reader, digest []byte, opts crypto.SignerOpts) ([]b
 	return sig, nil
 }
 
+var _ hsm.AuditSyncer = (*signer)(nil)
+
+// SyncAudit makes the audit records of every signature released so far
+// durable; see hsm.AuditSyncer.
+func (s *signer) SyncAudit() error {
+	if err := s.p.m.log.SyncWritten(); err != nil {
+		return fmt.Errorf("soft: %w", err)
+	}
+	return nil
+}
+
 // useKey returns the unwrapped key if the partition is active and counts
 // the signature against a per-operation allowance. last is set when this
 // signature spends it: the partition is then already unusable for others.
