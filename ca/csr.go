@@ -1,6 +1,7 @@
 package ca
 
 import (
+	"crypto/rsa"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -135,6 +136,11 @@ func (ps *profileState) checkCSR(csr *x509.CertificateRequest) (identifiers, err
 	}
 	if !ps.keyTypes[kt] {
 		return identifiers{}, &ErrBadCSR{Rule: fmt.Sprintf("key type %s not allowed by profile %s (allowed: %s)", kt, ps.name, strings.Join(ps.p.AllowedKeyTypes, ", "))}
+	}
+	if k, ok := csr.PublicKey.(*rsa.PublicKey); ok {
+		if err := checkRSAKey(k); err != nil {
+			return identifiers{}, &ErrBadCSR{Rule: "weak RSA key", Err: err}
+		}
 	}
 	var ids identifiers
 	seen := map[string]bool{}
