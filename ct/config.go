@@ -19,6 +19,8 @@ import (
 )
 
 // Defaults applied to the zero values of Config's optional fields.
+// DefaultTimeout is the longest per-attempt timeout derived when
+// Config.Timeout is zero (see there).
 const (
 	DefaultTimeout  = 10 * time.Second
 	DefaultRetries  = 2
@@ -38,7 +40,7 @@ const (
 //	      operator: platform-team
 //	  min_scts: 1
 //	  min_operators: 1
-//	  timeout: 10s
+//	  timeout: 4s        # optional; derived from the deadline when unset
 //	  retries: 2
 //	  deadline: 30s
 type Config struct {
@@ -57,7 +59,12 @@ type Config struct {
 	// from. Zero means 1.
 	MinOperators int `yaml:"min_operators"`
 	// Timeout bounds one add-pre-chain attempt to one log. Zero means
-	// DefaultTimeout.
+	// derived from the time a submission has: half of what is left before
+	// the earlier of Deadline and the caller's deadline (a profile's
+	// ct.deadline), at most DefaultTimeout, so that a log that does not
+	// answer is retried at least once; with retries disabled, all of it,
+	// at most DefaultTimeout. When set and retries are on, it must be
+	// shorter than Deadline.
 	Timeout time.Duration `yaml:"timeout"`
 	// Retries is how many more attempts a log gets after a retryable failure
 	// (network error, timeout, HTTP 5xx or 429). Zero means DefaultRetries; a
@@ -90,16 +97,14 @@ type LogConfig struct {
 	Operator string `yaml:"operator"`
 }
 
-// withDefaults returns c with zero values replaced by defaults.
+// withDefaults returns c with zero values replaced by defaults. A zero
+// Timeout stays zero: each submission derives it (Submitter.attemptTimeout).
 func (c Config) withDefaults() Config {
 	if c.MinSCTs == 0 {
 		c.MinSCTs = 1
 	}
 	if c.MinOperators == 0 {
 		c.MinOperators = 1
-	}
-	if c.Timeout == 0 {
-		c.Timeout = DefaultTimeout
 	}
 	switch {
 	case c.Retries == 0:
@@ -131,6 +136,11 @@ func (c Config) Validate() error {
 	d := c.withDefaults()
 	if d.MinOperators > d.MinSCTs {
 		return fmt.Errorf("ct: min_operators (%d) exceeds min_scts (%d)", d.MinOperators, d.MinSCTs)
+	}
+	// An attempt that may run as long as the whole submission leaves no
+	// time to retry a log that does not answer.
+	if c.Timeout > 0 && d.Retries > 0 && c.Timeout >= d.Deadline {
+		return fmt.Errorf("ct: timeout (%s) must be shorter than deadline (%s), or a log that times out is never retried; leave timeout unset to derive it from the deadline", c.Timeout, d.Deadline)
 	}
 	for i, l := range c.Logs {
 		if err := checkLogURL(l.URL); err != nil {

@@ -156,6 +156,10 @@ func TestValidate(t *testing.T) {
 		{"negative min", Config{Logs: []LogConfig{ok}, MinSCTs: -1}, "must not be negative"},
 		{"negative timeout", Config{Logs: []LogConfig{ok}, Timeout: -time.Second}, "must not be negative"},
 		{"operators exceed scts", Config{Logs: []LogConfig{ok}, MinSCTs: 1, MinOperators: 2}, "exceeds min_scts"},
+		{"timeout shorter than deadline", Config{Logs: []LogConfig{ok}, Timeout: 5 * time.Second, Deadline: 20 * time.Second}, ""},
+		{"timeout equals default deadline", Config{Logs: []LogConfig{ok}, Timeout: DefaultDeadline}, "must be shorter than deadline"},
+		{"timeout exceeds deadline", Config{Logs: []LogConfig{ok}, Timeout: 20 * time.Second, Deadline: 10 * time.Second}, "must be shorter than deadline"},
+		{"timeout without retries", Config{Logs: []LogConfig{ok}, Timeout: 20 * time.Second, Deadline: 10 * time.Second, Retries: -1}, ""},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	ctgo "github.com/google/certificate-transparency-go"
@@ -26,7 +27,8 @@ const maxFutureSCT = time.Minute
 // Options are a Submitter's dependencies; every field may be left zero.
 type Options struct {
 	// HTTPClient talks to the logs. Nil means a client with a connection
-	// pool sized for parallel submissions; Config.Timeout bounds requests.
+	// pool sized for parallel submissions; the per-attempt timeout (see
+	// Config.Timeout) bounds requests.
 	HTTPClient *http.Client
 	// Clock returns the current time, for checking SCT timestamps. Nil
 	// means time.Now.
@@ -50,6 +52,9 @@ type Submitter struct {
 	clock   func() time.Time
 	logger  *slog.Logger
 	metrics *metrics
+	// warnedTimeout is set once the Submitter has warned that an explicit
+	// Timeout leaves no time to retry within a caller's deadline.
+	warnedTimeout atomic.Bool
 }
 
 type logClient struct {
@@ -160,6 +165,7 @@ func (s *Submitter) GetSCTs(ctx context.Context, chain [][]byte) ([][]byte, erro
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.Deadline)
 	defer cancel()
+	timeout := s.attemptTimeout(ctx)
 	asn1Chain := make([]ctgo.ASN1Cert, len(chain))
 	for i, c := range chain {
 		asn1Chain[i] = ctgo.ASN1Cert{Data: c}
@@ -179,7 +185,7 @@ func (s *Submitter) GetSCTs(ctx context.Context, chain [][]byte) ([][]byte, erro
 		go func() {
 			defer wg.Done()
 			start := time.Now()
-			sct, fail := s.submit(ctx, l, asn1Chain, entry)
+			sct, fail := s.submit(ctx, l, timeout, asn1Chain, entry)
 			results <- result{idx: i, sct: sct, fail: fail, dur: time.Since(start)}
 		}()
 	}
@@ -255,12 +261,38 @@ func precertEntry(chain [][]byte) (*ctgo.MerkleTreeLeaf, time.Time, error) {
 	return leaf, certs[0].NotAfter, nil
 }
 
-// submit runs one log's attempts and returns its verified, serialised SCT.
-func (s *Submitter) submit(ctx context.Context, l *logClient, chain []ctgo.ASN1Cert, entry *ctgo.MerkleTreeLeaf) ([]byte, *LogError) {
+// attemptTimeout returns the per-attempt timeout for a submission bounded
+// by ctx (which has the Submitter's Deadline or an earlier one of the
+// caller's). A zero Config.Timeout is derived from the time left: half of
+// it when retries are on, so that a log that does not answer has time for
+// another attempt, all of it otherwise, and never more than DefaultTimeout.
+func (s *Submitter) attemptTimeout(ctx context.Context) time.Duration {
+	left := s.cfg.Deadline
+	if dl, ok := ctx.Deadline(); ok {
+		left = time.Until(dl)
+	}
+	if s.cfg.Timeout > 0 {
+		// Validate keeps Timeout below Deadline, but a caller's deadline
+		// (a profile's ct.deadline) may be shorter still.
+		if s.cfg.Retries > 0 && s.cfg.Timeout >= left && s.warnedTimeout.CompareAndSwap(false, true) {
+			s.logger.Warn("ct: the per-attempt timeout is not shorter than the submission's deadline, so a log that times out is not retried; shorten ct.timeout or leave it unset",
+				"timeout", s.cfg.Timeout, "deadline", left.Round(time.Millisecond))
+		}
+		return s.cfg.Timeout
+	}
+	if s.cfg.Retries > 0 {
+		left /= 2
+	}
+	return max(min(left, DefaultTimeout), 0)
+}
+
+// submit runs one log's attempts, each bounded by timeout, and returns its
+// verified, serialised SCT.
+func (s *Submitter) submit(ctx context.Context, l *logClient, timeout time.Duration, chain []ctgo.ASN1Cert, entry *ctgo.MerkleTreeLeaf) ([]byte, *LogError) {
 	backoff := s.cfg.Backoff
 	var last *LogError
 	for attempt := 1; attempt <= 1+s.cfg.Retries; attempt++ {
-		sct, fail, retryAfter := s.attempt(ctx, l, chain, entry)
+		sct, fail, retryAfter := s.attempt(ctx, l, timeout, chain, entry)
 		if fail == nil {
 			return sct, nil
 		}
@@ -300,13 +332,13 @@ func (s *Submitter) ctxFailure(ctx context.Context, l *logClient, attempts int, 
 	return f
 }
 
-// attempt makes one add-pre-chain request. It returns the serialised SCT,
-// or a failure and the log's Retry-After (zero if none).
-func (s *Submitter) attempt(ctx context.Context, l *logClient, chain []ctgo.ASN1Cert, entry *ctgo.MerkleTreeLeaf) ([]byte, *LogError, time.Duration) {
+// attempt makes one add-pre-chain request, bounded by timeout. It returns
+// the serialised SCT, or a failure and the log's Retry-After (zero if none).
+func (s *Submitter) attempt(ctx context.Context, l *logClient, timeout time.Duration, chain []ctgo.ASN1Cert, entry *ctgo.MerkleTreeLeaf) ([]byte, *LogError, time.Duration) {
 	fail := func(r Reason, err error) *LogError {
 		return &LogError{Log: l.Name, URL: l.URL, Reason: r, Err: err}
 	}
-	actx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
+	actx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	req := ctgo.AddChainRequest{Chain: make([][]byte, len(chain))}
 	for i, c := range chain {
@@ -319,7 +351,7 @@ func (s *Submitter) attempt(ctx context.Context, l *logClient, chain []ctgo.ASN1
 			return nil, s.ctxFailure(ctx, l, 0, nil), 0
 		}
 		if errors.Is(err, context.DeadlineExceeded) || actx.Err() != nil {
-			return nil, fail(ReasonTimeout, fmt.Errorf("no answer within %s", s.cfg.Timeout)), 0
+			return nil, fail(ReasonTimeout, fmt.Errorf("no answer within %s", timeout.Round(time.Millisecond))), 0
 		}
 		var rspErr jsonclient.RspError
 		if errors.Is(err, errResponseTooLarge) {

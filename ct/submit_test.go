@@ -4,8 +4,12 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
+	"log/slog"
 	"net/http"
+	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -20,16 +24,17 @@ var _ interface {
 	GetSCTs(ctx context.Context, chain [][]byte) (scts [][]byte, err error)
 } = (*Submitter)(nil)
 
-// quick keeps retries fast; each test sets what it exercises.
+// quick keeps retries fast; each test sets what it exercises. A test that
+// sets its own Deadline and no Timeout gets the derived timeout.
 func quick(c Config) Config {
 	if c.Backoff == 0 {
 		c.Backoff = time.Millisecond
 	}
-	if c.Timeout == 0 {
-		c.Timeout = 30 * time.Second
-	}
 	if c.Deadline == 0 {
 		c.Deadline = time.Minute
+		if c.Timeout == 0 {
+			c.Timeout = 30 * time.Second
+		}
 	}
 	return c
 }
@@ -222,6 +227,97 @@ func TestGetSCTsFailures(t *testing.T) {
 				if got := logs[name].Calls(); got != n {
 					t.Errorf("log %s saw %d requests, want %d", name, got, n)
 				}
+			}
+		})
+	}
+}
+
+// profileDeadline is a profile's CT deadline when it sets none
+// (ca.CTConfig.Deadline); the CA passes it to GetSCTs as the context's.
+const profileDeadline = 10 * time.Second
+
+// TestGetSCTsRetriesHungLogWithDefaults checks that with the default
+// timeout, retries and backoff, a log that does not answer its first
+// request is asked again, and its answer arrives, within a profile's
+// default deadline.
+func TestGetSCTsRetriesHungLogWithDefaults(t *testing.T) {
+	pki := newTestPKI(t)
+	f := cttest.NewFakeLog(t, cttest.OK)
+	var calls atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if calls.Add(1) == 1 {
+			// The server notices the client giving up only once the body
+			// is read.
+			io.Copy(io.Discard, r.Body)
+			<-r.Context().Done()
+			return
+		}
+		f.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	s, err := New(Config{Logs: []LogConfig{{Name: "slow", URL: srv.URL, PublicKey: f.PublicKeyPEM()}}}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), profileDeadline)
+	defer cancel()
+	start := time.Now()
+	scts, err := s.GetSCTs(ctx, pki.precert(t, leafTemplate(t, "retry.example.test")).chain())
+	if err != nil {
+		t.Fatalf("after %s: %v", time.Since(start).Round(time.Millisecond), err)
+	}
+	if n := calls.Load(); n != 2 {
+		t.Errorf("log saw %d requests, want 2 (one left hanging, one answered)", n)
+	}
+	if len(scts) != 1 {
+		t.Fatalf("got %d SCTs, want 1", len(scts))
+	}
+	if sct, err := ParseSCT(scts[0]); err != nil || sct.LogID.KeyID != f.ID {
+		t.Fatalf("SCT %v, %v: not from the log", sct, err)
+	}
+}
+
+func TestAttemptTimeout(t *testing.T) {
+	f := cttest.NewFakeLog(t, cttest.OK)
+	cases := []struct {
+		name     string
+		cfg      Config
+		deadline time.Duration // the caller's; 0 for none
+		want     time.Duration
+		warn     bool
+	}{
+		{"default, profile deadline", Config{}, profileDeadline, profileDeadline / 2, false},
+		{"default, no caller deadline", Config{}, 0, DefaultTimeout, false},
+		{"default, short deadline", Config{Deadline: 3 * time.Second}, 0, 1500 * time.Millisecond, false},
+		{"default, no retries", Config{Retries: -1}, 4 * time.Second, 4 * time.Second, false},
+		{"explicit", Config{Timeout: 3 * time.Second}, profileDeadline, 3 * time.Second, false},
+		{"explicit, caller deadline too short", Config{Timeout: 20 * time.Second}, profileDeadline, 20 * time.Second, true},
+		{"explicit, no retries", Config{Timeout: 20 * time.Second, Retries: -1}, profileDeadline, 20 * time.Second, false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			var logs bytes.Buffer
+			cfg := tc.cfg
+			cfg.Logs = []LogConfig{logCfg(f, "f", "")}
+			s, err := New(cfg, Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx := context.Background()
+			if tc.deadline > 0 {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeout(ctx, tc.deadline)
+				defer cancel()
+			}
+			ctx, cancel := context.WithTimeout(ctx, s.cfg.Deadline)
+			defer cancel()
+			// The derived timeout counts from now, so it may come out a
+			// little short of the nominal value.
+			if got := s.attemptTimeout(ctx); got > tc.want || got < tc.want-time.Second {
+				t.Errorf("timeout %s, want %s", got, tc.want)
+			}
+			if warned := strings.Contains(logs.String(), "not retried"); warned != tc.warn {
+				t.Errorf("warned: %v, want %v (log: %q)", warned, tc.warn, logs.String())
 			}
 		})
 	}
