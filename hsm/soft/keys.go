@@ -499,6 +499,10 @@ func (p *Partition) ExportKey(idOrLabel, transportKey string) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("soft: transport key: %w", err)
 	}
+	// A key leaving the module is an operation that Seal and Close must
+	// not overtake: its audit record comes before theirs.
+	p.opMu.Lock()
+	defer p.opMu.Unlock()
 	master, _, err := p.requireActive()
 	if err != nil {
 		return nil, err

@@ -25,7 +25,9 @@
 // records its loss (see hsm/audit). The audit key and the lockout state are
 // not behind the quorum, because a sealed module must record rejected
 // shares and enforce lockouts; they are protected by the files' permissions
-// only (see hsm/audit).
+// only (see hsm/audit). A lockout lasts its full duration of the module's
+// running time, which the module keeps across restarts: setting the clock
+// forward while the module is closed does not end it (see lockoutStore).
 //
 // What soft does not do: it is not tamper-resistant hardware. Private keys
 // live in this process's memory while active (Go cannot reliably wipe them),
@@ -95,7 +97,7 @@ type Module struct {
 	db     *bolt.DB
 	meta   moduleMeta
 	log    *audit.Log
-	lock   *quorum.BoltLockoutStore
+	lock   *lockoutStore
 	clock  func() time.Time
 	rand   io.Reader
 	logger *slog.Logger
@@ -174,10 +176,10 @@ func Open(dir string, opts Options) (*Module, error) {
 		db.Close()
 		return nil, fmt.Errorf("soft: %w", err)
 	}
-	if m.lock, err = quorum.NewBoltLockoutStore(db, lockoutBucket); err != nil {
+	if m.lock, err = openLockoutStore(db, m.clock); err != nil {
 		m.log.Close()
 		db.Close()
-		return nil, fmt.Errorf("soft: %w", err)
+		return nil, err
 	}
 	if created {
 		fields := map[string]string{"module": m.meta.ID, "audit_key": base64.StdEncoding.EncodeToString(m.log.PublicKey()), "backend": "soft"}
@@ -399,7 +401,10 @@ func (m *Module) Partitions() ([]string, error) {
 var errClosed = errors.New("soft: module is closed")
 
 // Close seals every partition, flushes the audit log and releases the
-// module file.
+// module file. It waits for the partitions' operations in progress (share
+// presentation, re-share, key storage, destruction and export), not for
+// signatures or key generation outside the operation lock; an operation
+// that starts later fails, sealed or closed.
 func (m *Module) Close() error {
 	m.mu.Lock()
 	if m.closed {
@@ -412,11 +417,21 @@ func (m *Module) Close() error {
 		parts = append(parts, p)
 	}
 	m.mu.Unlock()
+	// Each operation lock is held until the log and the database are
+	// closed, so that an operation waiting for it cannot activate or use
+	// a partition in between. No operation takes m.mu or a second
+	// partition's lock while holding its own, so taking them one after
+	// another cannot deadlock; m.mu is released first so that lookups
+	// fail fast with errClosed meanwhile.
+	for _, p := range parts {
+		p.opMu.Lock()
+		defer p.opMu.Unlock()
+	}
 	var errs []error
 	for _, p := range parts {
 		errs = append(errs, p.seal("module closed"))
 	}
-	errs = append(errs, m.log.Close(), m.db.Close())
+	errs = append(errs, m.lock.saveUptime(), m.log.Close(), m.db.Close())
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("soft: close: %w", err)
 	}

@@ -132,9 +132,11 @@ type Partition struct {
 	name string
 	coll *quorum.Collector
 
-	// opMu serialises state changes (share presentation, activation, seal,
-	// re-share, key creation); mu guards the fields below and is held only
-	// briefly, so signing never waits for an fsync of another operation.
+	// opMu serialises state changes and key management (share
+	// presentation, activation, seal, re-share, key storage, destruction
+	// and export) with each other and with Module.Close; mu guards the
+	// fields below and is held only briefly, so signing never waits for an
+	// fsync of another operation.
 	opMu sync.Mutex
 	mu   sync.RWMutex
 	rec  *partitionRecord
@@ -301,9 +303,9 @@ func (p *Partition) SetOperationSignatures(n int) error {
 }
 
 // Seal forgets the partition's secrets and presented shares. It waits
-// only for a state change in progress (a share being counted, a re-share),
-// so that an activation cannot complete after it; signatures never hold it
-// up.
+// only for an operation in progress (a share being counted, a re-share, a
+// key being stored, destroyed or exported), so that none can complete
+// after it; signatures never hold it up.
 func (p *Partition) Seal() error {
 	p.opMu.Lock()
 	defer p.opMu.Unlock()
