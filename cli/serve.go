@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"crypto"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -193,8 +194,13 @@ in order) add logs to the config's ct.logs and set the server profile's
 ct.mode to embed (or --ct-mode best-effort), without editing the config.
 
 Signals: SIGTERM or SIGINT stop accepting, finish requests in flight, seal and
-close the store; SIGHUP re-reads the config's profiles and name policy and the
-TLS certificate (listeners, ACME settings and issuers need a restart).`,
+close the store; SIGHUP re-reads the config's profiles and name policy, the
+operator CA (server.operator_ca, applied to the next admin request even on an
+open connection) and the TLS certificate (listeners, ACME settings and issuers
+need a restart); a failed reload keeps the running configuration.
+
+--pprof-addr serves Go's profiles on a loopback address only: a loopback IP,
+or a name whose every address is loopback.`,
 		Example: `  hsmca ca serve --config ca.yaml
   hsmca ca serve --config ca.yaml --https-addr 0.0.0.0:443 --http-addr 0.0.0.0:80
   hsmca ca serve --config ca.yaml --resolver 127.0.0.1:5353   # validate against a test DNS
@@ -278,6 +284,14 @@ func startServe(e *env, cfg *Config, configPath string, f serveFlags) (_ *runnin
 	if err := cto.apply(cfg); err != nil {
 		return nil, err
 	}
+	// --pprof-addr is checked (and a name resolved) before anything opens;
+	// the listener binds the resolved address at the end.
+	var pprofAddr string
+	if f.pprof != "" {
+		if pprofAddr, err = pprofListenAddr(context.Background(), f.pprof, net.DefaultResolver.LookupIPAddr); err != nil {
+			return nil, err
+		}
+	}
 	log := newLogger(e, cfg.Server)
 	r := &running{cfg: cfg, log: log}
 	defer func() {
@@ -357,35 +371,35 @@ func startServe(e *env, cfg *Config, configPath string, f serveFlags) (_ *runnin
 		return nil, withHint(errors.New("config: server.tls_cert and server.tls_key are required"),
 			"issue the server a certificate with the server profile (quickstart does) and name the files in ca.yaml")
 	}
-	if sc.OperatorCA != "" {
-		b, err := os.ReadFile(cfg.Path(sc.OperatorCA))
-		if err != nil {
-			return nil, fmt.Errorf("config: server.operator_ca: %w", err)
-		}
-		if scfg.OperatorRoots, err = ca.ParsePEMCertificates(b); err != nil {
-			return nil, fmt.Errorf("config: server.operator_ca: %w", err)
-		}
+	if scfg.OperatorRoots, err = operatorRoots(cfg); err != nil {
+		return nil, err
 	}
-	reload := func() (*ca.CA, error) {
+	// reload loads every part of the new configuration before it changes
+	// anything, so that a failure keeps the running one whole.
+	reload := func() (server.Reloaded, error) {
 		ncfg, err := LoadConfig(configPath)
 		if err != nil {
-			return nil, err
+			return server.Reloaded{}, err
 		}
 		if err := cto.apply(ncfg); err != nil {
-			return nil, err
+			return server.Reloaded{}, err
+		}
+		roots, err := operatorRoots(ncfg)
+		if err != nil {
+			return server.Reloaded{}, err
 		}
 		// The new CA's CT metrics replace the old ones in /metrics only
 		// if it starts.
 		staged := &stagedRegisterer{}
 		nc, err := openCA(ncfg, r.m, r.st, caDeps{Logger: log, Registerer: staged, WrapSigner: wrap})
 		if err != nil {
-			return nil, err
+			return server.Reloaded{}, err
 		}
 		if err := staged.commit(reg); err != nil {
-			return nil, fmt.Errorf("metrics: %w", err)
+			return server.Reloaded{}, fmt.Errorf("metrics: %w", err)
 		}
 		cur.Store(nc)
-		return nc, nil
+		return server.Reloaded{CA: nc, OperatorRoots: roots}, nil
 	}
 	r.srv, err = server.New(scfg, server.Deps{
 		CA: c, ACME: r.acme.Handler(), Quorum: r.quorum, Store: r.st, Logger: log,
@@ -400,12 +414,36 @@ func startServe(e *env, cfg *Config, configPath string, f serveFlags) (_ *runnin
 		return nil, err
 	}
 	r.httpURL = "http://" + r.srv.HTTPAddr()
-	if f.pprof != "" {
-		if r.pprof, _, err = startPprof(f.pprof, log); err != nil {
+	if pprofAddr != "" {
+		if r.pprof, _, err = startPprof(pprofAddr, log); err != nil {
 			return nil, err
 		}
 	}
 	return r, nil
+}
+
+// operatorRoots reads server.operator_ca: the CA certificates that admin
+// client certificates must chain to. nil without the setting (the server
+// then uses the issuers' chains). A file without a certificate is an
+// error, not a silent fall back to that default.
+func operatorRoots(cfg *Config) ([]*x509.Certificate, error) {
+	name := cfg.Server.OperatorCA
+	if name == "" {
+		return nil, nil
+	}
+	b, err := os.ReadFile(cfg.Path(name))
+	if err != nil {
+		return nil, fmt.Errorf("config: server.operator_ca: %w", err)
+	}
+	roots, err := ca.ParsePEMCertificates(b)
+	if err != nil {
+		return nil, fmt.Errorf("config: server.operator_ca %s: %w", name, err)
+	}
+	if len(roots) == 0 {
+		return nil, withHint(fmt.Errorf("config: server.operator_ca %s: no PEM certificate in the file", name),
+			"put the operator CA's certificate (PEM) there, or remove server.operator_ca to trust the issuers' chains")
+	}
+	return roots, nil
 }
 
 // Sampling rates while --pprof-addr is on: a blocking event of 10µs or more
@@ -418,17 +456,60 @@ const (
 	pprofReadHeaderLimit = 10 * time.Second
 )
 
-// startPprof serves net/http/pprof on addr, which must be a loopback
-// address: the profiles show code paths and timings of a CA, and the
-// endpoints can make the process spend CPU, so they are never exposed. It
-// returns the server and the address it listens on.
+// pprofLookupTimeout bounds the resolution of a --pprof-addr host name.
+const pprofLookupTimeout = 10 * time.Second
+
+// pprofListenAddr checks a --pprof-addr HOST:PORT and returns the literal
+// address to listen on. The profiles show a CA's code paths and timings and
+// the endpoints can make it spend CPU, so they are served on loopback only:
+// a literal IP must be loopback, and a name (such as localhost) is resolved
+// with lookup and accepted only if every address it resolves to is
+// loopback. The listener then binds the first resolved address (IPv4
+// first, as net.Listen would), so no second lookup can move it elsewhere.
+func pprofListenAddr(ctx context.Context, addr string, lookup func(context.Context, string) ([]net.IPAddr, error)) (string, error) {
+	const hint = "give a loopback IP address, such as 127.0.0.1:6060 or [::1]:6060"
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", usageError{withHint(fmt.Errorf("serve: --pprof-addr %q: want HOST:PORT", addr), hint)}
+	}
+	if host == "" {
+		return "", usageError{withHint(fmt.Errorf("serve: --pprof-addr %q: no host means every interface; only a loopback address is allowed", addr), hint)}
+	}
+	if ip := net.ParseIP(host); ip != nil {
+		if !ip.IsLoopback() {
+			return "", usageError{withHint(fmt.Errorf("serve: --pprof-addr %q: %s is not a loopback address; only a loopback address is allowed", addr, ip), hint)}
+		}
+		return net.JoinHostPort(ip.String(), port), nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, pprofLookupTimeout)
+	defer cancel()
+	ips, err := lookup(ctx, host)
+	if err != nil {
+		return "", usageError{withHint(fmt.Errorf("serve: --pprof-addr %q: resolve %s: %w", addr, host, err), hint)}
+	}
+	if len(ips) == 0 {
+		return "", usageError{withHint(fmt.Errorf("serve: --pprof-addr %q: %s resolves to no address", addr, host), hint)}
+	}
+	var pick net.IP
+	for _, a := range ips {
+		if !a.IP.IsLoopback() {
+			return "", usageError{withHint(fmt.Errorf("serve: --pprof-addr %q: %s resolves to %s, which is not loopback; only a loopback address is allowed", addr, host, a.IP), hint)}
+		}
+		if pick == nil || (pick.To4() == nil && a.IP.To4() != nil) {
+			pick = a.IP
+		}
+	}
+	return net.JoinHostPort(pick.String(), port), nil
+}
+
+// startPprof serves net/http/pprof on addr, a literal loopback address
+// that pprofListenAddr returned. It returns the server and the address it
+// listens on.
 func startPprof(addr string, log *slog.Logger) (*http.Server, string, error) {
 	host, _, err := net.SplitHostPort(addr)
-	if err != nil {
-		return nil, "", usagef("serve: --pprof-addr %q: want HOST:PORT", addr)
-	}
-	if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
-		return nil, "", usagef("serve: --pprof-addr %q: only a loopback address is allowed", addr)
+	if ip := net.ParseIP(host); err != nil || ip == nil || !ip.IsLoopback() {
+		// pprofListenAddr makes such addresses; anything else is a bug.
+		return nil, "", fmt.Errorf("serve: pprof listener %q: not a literal loopback address", addr)
 	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {

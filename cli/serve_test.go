@@ -469,6 +469,59 @@ func TestServeSIGHUPReload(t *testing.T) {
 	}
 }
 
+// TestServeSIGHUPOperatorCA: SIGHUP re-reads server.operator_ca. An operator
+// certificate from CA A is accepted; an operator_ca file without a
+// certificate fails the reload and keeps A; once the file names only CA B,
+// the same certificate is refused without a restart.
+func TestServeSIGHUPOperatorCA(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end")
+	}
+	dir, httpsURL, httpURL := stoppedQuickstart(t)
+	opCA := filepath.Join(dir, "operator-ca.pem")
+	rootPEM, err := os.ReadFile(filepath.Join(dir, "root.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeOpCA := func(b []byte) {
+		if err := os.WriteFile(opCA, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writeOpCA(rootPEM)
+	cfgPath := editConfig(t, dir, "  issuing_partition: issuing", "  operator_ca: operator-ca.pem\n  issuing_partition: issuing")
+	p := startProc(t, dir, "ca", "serve", "--config", cfgPath)
+	waitHealth(t, p, httpURL, isSealed)
+	status := func() cliResult {
+		return runCLI(t, dir, "hsm", "status", "--server", httpsURL,
+			"--client-cert", "operator.pem", "--client-key", "operator.key", "--ca-cert", "root.pem")
+	}
+	if r := status(); r.code != 0 {
+		t.Fatalf("operator of CA A before the reload:\n%s\n%s", r, p.out)
+	}
+
+	writeOpCA([]byte("not a certificate\n"))
+	p.cmd.Process.Signal(syscall.SIGHUP)
+	waitOutput(t, p, "reload failed")
+	if !strings.Contains(p.out.String(), "server.operator_ca operator-ca.pem: no PEM certificate") {
+		t.Fatalf("the failed reload does not say why:\n%s", p.out)
+	}
+	if r := status(); r.code != 0 {
+		t.Fatalf("operator of CA A after a failed reload:\n%s\n%s", r, p.out)
+	}
+
+	writeOpCA(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: selfSigned(t, "operator CA B")}))
+	p.cmd.Process.Signal(syscall.SIGHUP)
+	waitOutput(t, p, "server: reloaded configuration")
+	r := status()
+	if r.code == 0 || !strings.Contains(r.stderr, "operator client certificate") {
+		t.Fatalf("operator of CA A after the reload to CA B only:\n%s\n%s", r, p.out)
+	}
+	if err := p.stop(t, syscall.SIGTERM); err != nil {
+		t.Fatalf("serve exit: %v", err)
+	}
+}
+
 type stubQuorum struct{ st server.QuorumStatus }
 
 func (s *stubQuorum) Status() (server.QuorumStatus, error)         { return s.st, nil }

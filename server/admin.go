@@ -44,9 +44,9 @@ func (s *Server) adminHandler() http.Handler {
 	return mux
 }
 
-// requireOperator admits a request only with a verified client certificate
-// (the TLS layer checked the chain to the operator roots and the clientAuth
-// EKU) that this CA issued with the operator profile and has not revoked.
+// requireOperator admits a request only with a client certificate that
+// chains to the current operator roots with the clientAuth EKU, and that
+// this CA issued with the operator profile and has not revoked.
 func (s *Server) requireOperator(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if err := s.checkOperator(r); err != nil {
@@ -66,10 +66,14 @@ func (s *Server) checkOperator(r *http.Request) error {
 	if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
 		return errors.New("the admin API needs an operator client certificate (mutual TLS)")
 	}
-	if len(r.TLS.VerifiedChains) == 0 {
-		return errors.New("the client certificate does not chain to the operator CA")
-	}
 	leaf := r.TLS.PeerCertificates[0]
+	// The handshake checked validity when the connection was made; a
+	// connection kept alive must not outlive its certificate.
+	now := time.Now()
+	if now.After(leaf.NotAfter) || now.Before(leaf.NotBefore) {
+		return fmt.Errorf("client certificate %s is not valid now (valid from %s to %s)",
+			ca.SerialString(leaf.SerialNumber), leaf.NotBefore.UTC().Format(time.RFC3339), leaf.NotAfter.UTC().Format(time.RFC3339))
+	}
 	hasClientAuth := false
 	for _, eku := range leaf.ExtKeyUsage {
 		if eku == x509.ExtKeyUsageClientAuth {
@@ -79,11 +83,21 @@ func (s *Server) checkOperator(r *http.Request) error {
 	if !hasClientAuth {
 		return errors.New("the client certificate lacks the clientAuth extended key usage")
 	}
-	// The handshake checked validity when the connection was made; a
-	// connection kept alive must not outlive its certificate.
-	if now := time.Now(); now.After(leaf.NotAfter) || now.Before(leaf.NotBefore) {
-		return fmt.Errorf("client certificate %s is not valid now (valid from %s to %s)",
-			ca.SerialString(leaf.SerialNumber), leaf.NotBefore.UTC().Format(time.RFC3339), leaf.NotAfter.UTC().Format(time.RFC3339))
+	// The handshake's verified chains were made against the roots of that
+	// moment; a reload may have removed them since, so verify again
+	// against the current pool (never the system roots, which a nil pool
+	// would mean).
+	pool := s.opPool.Load()
+	if pool == nil {
+		return errors.New("the client certificate does not chain to the operator CA")
+	}
+	inter := x509.NewCertPool()
+	for _, c := range r.TLS.PeerCertificates[1:] {
+		inter.AddCert(c)
+	}
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: pool, Intermediates: inter, CurrentTime: now,
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+		return errors.New("the client certificate does not chain to the operator CA")
 	}
 	serial := ca.SerialString(leaf.SerialNumber)
 	rec, err := s.CA().Get(r.Context(), serial)

@@ -126,15 +126,26 @@ type Deps struct {
 	// Metrics: a private set; nil Gatherer: prometheus.DefaultGatherer.
 	Metrics  *Metrics
 	Gatherer prometheus.Gatherer
-	// Reload rebuilds the CA from its configuration (profiles, policy)
-	// with the same signers; the server swaps it in atomically. nil:
-	// Reload only re-reads the TLS certificate.
-	Reload func() (*ca.CA, error)
+	// Reload rebuilds the CA (profiles, policy, with the same signers) and
+	// the operator roots from the configuration; the server swaps them in
+	// atomically. It must fail without side effects when any part of the
+	// new configuration cannot be loaded. nil: Reload only re-reads the
+	// TLS certificate.
+	Reload func() (Reloaded, error)
 	// Clock; nil is time.Now.
 	Clock func() time.Time
 	// EAB manages ACME external account binding keys through the admin
 	// API; nil: the EAB routes answer 404.
 	EAB EABAdmin
+}
+
+// Reloaded is what Deps.Reload rebuilt from the configuration.
+type Reloaded struct {
+	// CA replaces the running CA. Required.
+	CA *ca.CA
+	// OperatorRoots replace Config.OperatorRoots; nil means the new CA's
+	// issuer certificates and the certificates above them.
+	OperatorRoots []*x509.Certificate
 }
 
 // Server is a running CA's set of listeners. Create it with New, then
@@ -149,6 +160,10 @@ type Server struct {
 
 	ca      atomic.Pointer[ca.CA]
 	tlsCert atomic.Pointer[tls.Certificate]
+	// opPool holds the operator roots. Reload swaps it; the handshake and
+	// every admin request on HTTPS (keep-alive connections included)
+	// verify the client certificate against the pool current at the time.
+	opPool atomic.Pointer[x509.CertPool]
 
 	ocspLast *ocspFallback
 	crls     crlMeta
@@ -215,10 +230,13 @@ func New(cfg Config, d Deps) (*Server, error) {
 		s.d.Gatherer = prometheus.DefaultGatherer
 	}
 	s.ca.Store(d.CA)
+	s.opPool.Store(operatorPool(cfg.OperatorRoots, d.CA))
 	if cfg.HTTPSAddr != "" {
-		if err := s.loadTLSCert(); err != nil {
+		c, err := s.readTLSCert()
+		if err != nil {
 			return nil, err
 		}
+		s.tlsCert.Store(c)
 	}
 	return s, nil
 }
@@ -277,25 +295,25 @@ func endpointPath(configured, caURL, def string) string {
 // CA returns the CA currently served (Reload swaps it).
 func (s *Server) CA() *ca.CA { return s.ca.Load() }
 
-func (s *Server) loadTLSCert() error {
+func (s *Server) readTLSCert() (*tls.Certificate, error) {
 	c, err := tls.LoadX509KeyPair(s.cfg.TLSCertFile, s.cfg.TLSKeyFile)
 	if err != nil {
 		// tls errors name the file's problem, never the key.
-		return fmt.Errorf("server: TLS certificate %s: %w", s.cfg.TLSCertFile, err)
+		return nil, fmt.Errorf("server: TLS certificate %s: %w", s.cfg.TLSCertFile, err)
 	}
-	s.tlsCert.Store(&c)
-	return nil
+	return &c, nil
 }
 
-func (s *Server) operatorPool() *x509.CertPool {
+// operatorPool makes the pool admin client certificates must chain to:
+// roots if any, else every issuer certificate of c and those above it.
+func operatorPool(roots []*x509.Certificate, c *ca.CA) *x509.CertPool {
 	pool := x509.NewCertPool()
-	if len(s.cfg.OperatorRoots) > 0 {
-		for _, c := range s.cfg.OperatorRoots {
-			pool.AddCert(c)
+	if len(roots) > 0 {
+		for _, r := range roots {
+			pool.AddCert(r)
 		}
 		return pool
 	}
-	c := s.CA()
 	for _, name := range c.Issuers() {
 		iss, err := c.Issuer(name)
 		if err != nil {
@@ -307,6 +325,21 @@ func (s *Server) operatorPool() *x509.CertPool {
 		}
 	}
 	return pool
+}
+
+// tlsConfigFor is the HTTPS listener's configuration for one handshake:
+// it names the current operator roots, so that a reload applies to new
+// connections at once.
+func (s *Server) tlsConfigFor(*tls.ClientHelloInfo) (*tls.Config, error) {
+	return &tls.Config{
+		MinVersion: tls.VersionTLS12,
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+			return s.tlsCert.Load(), nil
+		},
+		ClientAuth: tls.VerifyClientCertIfGiven,
+		ClientCAs:  s.opPool.Load(),
+		NextProtos: []string{"h2", "http/1.1"},
+	}, nil
 }
 
 func (s *Server) httpServer(h http.Handler) *http.Server {
@@ -340,15 +373,10 @@ func (s *Server) Start() (err error) {
 		if err != nil {
 			return fmt.Errorf("server: https listener: %w", err)
 		}
-		tc := &tls.Config{
-			MinVersion: tls.VersionTLS12,
-			GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
-				return s.tlsCert.Load(), nil
-			},
-			ClientAuth: tls.VerifyClientCertIfGiven,
-			ClientCAs:  s.operatorPool(),
-			NextProtos: []string{"h2", "http/1.1"},
-		}
+		// Session ticket keys stay those of this outer config across
+		// reloads; a resumed session is still checked per request.
+		tc := &tls.Config{MinVersion: tls.VersionTLS12, NextProtos: []string{"h2", "http/1.1"},
+			GetConfigForClient: s.tlsConfigFor}
 		s.httpsLn = tls.NewListener(ln, tc)
 	}
 	if s.cfg.HTTPAddr != "" {
@@ -442,26 +470,33 @@ func (s *Server) Shutdown(ctx context.Context) error {
 }
 
 // Reload re-reads what can change without a restart: the CA's profiles and
-// policy (Deps.Reload builds a new CA with the same signers, swapped in
-// atomically; requests in flight finish on the old one) and the TLS
-// certificate. On error nothing changes.
+// policy and the operator roots (Deps.Reload builds a new CA with the same
+// signers), and the TLS certificate, each swapped in atomically;
+// requests in flight finish on the old CA. The new operator roots apply to
+// the next handshake and to the next admin request on a connection already
+// open, so a root removed from the configuration is refused at once. On
+// error nothing changes.
 func (s *Server) Reload() error {
-	var next *ca.CA
-	if s.d.Reload != nil {
-		var err error
-		if next, err = s.d.Reload(); err != nil {
-			return fmt.Errorf("server: reload: %w", err)
-		}
-	}
+	var cert *tls.Certificate
 	if s.cfg.HTTPSAddr != "" {
-		old := s.tlsCert.Load()
-		if err := s.loadTLSCert(); err != nil {
-			s.tlsCert.Store(old)
+		var err error
+		if cert, err = s.readTLSCert(); err != nil {
 			return fmt.Errorf("server: reload: %w", err)
 		}
 	}
-	if next != nil {
-		s.ca.Store(next)
+	if s.d.Reload != nil {
+		next, err := s.d.Reload()
+		if err != nil {
+			return fmt.Errorf("server: reload: %w", err)
+		}
+		if next.CA == nil {
+			return errors.New("server: reload: no CA was rebuilt")
+		}
+		s.ca.Store(next.CA)
+		s.opPool.Store(operatorPool(next.OperatorRoots, next.CA))
+	}
+	if cert != nil {
+		s.tlsCert.Store(cert)
 	}
 	s.log.Info("server: reloaded configuration")
 	return nil

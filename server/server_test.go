@@ -19,6 +19,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httptrace"
 	"os"
 	"strings"
 	"testing"
@@ -499,7 +500,7 @@ func TestReloadSwapsCA(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.srv.d.Reload = func() (*ca.CA, error) { return next, nil }
+	e.srv.d.Reload = func() (Reloaded, error) { return Reloaded{CA: next}, nil }
 	if err := e.srv.Reload(); err != nil {
 		t.Fatal(err)
 	}
@@ -509,9 +510,76 @@ func TestReloadSwapsCA(t *testing.T) {
 	if code != http.StatusForbidden || p.Type != ProbPolicy {
 		t.Fatalf("issue after reload: %d %+v", code, p)
 	}
-	e.srv.d.Reload = func() (*ca.CA, error) { return nil, errors.New("config: bad") }
+	e.srv.d.Reload = func() (Reloaded, error) { return Reloaded{}, errors.New("config: bad") }
 	if err := e.srv.Reload(); err == nil || e.srv.CA() != next {
 		t.Fatalf("failed reload: %v", err)
+	}
+}
+
+// getStatus asks for the quorum status over c and reports the HTTP status
+// (0 if the handshake failed) and whether the request went over a
+// connection that was already open.
+func getStatus(t *testing.T, c *http.Client, base string) (code int, reused bool) {
+	t.Helper()
+	trace := &httptrace.ClientTrace{GotConn: func(i httptrace.GotConnInfo) { reused = i.Reused }}
+	req, err := http.NewRequestWithContext(httptrace.WithClientTrace(context.Background(), trace), "GET", base+"/admin/hsm/status", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return 0, reused
+	}
+	defer resp.Body.Close()
+	io.Copy(io.Discard, resp.Body) // lets the connection be reused
+	return resp.StatusCode, reused
+}
+
+// TestReloadOperatorRoots: a reload whose operator roots no longer include
+// the CA of a client certificate refuses that certificate at once, on the
+// connection it keeps alive and on new ones; a failed reload keeps the
+// roots in force, and a reload can trust the CA again.
+func TestReloadOperatorRoots(t *testing.T) {
+	e := newEnv(t, nil) // operator roots: the issuer chain (CA A)
+	otherRoot, _, _, _ := newCAPair(t, "other")
+	reloadRoots := func(roots ...*x509.Certificate) error {
+		e.srv.d.Reload = func() (Reloaded, error) { return Reloaded{CA: e.srv.CA(), OperatorRoots: roots}, nil }
+		return e.srv.Reload()
+	}
+
+	alice := e.client(&e.operator)
+	if code, _ := getStatus(t, alice, e.httpsURL); code != http.StatusOK {
+		t.Fatalf("before reload: status %d", code)
+	}
+	if err := reloadRoots(otherRoot); err != nil {
+		t.Fatal(err)
+	}
+	code, reused := getStatus(t, alice, e.httpsURL)
+	if !reused {
+		t.Fatal("the client opened a new connection; the test needs the kept-alive one")
+	}
+	if code != http.StatusForbidden {
+		t.Fatalf("kept-alive connection after the reload dropped its CA: status %d, want 403", code)
+	}
+	// A new connection: Go's client sends no certificate the server's
+	// roots do not name (401); any other refusal fails the handshake (0).
+	if code, _ := getStatus(t, e.client(&e.operator), e.httpsURL); code != 0 && code != http.StatusUnauthorized {
+		t.Fatalf("new connection after the reload dropped its CA: status %d", code)
+	}
+
+	e.srv.d.Reload = func() (Reloaded, error) { return Reloaded{}, errors.New("config: server.operator_ca: no certificate") }
+	if err := e.srv.Reload(); err == nil {
+		t.Fatal("failed reload reported success")
+	}
+	if code, _ := getStatus(t, e.client(&e.operator), e.httpsURL); code == http.StatusOK {
+		t.Fatal("a failed reload restored the dropped CA")
+	}
+
+	if err := reloadRoots(e.root); err != nil {
+		t.Fatal(err)
+	}
+	if code, _ := getStatus(t, e.client(&e.operator), e.httpsURL); code != http.StatusOK {
+		t.Fatalf("after trusting CA A again: status %d", code)
 	}
 }
 
