@@ -165,7 +165,7 @@ func (m *Module) openState() error {
 	if err != nil {
 		return fmt.Errorf("hsm/pkcs11: open audit log: %w", err)
 	}
-	m.lockouts, err = quorum.NewBoltLockoutStore(m.db, lockoutBucket)
+	m.lockouts, err = quorum.NewBoltLockoutStore(m.db, lockoutBucket, metaBucket, m.opts.Clock)
 	if err != nil {
 		m.log.Close()
 		return fmt.Errorf("hsm/pkcs11: %w", err)
@@ -462,8 +462,9 @@ func (m *Module) savePartition(pc partitionConfig) error {
 	return nil
 }
 
-// Close seals every partition, closes the audit log and the database and
-// releases the PKCS#11 libraries this module loaded.
+// Close seals every partition, records the module's running time for the
+// lockouts (see quorum.BoltLockoutStore), closes the audit log and the
+// database and releases the PKCS#11 libraries this module loaded.
 func (m *Module) Close() error {
 	m.mu.Lock()
 	if m.closed {
@@ -481,6 +482,9 @@ func (m *Module) Close() error {
 		if err := p.Seal(); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	if err := m.lockouts.SaveUptime(); err != nil {
+		errs = append(errs, fmt.Errorf("hsm/pkcs11: %w", err))
 	}
 	if err := m.log.Close(); err != nil {
 		errs = append(errs, err)

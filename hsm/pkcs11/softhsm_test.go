@@ -31,9 +31,13 @@ const (
 	tokDirect    = "hsmca-direct"
 	tokRace      = "hsmca-race"
 	tokInitFail  = "hsmca-initfail"
+	// TestLockoutRunsInModuleTime, one token per case.
+	tokModTimeSame = "hsmca-modtime-same"
+	tokModTimeFwd  = "hsmca-modtime-forward"
+	tokModTimeBack = "hsmca-modtime-back"
 )
 
-var allTokens = []string{tokLifecycle, tokLockout, tokPerOp, tokGone, tokBadPIN, tokReshare, tokBench, tokDirect, tokRace, tokInitFail}
+var allTokens = []string{tokLifecycle, tokLockout, tokPerOp, tokGone, tokBadPIN, tokReshare, tokBench, tokDirect, tokRace, tokInitFail, tokModTimeSame, tokModTimeFwd, tokModTimeBack}
 
 const (
 	userPIN = "87654321"

@@ -163,14 +163,15 @@ func newFixture(t *testing.T, n, m int) *fixture {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { db.Close() })
-	st, err := NewBoltLockoutStore(db, "lockout")
+	clock := &fakeClock{now: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}
+	st, err := NewBoltLockoutStore(db, "lockout", "meta", clock.Now)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return &fixture{
 		d:      d,
 		params: Params{Module: "m1", Partition: "issuing", Generation: 1, Threshold: m, Shares: n, Commitments: d.Commitments},
-		clock:  &fakeClock{now: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)},
+		clock:  clock,
 		store:  st,
 	}
 }

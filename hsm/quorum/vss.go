@@ -4,7 +4,8 @@
 // commitments, recover the secret from M shares) and the collection state
 // machine that a partition runs while custodians present their shares
 // (collecting window, duplicate detection, k-of-M progress, failure counting
-// and a lockout that survives restarts).
+// and a lockout that survives restarts, kept in the module's running time
+// by BoltLockoutStore).
 //
 // The package never stores a secret: it hands the recovered secret to the
 // backend, which derives its keys from it (hsm/soft) or logs in with it

@@ -27,7 +27,8 @@
 // shares and enforce lockouts; they are protected by the files' permissions
 // only (see hsm/audit). A lockout lasts its full duration of the module's
 // running time, which the module keeps across restarts: setting the clock
-// forward while the module is closed does not end it (see lockoutStore).
+// forward while the module is closed does not end it (see
+// quorum.BoltLockoutStore).
 //
 // What soft does not do: it is not tamper-resistant hardware. Private keys
 // live in this process's memory while active (Go cannot reliably wipe them),
@@ -97,7 +98,7 @@ type Module struct {
 	db     *bolt.DB
 	meta   moduleMeta
 	log    *audit.Log
-	lock   *lockoutStore
+	lock   *quorum.BoltLockoutStore
 	clock  func() time.Time
 	rand   io.Reader
 	logger *slog.Logger
@@ -176,10 +177,10 @@ func Open(dir string, opts Options) (*Module, error) {
 		db.Close()
 		return nil, fmt.Errorf("soft: %w", err)
 	}
-	if m.lock, err = openLockoutStore(db, m.clock); err != nil {
+	if m.lock, err = quorum.NewBoltLockoutStore(db, lockoutBucket, string(metaBucket), m.clock); err != nil {
 		m.log.Close()
 		db.Close()
-		return nil, err
+		return nil, fmt.Errorf("soft: %w", err)
 	}
 	if created {
 		fields := map[string]string{"module": m.meta.ID, "audit_key": base64.StdEncoding.EncodeToString(m.log.PublicKey()), "backend": "soft"}
@@ -431,7 +432,7 @@ func (m *Module) Close() error {
 	for _, p := range parts {
 		errs = append(errs, p.seal("module closed"))
 	}
-	errs = append(errs, m.lock.saveUptime(), m.log.Close(), m.db.Close())
+	errs = append(errs, m.lock.SaveUptime(), m.log.Close(), m.db.Close())
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("soft: close: %w", err)
 	}
