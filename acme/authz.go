@@ -170,7 +170,9 @@ func (s *Server) handleChallenge(w http.ResponseWriter, q *request) *Problem {
 	}
 	unlock()
 	if start {
-		c = s.validateInline(ctx, a, c, q.acct.KeyThumb)
+		if c, p = s.validateInline(ctx, a, c, q.acct.KeyThumb); p != nil {
+			return p
+		}
 	}
 	up()
 	if c.Status == StatusProcessing {
@@ -183,30 +185,42 @@ func (s *Server) handleChallenge(w http.ResponseWriter, q *request) *Problem {
 // client waits.
 const inlineWait = 3 * time.Second
 
-// validateInline runs the first attempt in the request. Success is stored
-// in one write (a crash before it leaves the challenge pending, and the
-// client, which got no answer, answers it again). Otherwise the challenge is
-// stored as processing with a work record and the retries go to the pool.
-// The caller has claimed a.ID in s.validating.
-func (s *Server) validateInline(ctx context.Context, a *Authz, c *Challenge, thumb string) *Challenge {
+// validateInline runs the first attempt in the request if a validation
+// slot is free (the pool's cap bounds these attempts too). Success is
+// stored in one write (a crash before it leaves the challenge pending, and
+// the client, which got no answer, answers it again). Otherwise, or if no
+// slot is free, the challenge is stored as processing with a work record
+// and the pool runs the further attempts (the first too when it did not
+// run here). If that write fails the challenge stays pending and the client
+// gets serverInternal, so that it answers the challenge again rather than
+// wait. The caller has claimed a.ID in s.validating.
+func (s *Server) validateInline(ctx context.Context, a *Authz, c *Challenge, thumb string) (*Challenge, *Problem) {
 	defer s.validating.Delete(a.ID)
-	wait := min(s.cfg.ValidationTimeout, inlineWait)
-	p, ok := s.val.attempt(ctx, a, c.Type, thumb, wait)
-	if ok && (p == nil || s.cfg.ValidationRetries == 0) {
-		if cur := s.val.settle(a.ID, c.Type, p, StatusPending); cur != nil {
-			*a = *cur
-			if cc := findChallenge(cur, c.Type); cc != nil {
-				return cc
+	ran := false
+	if s.val.tryAcquire() {
+		wait := min(s.cfg.ValidationTimeout, inlineWait)
+		p, err := s.val.attempt(ctx, a, c.Type, thumb, wait)
+		s.val.release()
+		ran = err == nil
+		if ran && (p == nil || s.cfg.ValidationRetries == 0) {
+			cur, err := s.val.settle(a.ID, c.Type, p, StatusPending)
+			if cur != nil {
+				*a = *cur
+				if cc := findChallenge(cur, c.Type); cc != nil {
+					return cc, nil
+				}
+				return c, nil
 			}
-			return c
+			if err != nil {
+				s.log.Warn("acme: validation: store the outcome; queueing it", "authz", a.ID, "err", err)
+			}
 		}
 	}
 	unlock := s.lock(a.ID)
 	cur, err := s.st.GetAuthz(s.ctx, a.ID)
 	if err != nil {
 		unlock()
-		s.log.Error("acme: get authz", "err", err)
-		return c
+		return nil, s.internalErr("get authz", err)
 	}
 	cc := findChallenge(cur, c.Type)
 	queued := false
@@ -214,20 +228,18 @@ func (s *Server) validateInline(ctx context.Context, a *Authz, c *Challenge, thu
 		cc.Status = StatusProcessing
 		if err := s.st.UpdateAuthz(s.ctx, cur, WorkValidate+cur.ID+"/"+cc.Type, true); err != nil {
 			unlock()
-			s.log.Error("acme: update authz", "err", err)
-			cc.Status = StatusPending
-			return cc
+			return nil, s.internalErr("update authz", err)
 		}
 		queued = true
 	}
 	unlock()
 	if queued {
 		next := 1
-		if !ok {
+		if !ran {
 			next = 0
 		}
 		s.val.enqueue(cur.ID, cc.Type, next)
 	}
 	*a = *cur
-	return cc
+	return cc, nil
 }

@@ -64,8 +64,10 @@ type Config struct {
 	ValidationTimeout    time.Duration `yaml:"validation_timeout"`
 	ValidationRetries    int           `yaml:"validation_retries"`
 	ValidationRetryDelay time.Duration `yaml:"validation_retry_delay"`
-	// ValidationWorkers is the size of the validation pool (default 16);
-	// IssueWorkers the size of the finalize pool (default 4).
+	// ValidationWorkers is the size of the validation pool (default 16),
+	// which bounds the validation attempts running at once, the first
+	// attempts that challenge POSTs run inline included; IssueWorkers is
+	// the size of the finalize pool (default 4).
 	ValidationWorkers int `yaml:"validation_workers"`
 	IssueWorkers      int `yaml:"issue_workers"`
 	// RateLimits are per account and per client IP.

@@ -23,17 +23,21 @@
 // docs/acme.md).
 //
 // Asynchrony. Answering a challenge runs the first validation attempt
-// while the client waits (bounded); success costs one write. Otherwise the
-// challenge is stored as processing with a work record and the further
-// attempts run on a bounded worker pool, each with a timeout, a bounded
-// number of times. The
-// http-01 and tls-alpn-01 ports and the DNS resolver are configurable so
-// tests validate on loopback. Finalize starts issuance and waits briefly:
-// a fast CA yields the valid order in the same answer (one durable write);
-// otherwise the order is stored as processing, the client gets
-// Retry-After, and issuance completes in the background. A CA that cannot
-// sign (*UnavailableError, e.g. sealed awaiting quorum) yields 503 with
-// Retry-After and leaves the order ready. At start, queued validations
-// resume and orders a restart interrupted while processing become invalid
-// with a problem that says to order again.
+// while the client waits (bounded) if one of the validation pool's slots
+// is free; success costs one write. Otherwise the challenge is stored as
+// processing with a work record and the attempts run on the pool, each
+// with a timeout, a bounded number of times: no more attempts run at once
+// than the pool has workers. The http-01 and tls-alpn-01 ports and the DNS
+// resolver are configurable so tests validate on loopback. Finalize starts
+// issuance and waits briefly: a fast CA yields the valid order in the same
+// answer (one durable write); otherwise the order is stored as processing,
+// the client gets Retry-After, and issuance completes in the background. A
+// CA that cannot sign (*UnavailableError, e.g. sealed awaiting quorum)
+// yields 503 with Retry-After and leaves the order ready. A store error
+// while a queued validation or a background issuance records its outcome
+// is retried a few times with backoff; then the challenge or order becomes
+// invalid with serverInternal, and a signed certificate is never requested
+// again. At start, queued validations resume and orders a restart
+// interrupted while processing become invalid with a problem that says to
+// order again.
 package acme

@@ -140,11 +140,13 @@ func (c *fakeCA) verify(t testing.TB, leaf *x509.Certificate, chain []*x509.Cert
 	}
 }
 
-// testDNS answers A 127.0.0.1 for every name and the TXT records tests set.
+// testDNS answers A 127.0.0.1 for every name (or the A records tests set)
+// and the TXT records tests set.
 type testDNS struct {
 	addr string
 	mu   sync.Mutex
 	txt  map[string][]string
+	a    map[string][]net.IP
 	srv  *dns.Server
 }
 
@@ -154,7 +156,7 @@ func newTestDNS(t testing.TB) *testDNS {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d := &testDNS{addr: pc.LocalAddr().String(), txt: map[string][]string{}}
+	d := &testDNS{addr: pc.LocalAddr().String(), txt: map[string][]string{}, a: map[string][]net.IP{}}
 	d.srv = &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(d.serve)}
 	started := make(chan struct{})
 	d.srv.NotifyStartedFunc = func() { close(started) }
@@ -175,6 +177,13 @@ func (d *testDNS) setTXT(name, val string) {
 	d.txt[name] = append(d.txt[name], val)
 }
 
+// setA makes name resolve to ips, in this order, instead of 127.0.0.1.
+func (d *testDNS) setA(name string, ips ...net.IP) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.a[strings.ToLower(dns.Fqdn(name))] = ips
+}
+
 func (d *testDNS) clearTXT(name string) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -191,7 +200,15 @@ func (d *testDNS) serve(w dns.ResponseWriter, r *dns.Msg) {
 		switch q.Qtype {
 		case dns.TypeA:
 			hdr.Rrtype = dns.TypeA
-			m.Answer = append(m.Answer, &dns.A{Hdr: hdr, A: net.IPv4(127, 0, 0, 1)})
+			d.mu.Lock()
+			ips, ok := d.a[name]
+			d.mu.Unlock()
+			if !ok {
+				ips = []net.IP{net.IPv4(127, 0, 0, 1)}
+			}
+			for _, ip := range ips {
+				m.Answer = append(m.Answer, &dns.A{Hdr: hdr, A: ip})
+			}
 		case dns.TypeTXT:
 			hdr.Rrtype = dns.TypeTXT
 			d.mu.Lock()
@@ -321,8 +338,15 @@ func newEnv(t testing.TB, mod func(*acme.Config)) *env {
 
 func newEnvOpts(t testing.TB, mod func(*acme.Config), opts acme.Options) *env {
 	t.Helper()
+	return newEnvWrap(t, mod, opts, nil)
+}
+
+// newEnvWrap is newEnvOpts with the server's store wrapped by wrap (if not
+// nil) from the first start on.
+func newEnvWrap(t testing.TB, mod func(*acme.Config), opts acme.Options, wrap func(acme.Store) acme.Store) *env {
+	t.Helper()
 	e := &env{t: t, ca: newFakeCA(t), dns: newTestDNS(t), chal: newChallengeServers(t),
-		dbPath: filepath.Join(t.TempDir(), "hsmca.db"), opts: opts}
+		dbPath: filepath.Join(t.TempDir(), "hsmca.db"), opts: opts, wrap: wrap}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

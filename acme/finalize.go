@@ -21,9 +21,10 @@ import (
 // together); a crash before that write leaves the order ready, and the
 // client, which got no answer, finalizes again. Otherwise the order is
 // written as processing (with a work record) before the reply says so,
-// and issuance completes in the background. If the CA is unavailable
-// (sealed) the order stays ready and the client gets 503 with
-// Retry-After.
+// and issuance completes in the background (settleOrder). A certificate
+// that was signed but could not be stored in the request is handed to the
+// background the same way. If the CA is unavailable (sealed) the order
+// stays ready and the client gets 503 with Retry-After.
 func (s *Server) handleFinalize(w http.ResponseWriter, q *request) *Problem {
 	var req struct {
 		CSR string `json:"csr"`
@@ -78,18 +79,13 @@ func (s *Server) handleFinalize(w http.ResponseWriter, q *request) *Problem {
 		defer s.bg.Done()
 		c, err := s.issueCert(o, csr)
 		unlock := s.lock(o.ID)
-		defer unlock()
 		if state.CompareAndSwap(0, 1) {
 			done <- result{c, err}
+			unlock()
 			return
 		}
-		defer s.finalizing.Delete(o.ID)
-		if err == nil {
-			err = s.finishLocked(o, c)
-		}
-		if err != nil {
-			s.failLocked(o, err)
-		}
+		unlock()
+		s.settleOrder(o, c, err)
 	}()
 	t := time.NewTimer(max(s.cfg.FinalizeWait, 0))
 	defer t.Stop()
@@ -100,29 +96,100 @@ func (s *Server) handleFinalize(w http.ResponseWriter, q *request) *Problem {
 	case <-t.C:
 		defer s.lock(o.ID)()
 		if state.CompareAndSwap(0, 2) {
-			o.Status = StatusProcessing
-			if err := s.st.UpdateOrder(ctx, o, WorkFinalize+o.ID, true); err != nil {
-				// The background attempt still settles the order.
-				return s.internalErr("update order", err)
-			}
-			retryAfter(w, s.cfg.RetryAfter)
-			return s.writeJSON(w, http.StatusOK, s.url(pOrder+o.ID), s.orderJSON(o, StatusProcessing))
+			return s.answerProcessing(w, o)
 		}
 		res = <-done
 	}
-	defer s.finalizing.Delete(o.ID)
 	if res.err == nil {
-		res.err = s.finishLocked(o, res.c)
-	}
-	if res.err != nil {
-		p := toProblem(res.err)
-		if p.Status == http.StatusServiceUnavailable {
-			return p // the order stays ready
+		err := s.finishLocked(o, res.c)
+		if err == nil {
+			s.finalizing.Delete(o.ID)
+			return s.writeJSON(w, http.StatusOK, s.url(pOrder+o.ID), s.orderJSON(o, StatusValid))
 		}
-		s.failLocked(o, res.err)
-		return p
+		// The certificate exists: the background stores it (retrying)
+		// rather than the order failing and the client asking for another.
+		s.log.Warn("acme: store issued certificate; retrying in the background", "order", o.ID, "err", err)
+		bo := *o
+		s.bg.Add(1)
+		go func() {
+			defer s.bg.Done()
+			s.settleOrder(&bo, res.c, nil)
+		}()
+		return s.answerProcessing(w, o)
 	}
-	return s.writeJSON(w, http.StatusOK, s.url(pOrder+o.ID), s.orderJSON(o, StatusValid))
+	defer s.finalizing.Delete(o.ID)
+	p = toProblem(res.err)
+	if p.Status == http.StatusServiceUnavailable {
+		return p // the order stays ready
+	}
+	if err := s.failLocked(o, res.err); err != nil {
+		// The order stays ready: finalizing it again gets the answer again.
+		s.log.Error("acme: store failed order", "order", o.ID, "err", err)
+	}
+	return p
+}
+
+// answerProcessing stores o as processing with a finalize work record and
+// answers so, with Retry-After. The caller holds the order's lock and has
+// left the outcome to settleOrder, which settles the order even if this
+// write fails.
+func (s *Server) answerProcessing(w http.ResponseWriter, o *Order) *Problem {
+	o.Status = StatusProcessing
+	if err := s.st.UpdateOrder(s.ctx, o, WorkFinalize+o.ID, true); err != nil {
+		return s.internalErr("update order", err)
+	}
+	retryAfter(w, s.cfg.RetryAfter)
+	return s.writeJSON(w, http.StatusOK, s.url(pOrder+o.ID), s.orderJSON(o, StatusProcessing))
+}
+
+// settleOrder stores the outcome of an issuance that the background owns:
+// the certificate with the valid order, or, if err is set, the order
+// invalid with err's problem. A failed store write is retried with backoff
+// (storeRetries times); a certificate that still cannot be stored leaves
+// the order invalid with serverInternal (the CA keeps its own record of
+// the serial), and only if that cannot be written either does the order
+// stay processing for the restart recovery; this process then keeps it
+// marked as finalizing, so that it is not finalized again here. The CA is
+// never asked again, so no certificate is issued twice for the order.
+func (s *Server) settleOrder(o *Order, c *Cert, err error) {
+	if err == nil {
+		if s.retryStore(o.ID, func() error { return s.finishLocked(o, c) }) {
+			s.finalizing.Delete(o.ID)
+			return
+		}
+		s.log.Error("acme: issued certificate could not be stored", "order", o.ID, "serial", c.Serial, "ca_serial", c.CASerial)
+		err = prob(ProbServerInternal, 500, "the certificate could not be stored; create a new order")
+	}
+	if !s.retryStore(o.ID, func() error { return s.failLocked(o, err) }) {
+		s.log.Error("acme: failed order could not be stored; it stays processing until a restart", "order", o.ID)
+		return
+	}
+	s.finalizing.Delete(o.ID)
+}
+
+// retryStore runs op under the lock of id until it succeeds, at most
+// 1+storeRetries times with a growing pause (unlocked) between tries, and
+// reports whether it succeeded. It stops early when the server closes.
+func (s *Server) retryStore(id string, op func() error) bool {
+	for n := 0; ; n++ {
+		unlock := s.lock(id)
+		err := op()
+		unlock()
+		if err == nil {
+			return true
+		}
+		s.log.Warn("acme: store write failed", "id", id, "try", n+1, "err", err)
+		if n == storeRetries {
+			return false
+		}
+		t := time.NewTimer(storeBackoff(n))
+		select {
+		case <-t.C:
+		case <-s.ctx.Done():
+			t.Stop()
+			return false
+		}
+	}
 }
 
 // checkCSR checks the CSR against the order (RFC 8555 §7.4): valid
@@ -201,13 +268,15 @@ func (s *Server) issueCert(o *Order, csr *x509.CertificateRequest) (*Cert, error
 }
 
 // finishLocked stores the certificate with the now valid order (one
-// transaction) and marks the certificate it replaces. The caller holds
-// the order's lock.
+// transaction) and marks the certificate it replaces; o changes only if
+// the write succeeded. The caller holds the order's lock.
 func (s *Server) finishLocked(o *Order, c *Cert) error {
-	o.Status, o.CertSerial, o.CSR, o.Error = StatusValid, c.Serial, nil, nil
-	if err := s.st.FinishOrder(s.ctx, o, c); err != nil {
+	v := *o
+	v.Status, v.CertSerial, v.CSR, v.Error = StatusValid, c.Serial, nil, nil
+	if err := s.st.FinishOrder(s.ctx, &v, c); err != nil {
 		return err
 	}
+	*o = v
 	if o.Replaces != "" {
 		s.markReplaced(o.Replaces)
 	}
@@ -233,19 +302,38 @@ func (s *Server) markReplaced(certID string) {
 	}
 }
 
-// failLocked makes the order invalid with the problem err maps to; the
-// caller holds the order's lock.
-func (s *Server) failLocked(o *Order, err error) {
+// failLocked makes the order invalid with the problem err maps to and
+// clears its finalize work record; an error is a store error. An order the
+// store already holds as valid or invalid is left as it is: a FinishOrder
+// that reported an error may still have committed, and a valid order
+// never becomes invalid (RFC 8555 §7.1.6). The caller holds the order's
+// lock.
+func (s *Server) failLocked(o *Order, err error) error {
+	cur, gerr := s.st.GetOrder(s.ctx, o.ID)
+	if errors.Is(gerr, ErrNotFound) {
+		return nil // pruned
+	} else if gerr != nil {
+		return gerr
+	}
+	if cur.Status == StatusValid || cur.Status == StatusInvalid {
+		*o = *cur
+		return nil
+	}
 	p := toProblem(err)
+	e := *p
+	e.retryAfter = 0
+	f := *o
+	f.Status, f.CSR, f.CertSerial, f.Error = StatusInvalid, nil, "", &e
+	if err := s.st.UpdateOrder(s.ctx, &f, WorkFinalize+o.ID, false); errors.Is(err, ErrNotFound) {
+		return nil
+	} else if err != nil {
+		return err
+	}
+	*o = f
 	if p.Type == ProbServerInternal {
 		s.log.Error("acme: issuance failed", "order", o.ID, "err", err)
 	}
-	e := *p
-	e.retryAfter = 0
-	o.Status, o.CSR, o.Error = StatusInvalid, nil, &e
-	if err := s.st.UpdateOrder(s.ctx, o, WorkFinalize+o.ID, false); err != nil {
-		s.log.Error("acme: store failed order", "order", o.ID, "err", err)
-	}
+	return nil
 }
 
 func serialHex(c *x509.Certificate) string { return c.SerialNumber.Text(16) }

@@ -17,7 +17,11 @@ var idPeACMEIdentifier = asn1.ObjectIdentifier{1, 3, 6, 1, 5, 5, 7, 1, 31}
 // tlsALPN01 validates RFC 8737: a TLS handshake offering only "acme-tls/1"
 // must present a self-signed certificate for exactly the identifier with a
 // critical acmeIdentifier extension holding SHA-256(key authorization).
-// IP identifiers use the reverse-DNS SNI of RFC 8738 §6.
+// IP identifiers use the reverse-DNS SNI of RFC 8738 §6. Each resolved
+// address is tried in turn, as http-01 does: the first that validates
+// settles it (one that refuses the connection or presents another
+// certificate does not end the attempt), and if none does, the last
+// address's problem is reported.
 func (v *validator) tlsALPN01(ctx context.Context, a *Authz, keyAuth string) *Problem {
 	id := a.Identifier
 	ips, p := v.lookup(ctx, id.Value)
@@ -28,8 +32,19 @@ func (v *validator) tlsALPN01(ctx context.Context, a *Authz, keyAuth string) *Pr
 	if id.Type == "ip" {
 		sni = reverseName(ips[0])
 	}
+	for _, ip := range ips {
+		addr := net.JoinHostPort(ip.String(), strconv.Itoa(v.s.cfg.TLSALPN01Port))
+		if p = v.tlsALPN01At(ctx, id, sni, addr, keyAuth); p == nil || ctx.Err() != nil {
+			break
+		}
+	}
+	return p
+}
+
+// tlsALPN01At is one tls-alpn-01 handshake with addr and the check of the
+// certificate it presents.
+func (v *validator) tlsALPN01At(ctx context.Context, id Identifier, sni, addr, keyAuth string) *Problem {
 	cfg := &tls.Config{ServerName: sni, NextProtos: []string{"acme-tls/1"}, InsecureSkipVerify: true, MinVersion: tls.VersionTLS12}
-	addr := net.JoinHostPort(ips[0].String(), strconv.Itoa(v.s.cfg.TLSALPN01Port))
 	d := &tls.Dialer{NetDialer: v.dialer, Config: cfg}
 	conn, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {

@@ -15,14 +15,17 @@ import (
 	"time"
 )
 
-// validator runs challenge validations on a bounded pool of workers. Each
-// job is one attempt; a failed attempt is retried after
+// validator runs challenge validations. At most ValidationWorkers
+// attempts run at a time, whoever starts them: the pool's workers and the
+// first attempts that challenge POSTs run inline share one set of slots.
+// Each job is one attempt; a failed attempt is retried after
 // ValidationRetryDelay up to ValidationRetries times, each attempt bounded by
 // ValidationTimeout. The work record in the store makes a restart re-queue
 // the validations that were in flight.
 type validator struct {
 	s        *Server
 	ch       chan valJob
+	slots    chan struct{} // one token per attempt running
 	wg       sync.WaitGroup
 	dialer   *net.Dialer
 	resolver *net.Resolver // the system resolver, when dns is nil
@@ -33,10 +36,28 @@ type validator struct {
 type valJob struct {
 	authz, typ string
 	attempt    int
+	// ran is set once the attempt has run and only storing its outcome,
+	// res, failed: the job then retries the write, not the attempt.
+	ran bool
+	res *Problem
+	// storeFails counts the store errors this job has met.
+	storeFails int
 }
 
+// Store retries. When a queued validation or a background issuance meets a
+// store error, the step is tried again after storeRetryDelay, doubling, at
+// most storeRetries times (3.1 s in all); then the challenge or order is
+// settled invalid (serverInternal, or the CA's problem), and only if even
+// that cannot be written is it left to the restart recovery (recover.go).
+const (
+	storeRetries    = 5
+	storeRetryDelay = 100 * time.Millisecond
+)
+
+func storeBackoff(n int) time.Duration { return storeRetryDelay << n }
+
 func newValidator(s *Server) *validator {
-	v := &validator{s: s, ch: make(chan valJob, 1024), dialer: s.opts.Dialer}
+	v := &validator{s: s, ch: make(chan valJob, 1024), slots: make(chan struct{}, s.cfg.ValidationWorkers), dialer: s.opts.Dialer}
 	if v.dialer == nil {
 		v.dialer = &net.Dialer{}
 	}
@@ -69,28 +90,56 @@ func newValidator(s *Server) *validator {
 
 func (v *validator) stop() { v.wg.Wait() }
 
-// enqueue schedules an attempt after delay without blocking the caller.
+// tryAcquire takes an attempt slot if one is free; release gives it back.
+func (v *validator) tryAcquire() bool {
+	select {
+	case v.slots <- struct{}{}:
+		return true
+	default:
+		return false
+	}
+}
+
+func (v *validator) release() { <-v.slots }
+
+// enqueue schedules an attempt without blocking the caller: the first at
+// once, later ones after ValidationRetryDelay.
 func (v *validator) enqueue(authz, typ string, attempt int) {
-	j := valJob{authz, typ, attempt}
-	push := func() {
+	var delay time.Duration
+	if attempt > 0 {
+		delay = v.s.cfg.ValidationRetryDelay
+	}
+	v.schedule(valJob{authz: authz, typ: typ, attempt: attempt}, delay)
+}
+
+// schedule queues j after delay without blocking the caller. A job still
+// waiting when the server closes is dropped: its work record re-queues it
+// on start.
+func (v *validator) schedule(j valJob, delay time.Duration) {
+	if delay <= 0 {
+		select {
+		case v.ch <- j:
+			return
+		default:
+		}
+	}
+	v.s.bg.Add(1)
+	go func() {
+		defer v.s.bg.Done()
+		if delay > 0 {
+			t := time.NewTimer(delay)
+			defer t.Stop()
+			select {
+			case <-t.C:
+			case <-v.s.ctx.Done():
+				return
+			}
+		}
 		select {
 		case v.ch <- j:
 		case <-v.s.ctx.Done():
 		}
-	}
-	if attempt > 0 {
-		// Close waits for pending retries (at most the retry delay); push
-		// gives up at once when the server is closing.
-		v.s.bg.Add(1)
-		time.AfterFunc(v.s.cfg.ValidationRetryDelay, func() { defer v.s.bg.Done(); push() })
-		return
-	}
-	select {
-	case v.ch <- j:
-	default:
-		v.s.bg.Add(1)
-		go func() { defer v.s.bg.Done(); push() }()
-	}
+	}()
 }
 
 func (v *validator) work() {
@@ -108,38 +157,73 @@ func (v *validator) work() {
 func (v *validator) run(j valJob) {
 	s := v.s
 	ctx := s.ctx
-	a, err := s.st.GetAuthz(ctx, j.authz)
-	if err != nil {
-		s.log.Error("acme: validation: get authz", "authz", j.authz, "err", err)
-		return
+	if !j.ran {
+		a, err := s.st.GetAuthz(ctx, j.authz)
+		if errors.Is(err, ErrNotFound) {
+			return // pruned
+		} else if err != nil {
+			v.storeFailed(j, "get authz", err)
+			return
+		}
+		c := findChallenge(a, j.typ)
+		if c == nil || c.Status != StatusProcessing {
+			return
+		}
+		select {
+		case v.slots <- struct{}{}:
+		case <-ctx.Done():
+			return
+		}
+		p, err := v.attempt(ctx, a, j.typ, "", s.cfg.ValidationTimeout)
+		v.release()
+		if ctx.Err() != nil {
+			return // shutting down; the work record re-queues it on start
+		}
+		if err != nil {
+			v.storeFailed(j, "get account", err)
+			return
+		}
+		if p != nil && j.attempt < s.cfg.ValidationRetries {
+			s.log.Debug("acme: validation attempt failed", "authz", a.ID, "type", j.typ, "attempt", j.attempt, "problem", p.Detail)
+			v.enqueue(j.authz, j.typ, j.attempt+1)
+			return
+		}
+		j.ran, j.res = true, p
 	}
-	c := findChallenge(a, j.typ)
-	if c == nil || c.Status != StatusProcessing {
-		return
+	if _, err := v.settle(j.authz, j.typ, j.res, StatusProcessing); err != nil && ctx.Err() == nil {
+		v.storeFailed(j, "store the outcome", err)
 	}
-	p, ok := v.attempt(ctx, a, j.typ, "", s.cfg.ValidationTimeout)
-	if !ok || ctx.Err() != nil {
-		return // store trouble or shutting down; the work record re-queues it on start
-	}
-	if p != nil && j.attempt < s.cfg.ValidationRetries {
-		s.log.Debug("acme: validation attempt failed", "authz", a.ID, "type", j.typ, "attempt", j.attempt, "problem", p.Detail)
-		v.enqueue(j.authz, j.typ, j.attempt+1)
-		return
-	}
-	v.settle(j.authz, j.typ, p, StatusProcessing)
 }
 
-// attempt runs one validation attempt; ok is false if it could not run
+// storeFailed handles a store error met by job j: the job runs again after
+// a backoff, at most storeRetries times; then the challenge is settled
+// invalid with serverInternal rather than left processing until a restart.
+func (v *validator) storeFailed(j valJob, what string, err error) {
+	s := v.s
+	if j.storeFails < storeRetries {
+		s.log.Warn("acme: validation: "+what+"; retrying", "authz", j.authz, "type", j.typ, "err", err)
+		d := storeBackoff(j.storeFails)
+		j.storeFails++
+		v.schedule(j, d)
+		return
+	}
+	s.log.Error("acme: validation: "+what+"; giving up", "authz", j.authz, "type", j.typ, "err", err)
+	p := prob(ProbServerInternal, 500, "the server could not complete the validation; create a new order")
+	if _, err := v.settle(j.authz, j.typ, p, StatusProcessing); err != nil {
+		s.log.Error("acme: validation: the challenge stays processing until a restart", "authz", j.authz, "type", j.typ, "err", err)
+	}
+}
+
+// attempt runs one validation attempt; it fails only if it could not run
 // (the account could not be read). thumb is the account key's thumbprint
 // when the caller has just read the account (the inline attempt, in the
 // request that the account signed); "" reads it from the store.
-func (v *validator) attempt(ctx context.Context, a *Authz, typ, thumb string, timeout time.Duration) (p *Problem, ok bool) {
+func (v *validator) attempt(ctx context.Context, a *Authz, typ, thumb string, timeout time.Duration) (*Problem, error) {
 	s := v.s
 	if thumb == "" {
 		acct, _, err := s.accts.get(ctx, s.st, &s.keys, a.AccountID)
 		if err != nil {
-			s.log.Error("acme: validation: get account", "err", err)
-			return nil, false
+			return nil, err
 		}
 		thumb = acct.KeyThumb
 	}
@@ -148,32 +232,34 @@ func (v *validator) attempt(ctx context.Context, a *Authz, typ, thumb string, ti
 	defer cancel()
 	switch typ {
 	case ChallengeHTTP01:
-		return v.http01(vctx, a, keyAuth), true
+		return v.http01(vctx, a, keyAuth), nil
 	case ChallengeDNS01:
-		return v.dns01(vctx, a, keyAuth), true
+		return v.dns01(vctx, a, keyAuth), nil
 	case ChallengeTLSALPN01:
-		return v.tlsALPN01(vctx, a, keyAuth), true
+		return v.tlsALPN01(vctx, a, keyAuth), nil
 	}
-	return malformed("unknown challenge type"), true
+	return malformed("unknown challenge type"), nil
 }
 
 // settle stores the outcome of a validation if the challenge is still in
 // state from (pending for the inline first attempt, processing for queued
-// ones), and returns the authorization as stored, or nil if it stored
-// nothing.
-func (v *validator) settle(authzID, typ string, p *Problem, from string) *Authz {
+// ones), and returns the authorization as stored, or nil if there was
+// nothing to store (the challenge moved on, or the authorization was
+// pruned). An error is a store error: nothing was stored.
+func (v *validator) settle(authzID, typ string, p *Problem, from string) (*Authz, error) {
 	s := v.s
 	ctx := s.ctx
 	unlock := s.lock(authzID)
 	defer unlock()
 	a, err := s.st.GetAuthz(ctx, authzID)
-	if err != nil {
-		s.log.Error("acme: validation: get authz", "err", err)
-		return nil
+	if errors.Is(err, ErrNotFound) {
+		return nil, nil
+	} else if err != nil {
+		return nil, err
 	}
 	c := findChallenge(a, typ)
 	if c == nil || c.Status != from || (from == StatusPending && s.authzStatus(a) != StatusPending) {
-		return nil
+		return nil, nil
 	}
 	now := s.now().UTC()
 	expired := s.authzStatus(a) == StatusExpired
@@ -201,11 +287,12 @@ func (v *validator) settle(authzID, typ string, p *Problem, from string) *Authz 
 	if from == StatusProcessing {
 		work = WorkValidate + a.ID + "/" + c.Type
 	}
-	if err := s.st.UpdateAuthz(ctx, a, work, false); err != nil {
-		s.log.Error("acme: validation: update authz", "err", err)
-		return nil
+	if err := s.st.UpdateAuthz(ctx, a, work, false); errors.Is(err, ErrNotFound) {
+		return nil, nil
+	} else if err != nil {
+		return nil, err
 	}
-	return a
+	return a, nil
 }
 
 func findChallenge(a *Authz, typ string) *Challenge {
