@@ -291,7 +291,7 @@ func (s *Server) markReplaced(certID string) {
 	if p != nil {
 		return
 	}
-	defer s.lock("c" + serial)()
+	defer s.lockCert(serial)()
 	old, p := s.certByARIID(s.ctx, certID)
 	if p != nil || old.Replaced {
 		return

@@ -46,7 +46,7 @@ func (s *Server) handleRevoke(w http.ResponseWriter, q *request) *Problem {
 	}
 	ctx := q.r.Context()
 	serial := serialHex(leaf)
-	defer s.lock("c" + serial)()
+	defer s.lockCert(serial)()
 	c, err := s.st.GetCert(ctx, serial)
 	if errors.Is(err, ErrNotFound) || (err == nil && !bytes.Equal(c.DER, der)) {
 		return prob(ProbMalformed, 404, "this server did not issue that certificate")

@@ -39,6 +39,7 @@ type Server struct {
 	mux     *http.ServeMux
 
 	locks      [256]sync.Mutex
+	certLocks  [64]sync.Mutex
 	finalizing sync.Map // order IDs being finalized in this process
 	validating sync.Map // authz IDs whose first attempt runs inline
 	lockSeed   maphash.Seed
@@ -396,10 +397,24 @@ func newID() string {
 	return base64.RawURLEncoding.EncodeToString(b[:])
 }
 
-// lock serialises read-modify-write of one object (order or authz) within
-// this process.
+// lock serialises read-modify-write of one object (account, order or
+// authz) within this process. The locks are striped: two objects may share
+// one, so a goroutine holds at most one of them at a time.
 func (s *Server) lock(id string) func() {
 	m := &s.locks[maphash.String(s.lockSeed, id)%uint64(len(s.locks))]
+	m.Lock()
+	return m.Unlock
+}
+
+// lockCert serialises read-modify-write of one certificate record (revoke,
+// marking it replaced). Its stripes are not lock's: finalize marks the
+// certificate an order replaces while it holds the order's lock, which on
+// a shared stripe would be that same mutex about once in 256 renewals (a
+// goroutine waiting for itself) or, with two finalizes crossing, a lock
+// cycle. The order is always object lock, then certificate lock; nothing
+// takes an object lock while holding a certificate lock.
+func (s *Server) lockCert(serial string) func() {
+	m := &s.certLocks[maphash.String(s.lockSeed, serial)%uint64(len(s.certLocks))]
 	m.Lock()
 	return m.Unlock
 }
