@@ -96,13 +96,11 @@ func (c *CA) GenerateCRL(ctx context.Context, issuer string) ([]byte, error) {
 	if _, err := x509.ParseRevocationList(der); err != nil {
 		return nil, fmt.Errorf("ca: crl %s: parse signed CRL: %w", iss.Name, err)
 	}
-	audited := iss.startAuditSync()
-	if err := c.store.SaveCRL(ctx, iss.Name, num, der); err != nil {
-		audited()
-		return nil, fmt.Errorf("ca: crl %s: store: %w", iss.Name, err)
-	}
-	if err := audited(); err != nil {
+	if err := iss.syncAudit(); err != nil {
 		return nil, unauditedErr(fmt.Sprintf("CRL %d of %s", num, iss.Name), err)
+	}
+	if err := c.store.SaveCRL(ctx, iss.Name, num, der); err != nil {
+		return nil, fmt.Errorf("ca: crl %s: store: %w", iss.Name, err)
 	}
 	c.log.Info("ca: CRL generated", "issuer", iss.Name, "number", num, "entries", len(tmpl.RevokedCertificateEntries))
 	return der, nil

@@ -51,7 +51,7 @@ func (c *CA) issueWithCT(ctx context.Context, prof *profileState, iss *issuerSta
 	}
 	// The precertificate leaves the CA with the submission: its
 	// signature's audit record must be durable first.
-	if err := iss.startAuditSync()(); err != nil {
+	if err := iss.syncAudit(); err != nil {
 		return nil, unauditedErr("precertificate "+serial, err)
 	}
 
@@ -99,13 +99,11 @@ func (c *CA) issueWithCT(ctx context.Context, prof *profileState, iss *issuerSta
 	if err != nil {
 		return nil, err
 	}
-	audited := iss.startAuditSync()
-	if err := c.store.StoreIssued(context.WithoutCancel(ctx), serial, cert, failures); err != nil {
-		audited()
-		return nil, fmt.Errorf("ca: store issued certificate %s: %w", serial, err)
-	}
-	if err := audited(); err != nil {
+	if err := iss.syncAudit(); err != nil {
 		return nil, unauditedErr("certificate "+serial, err)
+	}
+	if err := c.store.StoreIssued(context.WithoutCancel(ctx), serial, cert, failures); err != nil {
+		return nil, fmt.Errorf("ca: store issued certificate %s: %w", serial, err)
 	}
 	c.log.Info("ca: certificate issued", "serial", serial, "issuer", iss.Name, "profile", prof.name, "scts", len(scts))
 	return c.certFromParts(serial, cert, lintedFinal, iss, prof.name, ids, StatusValid, failures), nil

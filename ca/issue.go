@@ -155,13 +155,11 @@ func (c *CA) issue(ctx context.Context, req IssueRequest, csr *x509.CertificateR
 		c.log.Warn("ca: signing failed; pending record kept", "serial", serial, "err", err)
 		return nil, err
 	}
-	audited := iss.startAuditSync()
-	if err := c.store.StoreIssued(context.WithoutCancel(ctx), serial, final, nil); err != nil {
-		audited()
-		return nil, fmt.Errorf("ca: store issued certificate %s: %w", serial, err)
-	}
-	if err := audited(); err != nil {
+	if err := iss.syncAudit(); err != nil {
 		return nil, unauditedErr("certificate "+serial, err)
+	}
+	if err := c.store.StoreIssued(context.WithoutCancel(ctx), serial, final, nil); err != nil {
+		return nil, fmt.Errorf("ca: store issued certificate %s: %w", serial, err)
 	}
 	c.log.Info("ca: certificate issued", "serial", serial, "issuer", iss.Name, "profile", prof.name)
 	return c.certFromParts(serial, final, linted, iss, prof.name, ids, StatusValid, nil), nil
@@ -176,30 +174,30 @@ type AuditSyncer interface {
 	SyncAudit() error
 }
 
-// startAuditSync starts making the audit records of the issuer key's
-// signatures durable (AuditSyncer) and returns the function that waits
-// for it. A module syncs its audit log in the background every few
-// milliseconds; without this a power loss right after a certificate (or
-// CRL) was stored could keep it and lose the record of its signature, so
-// that the module's log would not account for a certificate the CA holds.
-// The sync runs while the caller writes its own record, so the two
-// fsyncs overlap; the caller hands nothing out until both are done. A
-// signer that is not a module's (tests, a plain key) has nothing to sync.
-func (iss *issuerState) startAuditSync() (wait func() error) {
+// syncAudit makes the audit records of the issuer key's signatures
+// durable (AuditSyncer) before the caller stores or hands out what the
+// last one signed. A module syncs its audit log in the background every
+// few tens of milliseconds; without this a power loss right after a
+// certificate (or CRL) was stored could keep it and lose the record of its
+// signature, so that the module's log would not account for a certificate
+// the CA holds. It runs before the store's own write, not beside it: a
+// store commit that finished first would leave exactly that window, and a
+// failed sync must leave nothing stored as issued (the pending record
+// stays; the certificate is never handed out). A signer that is not a
+// module's (tests, a plain key) has nothing to sync.
+func (iss *issuerState) syncAudit() error {
 	s, ok := iss.Signer.(AuditSyncer)
 	if !ok {
-		return func() error { return nil }
+		return nil
 	}
-	done := make(chan error, 1)
-	go func() { done <- s.SyncAudit() }()
-	return func() error { return <-done }
+	return s.SyncAudit()
 }
 
 // unauditedErr is the error for an object whose signature's audit record
 // could not be made durable: the module's audit log failed, and what was
-// signed is not handed out.
+// signed is neither stored as issued nor handed out.
 func unauditedErr(what string, err error) error {
-	return fmt.Errorf("ca: %s was signed and stored, but the audit record of its signature could not be made durable, so it is not handed out: %w", what, err)
+	return fmt.Errorf("ca: %s was signed, but the audit record of its signature could not be made durable, so it is not stored or handed out: %w", what, err)
 }
 
 // CheckNames checks DNS names and IP addresses against the name policy of

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/big"
 	"net"
 	"path/filepath"
 	"slices"
@@ -320,11 +321,13 @@ func TestSignOnlyAfterRecordAndLint(t *testing.T) {
 }
 
 // auditSyncSigner is a module signer fake with ca.AuditSyncer: it counts
-// signatures and, at each SyncAudit, how many are covered.
+// signatures and, at each SyncAudit, how many are covered; onSync, if set,
+// runs inside SyncAudit (to look at the store at that moment).
 type auditSyncSigner struct {
 	crypto.Signer
 	signed, covered atomic.Int64
 	fail            atomic.Bool
+	onSync          func()
 }
 
 func (s *auditSyncSigner) Sign(r io.Reader, d []byte, o crypto.SignerOpts) ([]byte, error) {
@@ -334,6 +337,9 @@ func (s *auditSyncSigner) Sign(r io.Reader, d []byte, o crypto.SignerOpts) ([]by
 }
 
 func (s *auditSyncSigner) SyncAudit() error {
+	if s.onSync != nil {
+		s.onSync()
+	}
 	if s.fail.Load() {
 		return errors.New("audit: sync segment: injected failure")
 	}
@@ -341,10 +347,12 @@ func (s *auditSyncSigner) SyncAudit() error {
 	return nil
 }
 
-// A certificate or CRL is handed out only once the audit records of the
-// issuer key's signatures are durable (ca.AuditSyncer), so that a power
-// loss cannot keep a stored certificate and lose its signature's record;
-// if that sync fails, nothing is handed out.
+// A certificate or CRL is stored, and so handed out, only once the audit
+// records of the issuer key's signatures are durable (ca.AuditSyncer): the
+// sync runs before the store's write, so that a power loss cannot keep a
+// stored certificate and lose its signature's record. If the sync fails,
+// nothing is stored as issued: the record stays pending, the CRL is not
+// the latest.
 func TestIssueSyncsAuditBeforeHandingOut(t *testing.T) {
 	ctx := context.Background()
 	p := newPKI(t)
@@ -358,6 +366,29 @@ func TestIssueSyncsAuditBeforeHandingOut(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	valid := func() int {
+		recs, err := st.ListCerts(ctx, ca.Query{Status: []ca.Status{ca.StatusValid}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(recs)
+	}
+	latestCRL := func() *big.Int {
+		der, err := c.LatestCRL(ctx, "")
+		if errors.Is(err, ca.ErrNoCRL) {
+			return big.NewInt(0)
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		crl, err := x509.ParseRevocationList(der)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return crl.Number
+	}
+	var atSync []string
+	signer.onSync = func() { atSync = append(atSync, fmt.Sprintf("valid=%d crl=%v", valid(), latestCRL())) }
+
 	req := ca.IssueRequest{CSR: makeCSR(t, csrOpts{dns: []string{"a.svc.corp"}}), Profile: "server"}
 	if _, err := c.Issue(ctx, req); err != nil {
 		t.Fatal(err)
@@ -371,13 +402,24 @@ func TestIssueSyncsAuditBeforeHandingOut(t *testing.T) {
 	if s, cv := signer.signed.Load(), signer.covered.Load(); s != 2 || cv != s {
 		t.Fatalf("after GenerateCRL: %d signatures, %d covered by an audit sync; want 2 and 2", s, cv)
 	}
+	// At the first sync the certificate was not stored as issued yet; at
+	// the second the CRL was not the latest yet.
+	if want := []string{"valid=0 crl=0", "valid=1 crl=0"}; !slices.Equal(atSync, want) {
+		t.Fatalf("store at each audit sync: %v, want %v", atSync, want)
+	}
 
 	signer.fail.Store(true)
 	cert, err := c.Issue(ctx, req)
 	if err == nil || !strings.Contains(err.Error(), "audit record") {
 		t.Fatalf("Issue with a failing audit sync: cert %v, err %v; want an error about the audit record", cert != nil, err)
 	}
+	if n := valid(); n != 1 {
+		t.Fatalf("%d certificates stored as issued, want 1: the unaudited one must stay pending", n)
+	}
 	if der, err := c.GenerateCRL(ctx, ""); err == nil || !strings.Contains(err.Error(), "audit record") {
 		t.Fatalf("GenerateCRL with a failing audit sync: %d bytes, err %v; want an error about the audit record", len(der), err)
+	}
+	if n := latestCRL(); n.Cmp(big.NewInt(1)) != 0 {
+		t.Fatalf("latest CRL is number %v, want 1: the unaudited CRL must not be served", n)
 	}
 }
