@@ -161,7 +161,10 @@ func (s *Server) settleOrder(o *Order, c *Cert, err error) {
 		err = prob(ProbServerInternal, 500, "the certificate could not be stored; create a new order")
 	}
 	if !s.retryStore(o.ID, func() error { return s.failLocked(o, err) }) {
-		s.log.Error("acme: failed order could not be stored; it stays processing until a restart", "order", o.ID)
+		// The store holds the order as processing (or still ready, if the
+		// processing write failed too); this process keeps it marked as
+		// finalizing, and the restart recovery settles a processing one.
+		s.log.Error("acme: failed order could not be stored; it is left as the store holds it until a restart", "order", o.ID)
 		return
 	}
 	s.finalizing.Delete(o.ID)
@@ -274,7 +277,16 @@ func (s *Server) finishLocked(o *Order, c *Cert) error {
 	v := *o
 	v.Status, v.CertSerial, v.CSR, v.Error = StatusValid, c.Serial, nil, nil
 	if err := s.st.FinishOrder(s.ctx, &v, c); err != nil {
-		return err
+		// A write that reported an error may still have committed (an
+		// error after the commit): then the order is valid with this
+		// certificate, and writing it as processing, or retrying, would
+		// take it back out of valid.
+		cur, gerr := s.st.GetOrder(s.ctx, o.ID)
+		if gerr != nil || cur.Status != StatusValid || cur.CertSerial != c.Serial {
+			return err
+		}
+		s.log.Warn("acme: storing the issued certificate reported an error, but it was stored", "order", o.ID, "err", err)
+		v = *cur
 	}
 	*o = v
 	if o.Replaces != "" {

@@ -17,9 +17,14 @@ var errInjected = errors.New("test: injected store failure")
 // such writes still to fail; a negative one fails them all.
 type flakyStore struct {
 	hacme.Store
-	validAuthz   atomic.Int32 // UpdateAuthz storing a valid authorization
-	finish       atomic.Int32 // FinishOrder
-	invalidOrder atomic.Int32 // UpdateOrder storing an invalid order
+	validAuthz atomic.Int32 // UpdateAuthz storing a valid authorization
+	finish     atomic.Int32 // FinishOrder
+	// FinishOrder calls that commit and then report an error anyway (an
+	// error after the commit), and writes that took a valid order back
+	// out of valid.
+	finishCommitted atomic.Int32
+	leftValid       atomic.Int32
+	invalidOrder    atomic.Int32 // UpdateOrder storing an invalid order
 }
 
 func failNext(n *atomic.Int32) bool {
@@ -45,10 +50,21 @@ func (f *flakyStore) FinishOrder(ctx context.Context, o *hacme.Order, c *hacme.C
 	if failNext(&f.finish) {
 		return errInjected
 	}
-	return f.Store.FinishOrder(ctx, o, c)
+	if err := f.Store.FinishOrder(ctx, o, c); err != nil {
+		return err
+	}
+	if failNext(&f.finishCommitted) {
+		return errInjected
+	}
+	return nil
 }
 
 func (f *flakyStore) UpdateOrder(ctx context.Context, o *hacme.Order, work string, add bool) error {
+	if o.Status != hacme.StatusValid {
+		if cur, err := f.Store.GetOrder(ctx, o.ID); err == nil && cur.Status == hacme.StatusValid {
+			f.leftValid.Add(1)
+		}
+	}
 	if o.Status == hacme.StatusInvalid && failNext(&f.invalidOrder) {
 		return errInjected
 	}
@@ -183,5 +199,34 @@ func TestFinalizeStoreErrors(t *testing.T) {
 				t.Fatalf("finalize work left: %v %v", w, err)
 			}
 		})
+	}
+}
+
+// A FinishOrder that committed and then reported an error leaves the order
+// valid: finalize notices that the certificate is stored and neither
+// writes the order back to processing nor retries the write.
+func TestFinalizeStoreErrorAfterCommit(t *testing.T) {
+	e, f := flakyEnv(t, nil)
+	f.finishCommitted.Store(1)
+	a := newRaw(t, e)
+	a.register()
+	u, o := a.newOrder("committed.example.test")
+	a.solveHTTP(u, o)
+	r := a.finalize(o, makeCSR(t, "committed.example.test"))
+	if r.code != http.StatusOK {
+		t.Fatalf("finalize: %d %s", r.code, r.body)
+	}
+	if st := decode[orderResp](t, r).Status; st != "valid" {
+		t.Fatalf("finalize answered %s, want valid: the certificate was stored", st)
+	}
+	if n := f.leftValid.Load(); n != 0 {
+		t.Fatalf("%d order writes took the valid order out of valid", n)
+	}
+	got := decode[orderResp](t, a.post(u, nil, signOpts{}))
+	if got.Status != "valid" || got.Certificate == "" {
+		t.Fatalf("order %s, certificate %q; want valid with a certificate", got.Status, got.Certificate)
+	}
+	if n := e.ca.issued.Load(); n != 1 {
+		t.Fatalf("the CA issued %d certificates, want 1", n)
 	}
 }
