@@ -30,7 +30,7 @@ bench_workdir bench
 echo "== go benchmarks: -count $COUNT, packages: $PKGS" >&2
 # Benchmarks that need outside programs (TesseraCT, SoftHSM2) find them via
 # make deps; a missing one is reported by its benchmark, not here.
-go test -run '^$' -bench "$FILTER" -benchmem -count "$COUNT" -timeout 90m $PKGS | tee "$OUT/go-bench.txt"
+go test -p 1 -run '^$' -bench "$FILTER" -benchmem -count "$COUNT" -timeout 90m $PKGS | tee "$OUT/go-bench.txt"
 
 echo "== loadtest acme: $CLIENTS clients for $DURATION against a fresh quickstart CA" >&2
 DNS_ADDR="127.0.0.1:$((BASE + 53))"
