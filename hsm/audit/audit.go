@@ -49,10 +49,10 @@
 //     never leaves a gap inside the chain.
 //   - What a signature produced and is kept: SyncWritten syncs at once
 //     (sharing the sync with concurrent callers). The CA calls it before
-//     it hands out a certificate, precertificate or CRL (ca.AuditSyncer),
-//     so the interval bounds only signatures whose product nobody stores,
-//     such as OCSP responses: no certificate the CA holds can lose the
-//     record of its signature to a power loss.
+//     it stores or hands out a certificate, precertificate or CRL
+//     (ca.AuditSyncer), so the interval bounds only signatures whose
+//     product nobody stores, such as OCSP responses: no certificate the
+//     CA holds can lose the record of its signature to a power loss.
 //
 // The interval trades that bound for throughput. Each sync costs more
 // than its system call on a small machine: the kernel's writeback and the

@@ -175,10 +175,10 @@ func (l *Log) syncedErr(seq uint64) error {
 // for the flusher's interval. Concurrent calls share syncs: a caller that
 // finds a sync in progress waits for it, and one more if that sync began
 // before its records. The CA calls it (through hsm.AuditSyncer) before it
-// hands out what a signature produced, so that a power loss can never
-// keep a certificate and lose the record of its signature. It returns an
-// error if the log failed before those records were synced; the caller
-// must then treat the signature as unaudited.
+// stores or hands out what a signature produced, so that a power loss can
+// never keep a certificate and lose the record of its signature. It
+// returns an error if the log failed before those records were synced;
+// the caller must then treat the signature as unaudited.
 func (l *Log) SyncWritten() error {
 	seq := l.written.Load()
 	if seq <= l.synced.Load() {
