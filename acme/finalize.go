@@ -332,19 +332,21 @@ func (s *Server) failLocked(o *Order, err error) error {
 		return nil
 	}
 	p := toProblem(err)
+	if p.Type == ProbServerInternal {
+		// Logged before the write: once it commits, a client polling the
+		// order sees it invalid, and the log should already say why.
+		s.log.Error("acme: issuance failed", "order", o.ID, "err", err)
+	}
 	e := *p
 	e.retryAfter = 0
 	f := *o
 	f.Status, f.CSR, f.CertSerial, f.Error = StatusInvalid, nil, "", &e
-	if err := s.st.UpdateOrder(s.ctx, &f, WorkFinalize+o.ID, false); errors.Is(err, ErrNotFound) {
+	if uerr := s.st.UpdateOrder(s.ctx, &f, WorkFinalize+o.ID, false); errors.Is(uerr, ErrNotFound) {
 		return nil
-	} else if err != nil {
-		return err
+	} else if uerr != nil {
+		return uerr
 	}
 	*o = f
-	if p.Type == ProbServerInternal {
-		s.log.Error("acme: issuance failed", "order", o.ID, "err", err)
-	}
 	return nil
 }
 
