@@ -148,9 +148,12 @@ func (s *Server) answerProcessing(w http.ResponseWriter, o *Order) *Problem {
 // (storeRetries times); a certificate that still cannot be stored leaves
 // the order invalid with serverInternal (the CA keeps its own record of
 // the serial), and only if that cannot be written either does the order
-// stay processing for the restart recovery; this process then keeps it
-// marked as finalizing, so that it is not finalized again here. The CA is
-// never asked again, so no certificate is issued twice for the order.
+// stay as the store holds it: processing, for the restart recovery, or
+// still ready if the processing write failed too. This process then keeps
+// it marked as finalizing, so that it is not finalized again here and the
+// CA is not asked twice. After a restart an order left ready can be
+// finalized again, which issues a second certificate; the first was never
+// handed out, and the CA's record of it stays (it can be revoked).
 func (s *Server) settleOrder(o *Order, c *Cert, err error) {
 	if err == nil {
 		if s.retryStore(o.ID, func() error { return s.finishLocked(o, c) }) {
