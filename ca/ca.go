@@ -13,13 +13,18 @@
 // the copy passed every lint and its record is durable: it signs that
 // very TBSCertificate (the bytes that were linted, not a re-encoding of
 // the template), the signature is verified under the issuer certificate's
-// key, and the final certificate is stored. Whatever happens in between,
-// every serial that may carry a real signature is on record and can be
-// revoked.
+// key, the module's audit record of the signature is made durable
+// (AuditSyncer), and only then is the final certificate stored. Whatever
+// happens in between, every serial that may carry a real signature is on
+// record and can be revoked. Before any of this, the CSR is checked; an
+// RSA subject key must also have exponent 65537, no prime factor below
+// 1000 and primes not so close that Fermat's method finds them
+// (goodkey.go).
 //
 // With Certificate Transparency on for a profile, the recorded and signed
-// object is first an RFC 6962 precertificate; SCTs from the SCTSource go
-// into the final certificate.
+// object is first an RFC 6962 precertificate, whose audit record is made
+// durable before it goes to the logs; SCTs from the SCTSource go into the
+// final certificate.
 package ca
 
 import (

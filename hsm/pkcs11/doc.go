@@ -12,11 +12,13 @@
 // the module directory so that keys stay listable while sealed.
 //
 // The module directory holds pkcs11.json (token URIs, library path,
-// partition settings, share commitments) and pkcs11.db (a bbolt file with
-// the lockout state and the hash-chained audit log of hsm/audit). A lockout
-// lasts its full duration of the module's running time, which the module
-// keeps across restarts: setting the clock forward while the module is
-// closed does not end it (see quorum.BoltLockoutStore).
+// partition settings, share commitments), pkcs11.db (a bbolt file with
+// the lockout state, the key metadata and the hash-chained audit log of
+// hsm/audit) and audit.seg (the audit log's segment of signature records,
+// see hsm/audit). A lockout lasts its full duration of the module's
+// running time, which the module keeps across restarts: setting the clock
+// forward while the module is closed does not end it (see
+// quorum.BoltLockoutStore).
 //
 // PKCS#11 needs cgo. A binary built with CGO_ENABLED=0 still has this
 // package (ParseURI works everywhere) but Open and Init return an error that

@@ -18,8 +18,12 @@
 // the module's Ed25519 audit key. A signature is returned only after its
 // record has been written to the segment, so killing the process never
 // loses the record of a signature it handed out; a power loss can lose at
-// most the records written since the last background sync (a few
-// milliseconds, and never more than audit.DefaultMaxUnsynced records).
+// most the records written since the last background sync (a few tens of
+// milliseconds at the default 20 ms interval, and never more than
+// audit.DefaultMaxUnsynced records). The CA syncs them itself (SyncAudit,
+// hsm.AuditSyncer) before it stores or hands out a certificate, a
+// precertificate or a CRL, so the records of those signatures are never
+// among the lost.
 // After a crash, Open keeps the records found after the signed head and
 // reports a torn last record through Verify until the next audited event
 // records its loss (see hsm/audit). The audit key and the lockout state are
