@@ -71,8 +71,9 @@ func addEABFlags(cmd *cobra.Command, t *eabTarget) {
 
 func newACMECmd(e *env) *cobra.Command {
 	cmd := &cobra.Command{
-		Use:   "acme",
-		Short: "Manage the ACME server's external account binding keys",
+		Use:     "acme",
+		Short:   "Manage the ACME server's external account binding keys",
+		Example: `  hsmca acme eab create --socket ./demo/admin.sock --label team-payments`,
 	}
 	eab := &cobra.Command{
 		Use:   "eab",
@@ -81,6 +82,9 @@ func newACMECmd(e *env) *cobra.Command {
 the CA handed out. With acme.external_account_required in ca.yaml, accounts
 without a valid binding are refused. Keys are kept in the CA's store; these
 commands act on a stopped CA (--config) or a running one (--socket, --server).`,
+		Example: `  hsmca acme eab create --socket ./demo/admin.sock --label team-payments
+  hsmca acme eab list --socket ./demo/admin.sock
+  hsmca acme eab revoke KEY_ID --socket ./demo/admin.sock`,
 	}
 	eab.AddCommand(newEABCreateCmd(e), newEABListCmd(e), newEABRevokeCmd(e))
 	cmd.AddCommand(eab)

@@ -120,7 +120,7 @@ func (c *adminClient) do(method, path string, in, out any) error {
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
-		return withHint(fmt.Errorf("admin API %s: %w", c.what, err), "is `hsmca ca serve` running there? the admin API needs an operator certificate over --server or the local --socket")
+		return withHint(fmt.Errorf("admin API %s: %w", c.what, err), connectHint(err))
 	}
 	defer resp.Body.Close()
 	raw, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
@@ -150,11 +150,54 @@ func (c *adminClient) do(method, path string, in, out any) error {
 	return nil
 }
 
+// connectHint says what to do about an admin API request that got no
+// answer: a TLS certificate that does not verify on either side is not a
+// server that is down.
+func connectHint(err error) string {
+	var (
+		unknownCA x509.UnknownAuthorityError
+		verify    *tls.CertificateVerificationError
+		host      x509.HostnameError
+		op        *net.OpError
+	)
+	switch {
+	case errors.As(err, &host):
+		return "--server must name a host or IP address that the server's TLS certificate is for (server.tls_cert in ca.yaml)"
+	case errors.As(err, &unknownCA), errors.As(err, &verify):
+		return "pass --ca-cert FILE with the CA's root certificate (quickstart: DIR/root.pem) so that the server's TLS certificate verifies"
+	case errors.As(err, &op) && op.Op == "remote error":
+		return "the server refused the TLS handshake: --client-cert and --client-key must be an operator certificate of this CA (profile operator; quickstart writes DIR/operator.pem and DIR/operator.key)"
+	}
+	return "is `hsmca ca serve` running there? the admin API needs an operator certificate over --server or the local --socket"
+}
+
 // ---- hsm ----
 
-func remoteStatus(e *env, t *adminTarget, asJSON bool) error {
+// checkRemotePartition refuses a --partition that is not the partition
+// the running CA at c uses: the admin API acts on that one partition
+// (server.issuing_partition) only, so another name would be ignored and,
+// for seal, the wrong partition sealed.
+func checkRemotePartition(c *adminClient, partition string) error {
+	if partition == "" {
+		return nil
+	}
+	var q server.QuorumStatus
+	if err := c.do("GET", "/admin/hsm/status", nil, &q); err != nil {
+		return err
+	}
+	if q.Partition != partition {
+		return withHint(usagef("the running CA at %s uses partition %s, not %s", c.what, q.Partition, partition),
+			"with --socket or --server leave out --partition; other partitions are reached on the module directory (--module DIR) while no process holds it")
+	}
+	return nil
+}
+
+func remoteStatus(e *env, t *adminTarget, partition string, asJSON bool) error {
 	c, err := t.client()
 	if err != nil {
+		return err
+	}
+	if err := checkRemotePartition(c, partition); err != nil {
 		return err
 	}
 	var q server.QuorumStatus
@@ -174,12 +217,15 @@ func remoteStatus(e *env, t *adminTarget, asJSON bool) error {
 // remoteActivate presents each share file to the running CA. Age-encrypted
 // shares are decrypted here with the custodian's identity; only the share's
 // text form travels, over mutual TLS or the local socket.
-func remoteActivate(e *env, t *adminTarget, q quorumFlags) error {
+func remoteActivate(e *env, t *adminTarget, partition string, q quorumFlags) error {
 	if len(q.shares) == 0 {
 		return usagef("--share FILE is required with --server or --socket")
 	}
 	c, err := t.client()
 	if err != nil {
+		return err
+	}
+	if err := checkRemotePartition(c, partition); err != nil {
 		return err
 	}
 	ids, err := loadIdentities(q.identities)
@@ -210,9 +256,12 @@ func remoteActivate(e *env, t *adminTarget, q quorumFlags) error {
 	return nil
 }
 
-func remoteSeal(e *env, t *adminTarget) error {
+func remoteSeal(e *env, t *adminTarget, partition string) error {
 	c, err := t.client()
 	if err != nil {
+		return err
+	}
+	if err := checkRemotePartition(c, partition); err != nil {
 		return err
 	}
 	var q server.QuorumStatus

@@ -5,6 +5,7 @@ import (
 	"crypto"
 	"errors"
 	"fmt"
+	"os"
 
 	"filippo.io/age"
 	"github.com/spf13/cobra"
@@ -19,6 +20,9 @@ func newCeremonyCmd(e *env) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "ceremony",
 		Short: "Run key ceremonies from YAML files (key, root, intermediate, cross-sign, crl)",
+		Example: `  hsmca ceremony run root.yaml --module ./module \
+      --share shares/root/share-1.txt --share shares/root/share-2.txt --share shares/root/share-3.txt
+  # a complete ceremony script: testdata/ceremony/run.sh`,
 	}
 	cmd.AddCommand(newCeremonyRunCmd(e))
 	return cmd
@@ -50,19 +54,37 @@ Relative paths in the ceremony file are taken from the working directory.`,
       --transcript root.transcript.txt`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			// An existing --transcript is refused before the module is
+			// touched: found only afterwards, it would leave keys and
+			// outputs made by a ceremony whose transcript was not written.
+			if transcript != "" {
+				if _, err := os.Lstat(transcript); err == nil {
+					return usageError{withHint(fmt.Errorf("--transcript %s already exists; refusing to overwrite it", transcript),
+						"choose another --transcript path; the ceremony has not run")}
+				} else if !errors.Is(err, os.ErrNotExist) {
+					return fmt.Errorf("--transcript: %w", err)
+				}
+			}
 			t, err := runCeremony(e, args[0], moduleDir, q)
+			if err != nil {
+				return err
+			}
+			// Printed first, so that a transcript file that cannot be
+			// written still leaves the transcript on stdout.
+			if asJSON {
+				err = writeJSON(e.stdout, t)
+			} else {
+				_, err = fmt.Fprint(e.stdout, t.String())
+			}
 			if err != nil {
 				return err
 			}
 			if transcript != "" {
 				if err := writeNewFile(transcript, []byte(t.String())); err != nil {
-					return err
+					return withHint(fmt.Errorf("the ceremony ran, but its transcript file was not written: %w", err),
+						"the transcript is on stdout above; keep it with the ceremony records")
 				}
 			}
-			if asJSON {
-				return writeJSON(e.stdout, t)
-			}
-			fmt.Fprint(e.stdout, t.String())
 			return nil
 		},
 	}

@@ -6,7 +6,9 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -91,6 +93,11 @@ func (l *localCA) issuerConfig(name string) (ca.IssuerConfig, error) {
 	return ca.IssuerConfig{}, usagef("unknown issuer %q (the config has %s)", name, issuerNames(l.cfg))
 }
 
+// profileNames lists the CA's profiles, sorted.
+func profileNames(c *ca.CA) string {
+	return strings.Join(slices.Sorted(maps.Keys(c.Profiles())), ", ")
+}
+
 func issuerNames(cfg *Config) string {
 	var n []string
 	for _, ic := range cfg.CA.Issuers {
@@ -103,6 +110,9 @@ func newCertCmd(e *env) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "cert",
 		Short: "Issue, revoke, list and show certificates",
+		Example: `  hsmca cert issue --socket ./demo/admin.sock --csr web.csr --profile server --out web.pem
+  hsmca cert list --socket ./demo/admin.sock
+  hsmca cert revoke 5f3a...e1 --reason keyCompromise --socket ./demo/admin.sock`,
 	}
 	cmd.AddCommand(newCertIssueCmd(e), newCertRevokeCmd(e), newCertListCmd(e), newCertShowCmd(e))
 	return cmd
@@ -151,7 +161,7 @@ prompts. Output: the certificate followed by its issuer chain, PEM.`,
 			}
 			defer l.Close()
 			if _, ok := l.ca.Profiles()[profile]; !ok {
-				return usagef("unknown profile %q", profile)
+				return withHint(usagef("unknown profile %q", profile), "the config's profiles are "+profileNames(l.ca))
 			}
 			if err := l.activateIssuer(e, issuer, q); err != nil {
 				return err
@@ -276,9 +286,13 @@ func newCertRevokeCmd(e *env) *cobra.Command {
 unspecified, keyCompromise, affiliationChanged, superseded,
 cessationOfOperation, certificateHold, privilegeWithdrawn, aACompromise.
 A pending serial (one that may have been signed before a crash) can be revoked
-too. Only certificateHold can be undone (a later revoke with removeFromCRL is
-not supported; use 'cert revoke' with another reason to make it final). The
-next 'crl generate' lists it.`,
+too. A certificate on certificateHold can be revoked again with another reason,
+which makes it final, and any revoked certificate can be moved to
+keyCompromise; any other second revocation is refused. hsmca cannot take a
+certificate off hold (there is no removeFromCRL).
+
+With --socket or --server the running CA publishes new CRLs at once; on a
+stopped CA (--config) the next 'crl generate' lists it.`,
 		Example: `  hsmca cert revoke 5f3a...e1 --reason keyCompromise --config ca.yaml`,
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {

@@ -18,6 +18,8 @@ func newCRLCmd(e *env) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "crl",
 		Short: "Generate and inspect certificate revocation lists",
+		Example: `  hsmca crl generate --socket ./demo/admin.sock --out intermediate-1.crl
+  hsmca crl show intermediate-1.crl --issuer-cert ./demo/intermediate-1.pem`,
 	}
 	cmd.AddCommand(newCRLGenerateCmd(e), newCRLShowCmd(e))
 	return cmd

@@ -17,8 +17,9 @@ func init() { commands = append(commands, newCTCmd) }
 
 func newCTCmd(e *env) *cobra.Command {
 	cmd := &cobra.Command{
-		Use:   "ct",
-		Short: "Certificate Transparency: check the SCTs embedded in certificates",
+		Use:     "ct",
+		Short:   "Certificate Transparency: check the SCTs embedded in certificates",
+		Example: `  hsmca ct verify www.pem --issuer intermediate.pem --log-key ct/internal-2026.pem`,
 	}
 	cmd.AddCommand(newCTVerifyCmd(e))
 	return cmd

@@ -245,7 +245,7 @@ in the memory of the process that uses the keys.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if t.remote() {
-				return remoteStatus(e, &t, asJSON)
+				return remoteStatus(e, &t, partition, asJSON)
 			}
 			m, err := openModule(f.module)
 			if err != nil {
@@ -334,7 +334,7 @@ func newHSMActivateCmd(e *env, f *hsmFlags) *cobra.Command {
 	)
 	cmd := &cobra.Command{
 		Use:   "activate",
-		Short: "Check that shares form a valid quorum (custodians test their shares)",
+		Short: "Present custodian shares: to a running CA (--socket, --server), or check them on a module",
 		Long: `Present custodian shares to a partition.
 
 On a module directory this checks the shares and says whether they form a
@@ -356,7 +356,7 @@ locally; only the share's text travels.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if t.remote() {
-				return remoteActivate(e, &t, q)
+				return remoteActivate(e, &t, partition, q)
 			}
 			m, err := openModule(f.module)
 			if err != nil {
@@ -489,7 +489,7 @@ once; issuance stops with the next request.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if t.remote() {
-				return remoteSeal(e, &t)
+				return remoteSeal(e, &t, partition)
 			}
 			m, p, err := openPartition(f.module, partition)
 			if err != nil {

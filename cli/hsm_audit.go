@@ -14,9 +14,10 @@ import (
 
 func newHSMAuditCmd(e *env, f *hsmFlags) *cobra.Command {
 	cmd := &cobra.Command{
-		Use:     "audit",
-		Short:   "Verify the module's hash-chained audit log",
-		Example: `  hsmca hsm audit verify --module ./module`,
+		Use:   "audit",
+		Short: "Verify and list the module's hash-chained audit log",
+		Example: `  hsmca hsm audit verify --module ./module
+  hsmca hsm audit list --module ./module --limit 50`,
 	}
 	cmd.AddCommand(newHSMAuditVerifyCmd(e, f), newHSMAuditListCmd(e, f))
 	return cmd
@@ -36,7 +37,7 @@ time, event type, partition and the event's fields (key IDs, digests, share
 indexes, reasons; never a secret). This does not verify the chain; run
 ` + "`hsmca hsm audit verify`" + ` for that.`,
 		Example: `  hsmca hsm audit list --module ./module --from 1 --limit 50
-  hsmca hsm audit list --module ./module --json | jq -c 'select(.type == "sign")'`,
+  hsmca hsm audit list --module ./module --json | jq -c '.[] | select(.type == "sign")'`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if limit < 0 {

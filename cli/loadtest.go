@@ -20,6 +20,8 @@ func newLoadtestCmd(e *env) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "loadtest",
 		Short: "Load generators for measuring hsmca and its peers",
+		Example: `  hsmca loadtest acme --url https://127.0.0.1:14000/dir --insecure --clients 16 --duration 10s --http-port 5002
+  hsmca loadtest peers --runs /tmp/bench-runs --out bench/peers.json --svg docs/peers.svg`,
 	}
 	cmd.AddCommand(newLoadtestACMECmd(e), newLoadtestPeersCmd(e))
 	return cmd
@@ -55,7 +57,9 @@ Exit codes: 0 every order succeeded, 1 some failed or did not finish
   hsmca loadtest acme --url https://127.0.0.1:14000/dir --insecure \
       --clients 16 --duration 10s --http-port 5002 --dns-addr 127.0.0.1:8053 --json
 
-  # a local hsmca quickstart CA
+  # a local hsmca quickstart CA: set acme.http01_port: 5002 in demo/ca.yaml
+  # (it validates on port 80 by default), then start it with the stub DNS:
+  #   hsmca quickstart --dir ./demo --resolver 127.0.0.1:8053
   hsmca loadtest acme --url https://127.0.0.1:8443/acme/directory --ca-bundle demo/root.pem \
       --clients 4 --orders 100 --http-port 5002 --dns-addr 127.0.0.1:8053`,
 		Args: cobra.NoArgs,

@@ -193,8 +193,16 @@ func loadIdentities(paths []string) ([]age.Identity, error) {
 	return ids, nil
 }
 
-// readShareFile reads and decodes one share file ("-" is stdin).
+// readShareFile reads and decodes one share file ("-" is stdin). When "-"
+// is a terminal the custodian is prompted and types without echo, as in
+// promptQuorum: read as a file, the share would show on the screen and the
+// command would wait for end-of-file without saying so.
 func readShareFile(e *env, path string, ids []age.Identity) (hsm.Share, error) {
+	if path == "-" {
+		if fd, ok := terminalFD(e.stdin); ok {
+			return readTerminalShare(e, fd)
+		}
+	}
 	data, err := readLimited(path, e.stdin)
 	if err != nil {
 		return hsm.Share{}, fmt.Errorf("share file %s: %w", path, err)
@@ -211,6 +219,21 @@ func readShareFile(e *env, path string, ids []age.Identity) (hsm.Share, error) {
 			return hsm.Share{}, withHint(err, "pass the custodian's age identity file with --identity FILE")
 		}
 		return hsm.Share{}, err
+	}
+	return s, nil
+}
+
+// readTerminalShare reads one text share typed on the terminal fd without
+// echo ("--share -" on a terminal).
+func readTerminalShare(e *env, fd int) (hsm.Share, error) {
+	fmt.Fprintln(e.stderr, "share from stdin: type or paste your share and end with an empty line (input is hidden):")
+	text, err := readTypedShare(func() ([]byte, error) { return term.ReadPassword(fd) })
+	if err != nil {
+		return hsm.Share{}, fmt.Errorf("share from stdin: %w", err)
+	}
+	s, err := hsm.DecodeText(text)
+	if err != nil {
+		return hsm.Share{}, fmt.Errorf("share from stdin: %w", err)
 	}
 	return s, nil
 }

@@ -74,7 +74,34 @@ func newRoot(e *env) *cobra.Command {
 	for _, add := range commands {
 		root.AddCommand(add(e))
 	}
+	addCompletionExamples(root)
 	return root
+}
+
+// completionExamples are the examples of cobra's default completion
+// command and its shells: every command's --help shows one.
+var completionExamples = map[string]string{
+	"completion": `  source <(hsmca completion bash)          # this shell only
+  hsmca completion zsh > "${fpath[1]}/_hsmca"`,
+	"bash":       `  hsmca completion bash > /etc/bash_completion.d/hsmca`,
+	"zsh":        `  hsmca completion zsh > "${fpath[1]}/_hsmca"`,
+	"fish":       `  hsmca completion fish > ~/.config/fish/completions/hsmca.fish`,
+	"powershell": `  hsmca completion powershell | Out-String | Invoke-Expression`,
+}
+
+// addCompletionExamples creates cobra's completion command now (Execute
+// would add it later) so that it and its subcommands carry examples too.
+func addCompletionExamples(root *cobra.Command) {
+	root.InitDefaultCompletionCmd()
+	for _, c := range root.Commands() {
+		if c.Name() != "completion" {
+			continue
+		}
+		c.Example = completionExamples["completion"]
+		for _, sub := range c.Commands() {
+			sub.Example = completionExamples[sub.Name()]
+		}
+	}
 }
 
 // commands lists the top-level command constructors; each lives in its own

@@ -38,6 +38,8 @@ func newCACmd(e *env) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "ca",
 		Short: "Run the certificate authority (ACME, CRL, OCSP, AIA, admin API)",
+		Example: `  hsmca ca serve --config ca.yaml
+  hsmca ca serve --config ca.yaml --https-addr 0.0.0.0:443 --http-addr 0.0.0.0:80`,
 	}
 	cmd.AddCommand(newServeCmd(e))
 	return cmd
