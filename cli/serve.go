@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"reflect"
 	"runtime"
 	"sort"
 	"strings"
@@ -383,6 +384,9 @@ func startServe(e *env, cfg *Config, configPath string, f serveFlags) (_ *runnin
 		if err != nil {
 			return server.Reloaded{}, err
 		}
+		if err := checkReloadable(cfg, ncfg, log); err != nil {
+			return server.Reloaded{}, err
+		}
 		if err := cto.apply(ncfg); err != nil {
 			return server.Reloaded{}, err
 		}
@@ -735,3 +739,37 @@ func (q *partitionQuorum) AddShare(text []byte) (server.QuorumStatus, error) {
 }
 
 func (q *partitionQuorum) Seal() error { return q.p.Seal() }
+
+// checkReloadable compares the running configuration with the one a
+// reload read. Issuers are bound at start to module partitions, the quorum
+// and the CRL schedule, so a reload that changes them is refused rather
+// than half applied; the other sections a reload does not apply (module,
+// store, listeners and server settings other than the operator CA and the
+// TLS certificate, ACME) are named in a warning, so that an edit that has
+// no effect yet does not go unnoticed.
+func checkReloadable(cur, next *Config, log *slog.Logger) error {
+	if !reflect.DeepEqual(cur.CA.Issuers, next.CA.Issuers) {
+		return withHint(errors.New("config: ca.issuers changed; issuers are set up at start"),
+			"restart `hsmca ca serve` to apply the new issuers, or undo the change and reload again")
+	}
+	var ignored []string
+	if cur.Module != next.Module {
+		ignored = append(ignored, "module")
+	}
+	if cur.Store != next.Store {
+		ignored = append(ignored, "store")
+	}
+	cs, ns := cur.Server, next.Server
+	cs.OperatorCA, ns.OperatorCA = "", ""
+	cs.TLSCert, ns.TLSCert, cs.TLSKey, ns.TLSKey = "", "", "", ""
+	if !reflect.DeepEqual(cs, ns) {
+		ignored = append(ignored, "server (other than operator_ca, tls_cert and tls_key)")
+	}
+	if !reflect.DeepEqual(cur.ACME, next.ACME) {
+		ignored = append(ignored, "acme")
+	}
+	if len(ignored) > 0 {
+		log.Warn("reload: these sections changed but take effect only at the next restart", "sections", strings.Join(ignored, ", "))
+	}
+	return nil
+}

@@ -586,3 +586,41 @@ func selfSigned(t *testing.T, cn string) []byte {
 	}
 	return der
 }
+
+// A reload that changes the issuers is refused (they are set up at start:
+// partitions, quorum, CRL schedule) and changes nothing; one that changes
+// a section only a restart applies (acme) is carried out and says so.
+func TestServeSIGHUPIssuersNeedRestart(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end")
+	}
+	dir, _, httpURL := stoppedQuickstart(t)
+	cfgPath := filepath.Join(dir, "ca.yaml")
+	p := startProc(t, dir, "ca", "serve", "--config", cfgPath)
+	waitHealth(t, p, httpURL, isSealed)
+
+	editConfig(t, dir, "      key: intermediate-1", "      key: another-key")
+	p.cmd.Process.Signal(syscall.SIGHUP)
+	waitOutput(t, p, "reload failed")
+	if !strings.Contains(p.out.String(), "ca.issuers changed") {
+		t.Fatalf("the refused reload does not say why:\n%s", p.out)
+	}
+	resp, err := http.Get(httpURL + "/crl/intermediate-1.crl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode == http.StatusNotFound {
+		t.Fatalf("the running issuer intermediate-1 is gone after a refused reload")
+	}
+
+	editConfig(t, dir, "      key: another-key", "      key: intermediate-1", "  http01_port: 80", "  http01_port: 5002")
+	p.cmd.Process.Signal(syscall.SIGHUP)
+	waitOutput(t, p, "server: reloaded configuration")
+	if !strings.Contains(p.out.String(), "take effect only at the next restart") || !strings.Contains(p.out.String(), "acme") {
+		t.Fatalf("the reload does not name the acme section it did not apply:\n%s", p.out)
+	}
+	if err := p.stop(t, syscall.SIGTERM); err != nil {
+		t.Fatalf("serve exit: %v", err)
+	}
+}
