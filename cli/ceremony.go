@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 
 	"filippo.io/age"
 	"github.com/spf13/cobra"
@@ -57,12 +58,17 @@ Relative paths in the ceremony file are taken from the working directory.`,
 			// An existing --transcript is refused before the module is
 			// touched: found only afterwards, it would leave keys and
 			// outputs made by a ceremony whose transcript was not written.
+			// So is a directory that does not exist or is not a directory.
 			if transcript != "" {
 				if _, err := os.Lstat(transcript); err == nil {
 					return usageError{withHint(fmt.Errorf("--transcript %s already exists; refusing to overwrite it", transcript),
 						"choose another --transcript path; the ceremony has not run")}
 				} else if !errors.Is(err, os.ErrNotExist) {
 					return fmt.Errorf("--transcript: %w", err)
+				}
+				if fi, err := os.Stat(filepath.Dir(transcript)); err != nil || !fi.IsDir() {
+					return usageError{withHint(fmt.Errorf("--transcript %s: directory %s does not exist", transcript, filepath.Dir(transcript)),
+						"create the directory first; the ceremony has not run")}
 				}
 			}
 			t, err := runCeremony(e, args[0], moduleDir, q)

@@ -49,6 +49,13 @@ func TestCeremonyTranscriptExistsRefusedFirst(t *testing.T) {
 	if string(b) != "an earlier transcript\n" {
 		t.Fatalf("old transcript changed: %q", b)
 	}
+	// A transcript in a directory that does not exist is refused up front
+	// too, not after the key is made.
+	mustFail(t, dir, ExitUsage, []string{"records does not exist", "hint:"},
+		args("ceremony", "run", "key.yaml", "--module", "module", "--transcript", "records/t.txt", q)...)
+	if keys := decodeJSON[[]keyJSON](t, mustRun(t, dir, "hsm", "keys", "list", "--module", "module", "--json")); len(keys) != 0 {
+		t.Fatalf("the ceremony generated %d key(s) although its transcript directory does not exist", len(keys))
+	}
 
 	// With a new transcript path the same ceremony runs and prints the
 	// transcript it writes.

@@ -274,12 +274,7 @@ func issuingPartition(cfg *Config) string {
 // startServe opens the module (sealed), the store, the CA, ACME and the
 // listeners. On error everything opened so far is closed again.
 func startServe(e *env, cfg *Config, configPath string, f serveFlags) (_ *running, err error) {
-	if f.httpsAddr != "" {
-		cfg.Server.HTTPSAddr = f.httpsAddr
-	}
-	if f.httpAddr != "" {
-		cfg.Server.HTTPAddr = f.httpAddr
-	}
+	f.applyListeners(cfg)
 	cto, err := f.ctOverride()
 	if err != nil {
 		return nil, err
@@ -384,6 +379,7 @@ func startServe(e *env, cfg *Config, configPath string, f serveFlags) (_ *runnin
 		if err != nil {
 			return server.Reloaded{}, err
 		}
+		f.applyListeners(ncfg) // as at start, so that the comparison sees no change
 		if err := checkReloadable(cfg, ncfg, log); err != nil {
 			return server.Reloaded{}, err
 		}
@@ -740,16 +736,26 @@ func (q *partitionQuorum) AddShare(text []byte) (server.QuorumStatus, error) {
 
 func (q *partitionQuorum) Seal() error { return q.p.Seal() }
 
+// applyListeners puts the --https-addr and --http-addr overrides into cfg.
+func (f *serveFlags) applyListeners(cfg *Config) {
+	if f.httpsAddr != "" {
+		cfg.Server.HTTPSAddr = f.httpsAddr
+	}
+	if f.httpAddr != "" {
+		cfg.Server.HTTPAddr = f.httpAddr
+	}
+}
+
 // checkReloadable compares the running configuration with the one a
-// reload read. Issuers are bound at start to module partitions, the quorum
-// and the CRL schedule, so a reload that changes them is refused rather
-// than half applied; the other sections a reload does not apply (module,
+// reload read. Issuers (and which one is the default, whose partition the
+// server's quorum activates) are bound at start, so a reload that changes
+// them is refused rather than half applied; the other sections a reload does not apply (module,
 // store, listeners and server settings other than the operator CA and the
 // TLS certificate, ACME) are named in a warning, so that an edit that has
 // no effect yet does not go unnoticed.
 func checkReloadable(cur, next *Config, log *slog.Logger) error {
-	if !reflect.DeepEqual(cur.CA.Issuers, next.CA.Issuers) {
-		return withHint(errors.New("config: ca.issuers changed; issuers are set up at start"),
+	if !reflect.DeepEqual(cur.CA.Issuers, next.CA.Issuers) || cur.CA.DefaultIssuer != next.CA.DefaultIssuer {
+		return withHint(errors.New("config: ca.issuers or ca.default_issuer changed; issuers are set up at start"),
 			"restart `hsmca ca serve` to apply the new issuers, or undo the change and reload again")
 	}
 	var ignored []string
