@@ -134,6 +134,8 @@ func (c *adminClient) do(method, path string, in, out any) error {
 		}
 		err := fmt.Errorf("server: %w", &p)
 		switch {
+		case resp.StatusCode == http.StatusUnauthorized || p.Type == server.ProbUnauthorized:
+			return withHint(err, "--client-cert and --client-key must be an operator certificate of this CA that it has not revoked (profile operator; quickstart writes DIR/operator.pem and DIR/operator.key)")
 		case p.Type == server.ProbUnavailable:
 			return withHint(err, "custodians present their shares with `hsmca hsm activate --server URL|--socket PATH --share FILE`")
 		case resp.StatusCode == http.StatusBadRequest || resp.StatusCode == http.StatusForbidden ||
@@ -163,8 +165,10 @@ func connectHint(err error) string {
 	switch {
 	case errors.As(err, &host):
 		return "--server must name a host or IP address that the server's TLS certificate is for (server.tls_cert in ca.yaml)"
-	case errors.As(err, &unknownCA), errors.As(err, &verify):
+	case errors.As(err, &unknownCA):
 		return "pass --ca-cert FILE with the CA's root certificate (quickstart: DIR/root.pem) so that the server's TLS certificate verifies"
+	case errors.As(err, &verify):
+		return "the server's TLS certificate does not verify (expired, not yet valid, or not for serving TLS); renew server.tls_cert, or check --ca-cert"
 	case errors.As(err, &op) && op.Op == "remote error":
 		return "the server refused the TLS handshake: --client-cert and --client-key must be an operator certificate of this CA (profile operator; quickstart writes DIR/operator.pem and DIR/operator.key)"
 	}

@@ -19,6 +19,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/hsmca/hsmca/server"
 )
 
 // TestCeremonyTranscriptExistsRefusedFirst: an existing --transcript file
@@ -125,6 +127,20 @@ func TestAdminTLSFailureHints(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// hsmca's server asks for a client certificate but does not require
+	// one in the handshake, so a foreign operator certificate is not sent
+	// and the admin API answers 401 with a problem.
+	refusing := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/problem+json")
+		w.WriteHeader(http.StatusUnauthorized)
+		w.Write([]byte(`{"type":"` + server.ProbUnauthorized + `","detail":"the admin API needs an operator client certificate (mutual TLS)","status":401}`))
+	}))
+	refusing.Config.ErrorLog = quiet
+	refusing.StartTLS()
+	defer refusing.Close()
+	if err := os.WriteFile(filepath.Join(dir, "refusing.pem"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: refusing.Certificate().Raw}), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	client := []string{"--client-cert", "op.pem", "--client-key", "op.key"}
 	for _, tc := range []struct {
 		name string
@@ -134,6 +150,7 @@ func TestAdminTLSFailureHints(t *testing.T) {
 		{"server certificate from an unknown CA", args("hsm", "status", "--server", plain.URL, client), "hint: pass --ca-cert FILE"},
 		{"server certificate for another name", args("hsm", "status", "--server", strings.Replace(plain.URL, "127.0.0.1", "localhost", 1), "--ca-cert", "server.pem", client), "hint: --server must name a host"},
 		{"client certificate refused", args("hsm", "status", "--server", mtls.URL, "--ca-cert", "mtls.pem", client), "hint: the server refused the TLS handshake"},
+		{"operator certificate not accepted", args("hsm", "status", "--server", refusing.URL, "--ca-cert", "refusing.pem", client), "hint: --client-cert and --client-key must be an operator certificate"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := mustFail(t, dir, ExitFail, []string{tc.hint}, tc.args...)

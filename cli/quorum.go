@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"strings"
+	"syscall"
 	"time"
 
 	"filippo.io/age"
@@ -107,7 +109,7 @@ func gatherQuorum(e *env, p hsm.Partition, shares, identities []string) error {
 	}
 	if len(shares) == 0 {
 		if fd, ok := terminalFD(e.stdin); ok {
-			return promptQuorum(e, p, st, func() ([]byte, error) { return term.ReadPassword(fd) })
+			return promptQuorum(e, p, st, func() ([]byte, error) { return readHidden(fd) })
 		}
 		return withHint(usagef("partition %s is sealed and needs %d of %d shares; none given", p.Name(), st.Threshold, st.Shares),
 			fmt.Sprintf("pass --share FILE once per custodian (%d needed), or run on a terminal to be prompted", st.Threshold))
@@ -200,7 +202,7 @@ func loadIdentities(paths []string) ([]age.Identity, error) {
 func readShareFile(e *env, path string, ids []age.Identity) (hsm.Share, error) {
 	if path == "-" {
 		if fd, ok := terminalFD(e.stdin); ok {
-			return readTerminalShare(e, fd)
+			return readTerminalShare(e, fd, ids)
 		}
 	}
 	data, err := readLimited(path, e.stdin)
@@ -223,19 +225,51 @@ func readShareFile(e *env, path string, ids []age.Identity) (hsm.Share, error) {
 	return s, nil
 }
 
-// readTerminalShare reads one text share typed on the terminal fd without
-// echo ("--share -" on a terminal).
-func readTerminalShare(e *env, fd int) (hsm.Share, error) {
+// readTerminalShare reads one share typed or pasted on the terminal fd
+// without echo ("--share -" on a terminal): the text form, or an armored
+// age share decrypted with ids.
+func readTerminalShare(e *env, fd int, ids []age.Identity) (hsm.Share, error) {
 	fmt.Fprintln(e.stderr, "share from stdin: type or paste your share and end with an empty line (input is hidden):")
-	text, err := readTypedShare(func() ([]byte, error) { return term.ReadPassword(fd) })
+	text, err := readTypedShare(func() ([]byte, error) { return readHidden(fd) })
 	if err != nil {
 		return hsm.Share{}, fmt.Errorf("share from stdin: %w", err)
 	}
-	s, err := hsm.DecodeText(text)
+	s, err := decodeShare([]byte(text), ids)
 	if err != nil {
-		return hsm.Share{}, fmt.Errorf("share from stdin: %w", err)
+		err = fmt.Errorf("share from stdin: %w", err)
+		if errors.Is(err, errNeedIdentity) {
+			return hsm.Share{}, withHint(err, "pass the custodian's age identity file with --identity FILE")
+		}
+		return hsm.Share{}, err
 	}
 	return s, nil
+}
+
+// readHidden reads one line from the terminal fd without echo. An
+// interrupt (Ctrl-C) while it waits puts the terminal back as it was
+// before the process exits with status 130, as a shell expects;
+// otherwise the custodian's terminal would be left without echo.
+func readHidden(fd int) ([]byte, error) {
+	state, err := term.GetState(fd)
+	if err != nil {
+		return nil, err
+	}
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() {
+		select {
+		case <-sig:
+			term.Restore(fd, state)
+			os.Exit(130)
+		case <-done:
+		}
+	}()
+	defer func() {
+		signal.Stop(sig)
+		close(done)
+	}()
+	return term.ReadPassword(fd)
 }
 
 // errNeedIdentity reports an age-encrypted share without identities.
