@@ -132,10 +132,11 @@ func (c *adminClient) do(method, path string, in, out any) error {
 		if json.Unmarshal(raw, &p) != nil || p.Type == "" {
 			return fmt.Errorf("admin API %s: %s %s: HTTP %d", c.what, method, path, resp.StatusCode)
 		}
-		err := fmt.Errorf("server: %w", &p)
+		var err error = fmt.Errorf("server: %w", &p)
+		if resp.StatusCode == http.StatusUnauthorized || p.Type == server.ProbUnauthorized {
+			err = withHint(err, "--client-cert and --client-key must be an operator certificate of this CA that it has not revoked (profile operator; quickstart writes DIR/operator.pem and DIR/operator.key)")
+		}
 		switch {
-		case resp.StatusCode == http.StatusUnauthorized || p.Type == server.ProbUnauthorized:
-			return withHint(err, "--client-cert and --client-key must be an operator certificate of this CA that it has not revoked (profile operator; quickstart writes DIR/operator.pem and DIR/operator.key)")
 		case p.Type == server.ProbUnavailable:
 			return withHint(err, "custodians present their shares with `hsmca hsm activate --server URL|--socket PATH --share FILE`")
 		case resp.StatusCode == http.StatusBadRequest || resp.StatusCode == http.StatusForbidden ||
