@@ -98,11 +98,11 @@ func isSquare(x, r *big.Int) bool {
 	case 0:
 		return true
 	}
-	if !squareMod[64][x.Bits()[0]&63] {
+	if !squares64[x.Bits()[0]&63] {
 		return false
 	}
 	v := r.Mod(x, big.NewInt(63*65*11)).Uint64()
-	if !squareMod[63][v%63] || !squareMod[65][v%65] || !squareMod[11][v%11] {
+	if !squares63[v%63] || !squares65[v%65] || !squares11[v%11] {
 		return false
 	}
 	r.Sqrt(x)
@@ -110,15 +110,19 @@ func isSquare(x, r *big.Int) bool {
 	return r.Cmp(x) == 0
 }
 
-// squareMod[m][i] says whether i is a square modulo m, for the moduli
+// squaresM[i] says whether i is a square modulo M, for the moduli
 // isSquare uses.
-var squareMod = func() map[uint64][]bool {
-	t := map[uint64][]bool{}
-	for _, m := range []uint64{64, 63, 65, 11} {
-		t[m] = make([]bool, m)
-		for i := range m {
-			t[m][i*i%m] = true
-		}
+var (
+	squares64 = squaresMod(64)
+	squares63 = squaresMod(63)
+	squares65 = squaresMod(65)
+	squares11 = squaresMod(11)
+)
+
+func squaresMod(m uint64) []bool {
+	t := make([]bool, m)
+	for i := range m {
+		t[i*i%m] = true
 	}
 	return t
-}()
+}

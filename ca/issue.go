@@ -185,12 +185,16 @@ type AuditSyncer interface {
 // failed sync must leave nothing stored as issued (the pending record
 // stays; the certificate is never handed out). A signer that is not a
 // module's (tests, a plain key) has nothing to sync.
-func (iss *issuerState) syncAudit() error {
-	s, ok := iss.Signer.(AuditSyncer)
-	if !ok {
-		return nil
+func (iss *issuerState) syncAudit() error { return SyncAudit(iss.Signer) }
+
+// SyncAudit calls s.SyncAudit if s is an AuditSyncer; a signer without an
+// audit log has nothing to sync. Wrappers around issuer keys forward
+// their AuditSyncer through it.
+func SyncAudit(s crypto.Signer) error {
+	if a, ok := s.(AuditSyncer); ok {
+		return a.SyncAudit()
 	}
-	return s.SyncAudit()
+	return nil
 }
 
 // unauditedErr is the error for an object whose signature's audit record

@@ -35,12 +35,7 @@ func (s caSigner) Sign(rand io.Reader, digest []byte, opts crypto.SignerOpts) ([
 // SyncAudit forwards to the module key (ca.AuditSyncer), so that the CA can
 // make its signatures' audit records durable before it hands out what they
 // signed; a key without an audit log has nothing to sync.
-func (s caSigner) SyncAudit() error {
-	if a, ok := s.Signer.(ca.AuditSyncer); ok {
-		return a.SyncAudit()
-	}
-	return nil
-}
+func (s caSigner) SyncAudit() error { return ca.SyncAudit(s.Signer) }
 
 // caDeps are the optional parts of openCA.
 type caDeps struct {

@@ -147,12 +147,7 @@ func (c *countingSigner) Sign(r io.Reader, digest []byte, opts crypto.SignerOpts
 }
 
 // SyncAudit forwards to the wrapped key (ca.AuditSyncer).
-func (c *countingSigner) SyncAudit() error {
-	if a, ok := c.Signer.(ca.AuditSyncer); ok {
-		return a.SyncAudit()
-	}
-	return nil
-}
+func (c *countingSigner) SyncAudit() error { return ca.SyncAudit(c.Signer) }
 
 // setQuorum updates the seal-state gauges.
 func (m *Metrics) setQuorum(q QuorumStatus) {
