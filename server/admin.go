@@ -87,7 +87,7 @@ func (s *Server) checkOperator(r *http.Request) error {
 	// moment; a reload may have removed them since, so verify again
 	// against the current pool (never the system roots, which a nil pool
 	// would mean).
-	pool := s.opPool.Load()
+	pool := s.operatorRoots()
 	if pool == nil {
 		return errors.New("the client certificate does not chain to the operator CA")
 	}

@@ -158,12 +158,14 @@ type Server struct {
 	now        func() time.Time
 	retryAfter time.Duration
 
-	ca      atomic.Pointer[ca.CA]
-	tlsCert atomic.Pointer[tls.Certificate]
-	// opPool holds the operator roots. Reload swaps it; the handshake and
+	// gen is the CA and the operator roots of the current configuration,
+	// swapped together by Reload, so that no request sees the CA of one
+	// configuration with the operator roots of another. The handshake and
 	// every admin request on HTTPS (keep-alive connections included)
 	// verify the client certificate against the pool current at the time.
-	opPool atomic.Pointer[x509.CertPool]
+	gen      atomic.Pointer[generation]
+	reloadMu sync.Mutex // one Reload at a time
+	tlsCert  atomic.Pointer[tls.Certificate]
 
 	ocspLast *ocspFallback
 	crls     crlMeta
@@ -229,8 +231,7 @@ func New(cfg Config, d Deps) (*Server, error) {
 	if s.d.Gatherer == nil {
 		s.d.Gatherer = prometheus.DefaultGatherer
 	}
-	s.ca.Store(d.CA)
-	s.opPool.Store(operatorPool(cfg.OperatorRoots, d.CA))
+	s.gen.Store(&generation{ca: d.CA, ops: operatorPool(cfg.OperatorRoots, d.CA)})
 	if cfg.HTTPSAddr != "" {
 		c, err := s.readTLSCert()
 		if err != nil {
@@ -293,7 +294,17 @@ func endpointPath(configured, caURL, def string) string {
 }
 
 // CA returns the CA currently served (Reload swaps it).
-func (s *Server) CA() *ca.CA { return s.ca.Load() }
+func (s *Server) CA() *ca.CA { return s.gen.Load().ca }
+
+// generation is what one configuration loaded: the CA and the pool that
+// admin client certificates must chain to.
+type generation struct {
+	ca  *ca.CA
+	ops *x509.CertPool
+}
+
+// operatorRoots is the current operator pool (nil: no admin over HTTPS).
+func (s *Server) operatorRoots() *x509.CertPool { return s.gen.Load().ops }
 
 func (s *Server) readTLSCert() (*tls.Certificate, error) {
 	c, err := tls.LoadX509KeyPair(s.cfg.TLSCertFile, s.cfg.TLSKeyFile)
@@ -337,7 +348,7 @@ func (s *Server) tlsConfigFor(*tls.ClientHelloInfo) (*tls.Config, error) {
 			return s.tlsCert.Load(), nil
 		},
 		ClientAuth: tls.VerifyClientCertIfGiven,
-		ClientCAs:  s.opPool.Load(),
+		ClientCAs:  s.operatorRoots(),
 		NextProtos: []string{"h2", "http/1.1"},
 	}, nil
 }
@@ -471,12 +482,16 @@ func (s *Server) Shutdown(ctx context.Context) error {
 
 // Reload re-reads what can change without a restart: the CA's profiles and
 // policy and the operator roots (Deps.Reload builds a new CA with the same
-// signers), and the TLS certificate, each swapped in atomically;
-// requests in flight finish on the old CA. The new operator roots apply to
+// signers), and the TLS certificate. The CA and the operator roots are
+// swapped in together, in one atomic store; requests in flight finish on
+// the old CA. Reloads run one at a time, so of two overlapping reloads
+// the one that started last decides what is in force. The new operator roots apply to
 // the next handshake and to the next admin request on a connection already
 // open, so a root removed from the configuration is refused at once. On
 // error nothing changes.
 func (s *Server) Reload() error {
+	s.reloadMu.Lock()
+	defer s.reloadMu.Unlock()
 	var cert *tls.Certificate
 	if s.cfg.HTTPSAddr != "" {
 		var err error
@@ -492,8 +507,7 @@ func (s *Server) Reload() error {
 		if next.CA == nil {
 			return errors.New("server: reload: no CA was rebuilt")
 		}
-		s.ca.Store(next.CA)
-		s.opPool.Store(operatorPool(next.OperatorRoots, next.CA))
+		s.gen.Store(&generation{ca: next.CA, ops: operatorPool(next.OperatorRoots, next.CA)})
 	}
 	if cert != nil {
 		s.tlsCert.Store(cert)

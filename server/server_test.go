@@ -22,6 +22,7 @@ import (
 	"net/http/httptrace"
 	"os"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -658,5 +659,53 @@ func TestCheckOperatorRefusesExpiredLeaf(t *testing.T) {
 	err := (&Server{}).checkOperator(r)
 	if err == nil || !strings.Contains(err.Error(), "not valid now") {
 		t.Fatalf("expired operator certificate: %v", err)
+	}
+}
+
+// TestReloadsApplyInOrder: two reloads that overlap (a SIGHUP while the
+// previous one still reads the configuration) apply one after the other,
+// so the configuration read last is the one in force. Before reloads were
+// serialized, a slow first reload could store its older CA over the one a
+// later reload had already installed.
+func TestReloadsApplyInOrder(t *testing.T) {
+	e := newEnv(t, nil)
+	older, newer := e.srv.CA(), e.srv.CA()
+	cfg := older.Config()
+	var err error
+	if newer, err = ca.New(cfg, []ca.Issuer{{Name: "issuing-1", Cert: e.inter, Chain: []*x509.Certificate{e.root},
+		Signer: gateSigner{Signer: e.interKey, q: e.q}}}, e.st, ca.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	firstReading := make(chan struct{})
+	releaseFirst := make(chan struct{})
+	var calls atomic.Int32
+	e.srv.d.Reload = func() (Reloaded, error) {
+		if calls.Add(1) == 1 {
+			close(firstReading)
+			<-releaseFirst // the first reload is slow to read its configuration
+			return Reloaded{CA: older}, nil
+		}
+		return Reloaded{CA: newer}, nil
+	}
+	first := make(chan error, 1)
+	go func() { first <- e.srv.Reload() }()
+	<-firstReading
+	second := make(chan error, 1)
+	go func() { second <- e.srv.Reload() }()
+	// Give the second reload time to overtake the first if nothing stops it.
+	select {
+	case err := <-second:
+		t.Fatalf("the second reload finished (%v) while the first was still reading its configuration", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	close(releaseFirst)
+	if err := <-first; err != nil {
+		t.Fatal(err)
+	}
+	if err := <-second; err != nil {
+		t.Fatal(err)
+	}
+	if e.srv.CA() != newer {
+		t.Fatal("the configuration read first is in force after a later reload")
 	}
 }
