@@ -37,6 +37,12 @@ type ocspEntry struct {
 type ocspCache struct {
 	mu sync.Mutex
 	m  map[string]ocspEntry
+	// forgets counts forget calls. A response is cached only if no
+	// revocation status changed between the store read it was made from
+	// and its put (see begin): otherwise a "good" made just before a
+	// revocation could be cached after the revocation's forget, and be
+	// served for half of OCSP.Validity.
+	forgets uint64
 }
 
 func (oc *ocspCache) init() { oc.m = map[string]ocspEntry{} }
@@ -51,9 +57,22 @@ func (oc *ocspCache) get(key string, now time.Time) ([]byte, bool) {
 	return e.der, true
 }
 
-func (oc *ocspCache) put(key string, e ocspEntry) {
+// begin returns the token to pass to put for a response made from a store
+// read that starts after this call.
+func (oc *ocspCache) begin() uint64 {
 	oc.mu.Lock()
 	defer oc.mu.Unlock()
+	return oc.forgets
+}
+
+// put caches e under key unless a status changed (forget) since begin
+// returned token; the response is then left uncached, as it may be stale.
+func (oc *ocspCache) put(key string, e ocspEntry, token uint64) {
+	oc.mu.Lock()
+	defer oc.mu.Unlock()
+	if oc.forgets != token {
+		return
+	}
 	if len(oc.m) >= ocspCacheMax {
 		oc.m = map[string]ocspEntry{}
 	}
@@ -63,6 +82,7 @@ func (oc *ocspCache) put(key string, e ocspEntry) {
 func (oc *ocspCache) forget(issuer, serial string) {
 	oc.mu.Lock()
 	defer oc.mu.Unlock()
+	oc.forgets++
 	for _, h := range []crypto.Hash{crypto.SHA1, crypto.SHA256, crypto.SHA384, crypto.SHA512} {
 		delete(oc.m, ocspKey(issuer, serial, h))
 	}
@@ -148,11 +168,13 @@ func (c *CA) OCSPResponse(ctx context.Context, requestDER []byte) ([]byte, error
 		Status:       ocsp.Unknown,
 	}
 	var serial string
+	var token uint64
 	if req.SerialNumber.Sign() > 0 {
 		serial = SerialString(req.SerialNumber)
 		if der, ok := c.ocsp.get(ocspKey(iss.Name, serial, req.HashAlgorithm), now); ok {
 			return der, nil
 		}
+		token = c.ocsp.begin()
 		rec, err := c.store.CertBySerial(ctx, serial)
 		switch {
 		case err == nil && rec.Issuer == iss.Name && rec.Status != StatusRefused:
@@ -185,6 +207,6 @@ func (c *CA) OCSPResponse(ctx context.Context, requestDER []byte) ([]byte, error
 	if err != nil {
 		return nil, wrapSign("ocsp", err)
 	}
-	c.ocsp.put(ocspKey(iss.Name, serial, req.HashAlgorithm), ocspEntry{der: der, refresh: now.Add(validity / 2)})
+	c.ocsp.put(ocspKey(iss.Name, serial, req.HashAlgorithm), ocspEntry{der: der, refresh: now.Add(validity / 2)}, token)
 	return der, nil
 }
