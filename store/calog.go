@@ -290,6 +290,12 @@ var errTornFrame = errors.New("store: torn log frame")
 func readFrames(data []byte, fn func(serial string, enc []byte) error) error {
 	for off := 0; off < len(data); {
 		if len(data)-off < 8 {
+			// Fewer bytes than a frame header are left: zeros are the
+			// end of what was written (a segment filled to within a
+			// header of its size), anything else a cut-short frame.
+			if allZero(data[off:]) {
+				return nil
+			}
 			return fmt.Errorf("%w at offset %d", errTornFrame, off)
 		}
 		n := int(binary.BigEndian.Uint32(data[off:]))
