@@ -44,19 +44,44 @@ func ReasonString(code int) string {
 	return "reason(" + strconv.Itoa(code) + ")"
 }
 
-// ParseReason accepts an RFC 5280 reason name (case-insensitive, e.g.
-// "keyCompromise", "key-compromise") or its number and returns the code.
-// Only the codes a leaf certificate may be revoked with are accepted:
-// cACompromise (2), 7 (unused) and removeFromCRL (8) are refused.
+// reasonWords spells each reason name as words, for the separated forms
+// ParseReason accepts ("key-compromise", "key_compromise").
+var reasonWords = map[int][]string{
+	ReasonUnspecified:          {"unspecified"},
+	ReasonKeyCompromise:        {"key", "compromise"},
+	ReasonCACompromise:         {"ca", "compromise"},
+	ReasonAffiliationChanged:   {"affiliation", "changed"},
+	ReasonSuperseded:           {"superseded"},
+	ReasonCessationOfOperation: {"cessation", "of", "operation"},
+	ReasonCertificateHold:      {"certificate", "hold"},
+	ReasonRemoveFromCRL:        {"remove", "from", "crl"},
+	ReasonPrivilegeWithdrawn:   {"privilege", "withdrawn"},
+	ReasonAACompromise:         {"aa", "compromise"},
+}
+
+// ParseReason accepts an RFC 5280 reason name, case-insensitive, as one
+// word ("keyCompromise") or with "-", "_" or a space between its words
+// ("key-compromise"), or its decimal number ("1"), and returns the code.
+// Anything else is refused, including signs and separators inside a
+// number or a word ("-1", "1-0", "k_e_y compromise"): a typo must not
+// turn into an irreversible keyCompromise. Only the codes a leaf
+// certificate may be revoked with are accepted: cACompromise (2), 7
+// (unused) and removeFromCRL (8) are refused.
 func ParseReason(s string) (int, error) {
-	key := strings.ToLower(strings.NewReplacer("-", "", "_", "", " ", "").Replace(strings.TrimSpace(s)))
+	key := strings.ToLower(strings.TrimSpace(s))
 	code := -1
-	if n, err := strconv.Atoi(key); err == nil {
-		code = n
+	if key != "" && strings.Trim(key, "0123456789") == "" {
+		if n, err := strconv.Atoi(key); err == nil {
+			code = n
+		}
 	} else {
-		for c, name := range reasonNames {
-			if strings.ToLower(name) == key {
-				code = c
+	names:
+		for c, words := range reasonWords {
+			for _, sep := range []string{"", "-", "_", " "} {
+				if key == strings.Join(words, sep) {
+					code = c
+					break names
+				}
 			}
 		}
 	}
@@ -178,7 +203,8 @@ type ListFilter struct {
 	// refused by the lints, never signed); they are left out otherwise.
 	Refused bool
 	// ExpiringWithin keeps unexpired certificates whose NotAfter is within
-	// this duration from now.
+	// this duration from now; zero keeps all, and List refuses a negative
+	// one (ErrBadRequest).
 	ExpiringWithin time.Duration
 	Issuer         string
 	Profile        string
@@ -209,6 +235,9 @@ func (c *CA) List(ctx context.Context, f ListFilter) ([]*Certificate, error) {
 	}
 	if len(q.Status) == 0 {
 		q.Status = []Status{StatusPending, StatusValid, StatusRevoked}
+	}
+	if f.ExpiringWithin < 0 {
+		return nil, fmt.Errorf("%w: expiring-within %s is negative", ErrBadRequest, f.ExpiringWithin)
 	}
 	if f.ExpiringWithin > 0 {
 		now := c.clock()

@@ -444,3 +444,34 @@ func TestListFilters(t *testing.T) {
 		t.Errorf("paging: %d then %d", len(page), len(rest))
 	}
 }
+
+// TestParseReasonSpellings: names in any case, as one word or with
+// separators between their words, and plain decimal numbers are accepted;
+// signs, separators inside a number or a word, and the codes a leaf may
+// not be revoked with are refused.
+func TestParseReasonSpellings(t *testing.T) {
+	for in, want := range map[string]int{
+		"keyCompromise": 1, "KEYCOMPROMISE": 1, "key-compromise": 1, "key_compromise": 1, "key compromise": 1,
+		" 1 ": 1, "4": 4, "cessation-of-operation": 5, "certificateHold": 6, "aa-compromise": 10, "aACompromise": 10,
+		"0": 0, "unspecified": 0, "009": 9,
+	} {
+		if got, err := ca.ParseReason(in); err != nil || got != want {
+			t.Errorf("ParseReason(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "-1", "-4", "+9", "1-0", "1 0", "k_e_y compromise", "keycompromise!", "key--compromise",
+		"2", "cACompromise", "7", "8", "removeFromCRL", "11"} {
+		if got, err := ca.ParseReason(in); err == nil {
+			t.Errorf("ParseReason(%q) = %d (%s), want an error", in, got, ca.ReasonString(got))
+		}
+	}
+}
+
+// TestListRefusesNegativeExpiring: a negative ExpiringWithin is a bad
+// request, not "no filter".
+func TestListRefusesNegativeExpiring(t *testing.T) {
+	tc := newTestCA(t, baseConfig(), ca.Options{})
+	if _, err := tc.List(context.Background(), ca.ListFilter{ExpiringWithin: -time.Hour}); !errors.Is(err, ca.ErrBadRequest) {
+		t.Fatalf("List with ExpiringWithin -1h: %v, want ErrBadRequest", err)
+	}
+}

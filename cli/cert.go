@@ -364,6 +364,9 @@ func newCertListCmd(e *env) *cobra.Command {
 				if err != nil {
 					return usageError{err}
 				}
+				if d.D() <= 0 {
+					return usageError{fmt.Errorf("--expiring %s: want a positive duration such as 30d", expiring)}
+				}
 				f.ExpiringWithin = d.D()
 			}
 			if t.remote() {

@@ -312,6 +312,9 @@ func (s *Server) handleList(w http.ResponseWriter, r *http.Request) {
 	}
 	if v := q.Get("expiring_within"); v != "" {
 		d, err := ca.ParseDuration(v)
+		if err == nil && d.D() <= 0 {
+			err = errors.New("want a positive duration such as 30d")
+		}
 		if err != nil {
 			writeProblem(w, problemf(http.StatusBadRequest, ProbMalformed, "expiring_within: %v", err))
 			return
