@@ -8,16 +8,22 @@ import (
 	"fmt"
 	"math/big"
 	"time"
+
+	"golang.org/x/crypto/cryptobyte"
+	cbasn1 "golang.org/x/crypto/cryptobyte/asn1"
 )
 
 // GenerateCRL makes, lints, signs (through the issuer's signer) and stores a new
 // RFC 5280 v2 CRL for issuer ("" means the default issuer) and returns its
 // DER. It lists every revoked serial of the issuer, pending records
-// included, until the certificate expires (RFC 5280 §3.3 lets a CA drop
-// expired entries). The CRL number comes from the store and only grows; it
-// carries the authority key identifier of the issuer (x509 adds it) and a
-// next update CRL.Validity after this update. A sealed key returns an error
-// wrapping ErrSealed and leaves the previous CRL in place.
+// included. An entry stays after its certificate expires until it has
+// been on one CRL made after the expiry (RFC 5280 §3.3): it is left out
+// only once the previous CRL's thisUpdate is past the certificate's
+// notAfter and not before its revocation. The CRL number comes from the store and
+// only grows, and thisUpdate never goes back from one CRL to the next; the
+// CRL carries the authority key identifier of the issuer (x509 adds it)
+// and a next update CRL.Validity after this update. A sealed key returns
+// an error wrapping ErrSealed and leaves the previous CRL in place.
 func (c *CA) GenerateCRL(ctx context.Context, issuer string) ([]byte, error) {
 	iss, err := c.issuer(issuer)
 	if err != nil {
@@ -30,6 +36,10 @@ func (c *CA) GenerateCRL(ctx context.Context, issuer string) ([]byte, error) {
 	entries, err := c.store.RevokedSerials(ctx, iss.Name)
 	if err != nil {
 		return nil, fmt.Errorf("ca: crl %s: list revoked: %w", iss.Name, err)
+	}
+	prev, err := c.previousCRLThisUpdate(ctx, iss.Name)
+	if err != nil {
+		return nil, err
 	}
 	now := c.clock().UTC().Truncate(time.Second)
 	validity := c.cfg.CRL.Validity.D()
@@ -46,7 +56,10 @@ func (c *CA) GenerateCRL(ctx context.Context, issuer string) ([]byte, error) {
 		RevokedCertificateEntries: make([]x509.RevocationListEntry, 0, len(entries)),
 	}
 	for _, e := range entries {
-		if !e.NotAfter.IsZero() && e.NotAfter.Before(now) {
+		if !e.NotAfter.IsZero() && e.NotAfter.Before(prev) && !e.RevokedAt.After(prev) {
+			// Revoked by the previous CRL's thisUpdate (which is never
+			// later than when that CRL read the revoked list), so on it,
+			// and that CRL was made after the certificate expired.
 			continue
 		}
 		n, ok := new(big.Int).SetString(e.Serial, 16)
@@ -65,6 +78,12 @@ func (c *CA) GenerateCRL(ctx context.Context, issuer string) ([]byte, error) {
 		if e.RevocationTime.After(tmpl.ThisUpdate) {
 			tmpl.ThisUpdate = e.RevocationTime
 		}
+	}
+	// Nor before the previous CRL's (whose thisUpdate may have been a
+	// revocation time that is no longer listed), unless the clock went
+	// back: a thisUpdate in the future would be worse.
+	if prev.After(tmpl.ThisUpdate) {
+		tmpl.ThisUpdate = prev
 	}
 	if tmpl.ThisUpdate.After(now) {
 		tmpl.ThisUpdate = now
@@ -104,6 +123,51 @@ func (c *CA) GenerateCRL(ctx context.Context, issuer string) ([]byte, error) {
 	}
 	c.log.Info("ca: CRL generated", "issuer", iss.Name, "number", num, "entries", len(tmpl.RevokedCertificateEntries))
 	return der, nil
+}
+
+// previousCRLThisUpdate returns the thisUpdate of the last CRL stored for
+// issuer, or the zero time if there is none. It reads only the CRL's
+// header, not its entries.
+func (c *CA) previousCRLThisUpdate(ctx context.Context, issuer string) (time.Time, error) {
+	der, err := c.store.LatestCRL(ctx, issuer)
+	switch {
+	case errors.Is(err, ErrNoCRL):
+		return time.Time{}, nil
+	case err != nil:
+		return time.Time{}, fmt.Errorf("ca: crl %s: previous CRL: %w", issuer, err)
+	}
+	t, err := crlThisUpdate(der)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("ca: crl %s: previous CRL: %w", issuer, err)
+	}
+	return t, nil
+}
+
+// crlThisUpdate reads the thisUpdate field of a DER CertificateList
+// (RFC 5280 §5.1) without parsing its revoked certificates.
+func crlThisUpdate(der []byte) (time.Time, error) {
+	s := cryptobyte.String(der)
+	var list, tbs cryptobyte.String
+	if !s.ReadASN1(&list, cbasn1.SEQUENCE) || !list.ReadASN1(&tbs, cbasn1.SEQUENCE) ||
+		!tbs.SkipOptionalASN1(cbasn1.INTEGER) || // version
+		!tbs.SkipASN1(cbasn1.SEQUENCE) || // signature
+		!tbs.SkipASN1(cbasn1.SEQUENCE) { // issuer
+		return time.Time{}, errors.New("malformed CRL")
+	}
+	var t time.Time
+	switch {
+	case tbs.PeekASN1Tag(cbasn1.UTCTime):
+		if !tbs.ReadASN1UTCTime(&t) {
+			return time.Time{}, errors.New("malformed CRL thisUpdate")
+		}
+	case tbs.PeekASN1Tag(cbasn1.GeneralizedTime):
+		if !tbs.ReadASN1GeneralizedTime(&t) {
+			return time.Time{}, errors.New("malformed CRL thisUpdate")
+		}
+	default:
+		return time.Time{}, errors.New("malformed CRL thisUpdate")
+	}
+	return t.UTC(), nil
 }
 
 // LatestCRL returns the last CRL GenerateCRL stored for issuer ("" means
