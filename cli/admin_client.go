@@ -335,6 +335,18 @@ func (t *adminTarget) revoke(serial, reason string) (*ca.Certificate, error) {
 	return fromCertInfo(ci)
 }
 
+func (t *adminTarget) unrevoke(serial string) (*ca.Certificate, error) {
+	c, err := t.client()
+	if err != nil {
+		return nil, err
+	}
+	var ci server.CertInfo
+	if err := c.do("POST", "/admin/cert/unrevoke", server.UnrevokeRequest{Serial: serial}, &ci); err != nil {
+		return nil, err
+	}
+	return fromCertInfo(ci)
+}
+
 func (t *adminTarget) show(serial string) (*ca.Certificate, error) {
 	c, err := t.client()
 	if err != nil {

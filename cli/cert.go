@@ -114,7 +114,7 @@ func newCertCmd(e *env) *cobra.Command {
   hsmca cert list --socket ./demo/admin.sock
   hsmca cert revoke 5f3a...e1 --reason keyCompromise --socket ./demo/admin.sock`,
 	}
-	cmd.AddCommand(newCertIssueCmd(e), newCertRevokeCmd(e), newCertListCmd(e), newCertShowCmd(e))
+	cmd.AddCommand(newCertIssueCmd(e), newCertRevokeCmd(e), newCertUnrevokeCmd(e), newCertListCmd(e), newCertShowCmd(e))
 	return cmd
 }
 
@@ -288,8 +288,9 @@ cessationOfOperation, certificateHold, privilegeWithdrawn, aACompromise.
 A pending serial (one that may have been signed before a crash) can be revoked
 too. A certificate on certificateHold can be revoked again with another reason,
 which makes it final, and any revoked certificate can be moved to
-keyCompromise; any other second revocation is refused. hsmca cannot take a
-certificate off hold (there is no removeFromCRL).
+keyCompromise; any other second revocation is refused. A certificate on
+certificateHold, and only one on hold, can be released with 'hsmca cert
+unrevoke'.
 
 With --socket or --server the running CA publishes new CRLs at once; on a
 stopped CA (--config) the next 'crl generate' lists it.`,
@@ -337,6 +338,67 @@ stopped CA (--config) the next 'crl generate' lists it.`,
 	}
 	addConfigFlag(cmd, &configPath)
 	cmd.Flags().StringVar(&reason, "reason", "unspecified", "RFC 5280 revocation `REASON`")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the record as JSON")
+	addAdminFlags(cmd, &t)
+	return cmd
+}
+
+func newCertUnrevokeCmd(e *env) *cobra.Command {
+	var (
+		configPath string
+		asJSON     bool
+		t          adminTarget
+	)
+	cmd := &cobra.Command{
+		Use:   "unrevoke SERIAL",
+		Short: "Take a certificate off certificateHold",
+		Long: `Releases a certificate that was revoked with the reason certificateHold
+(RFC 5280 §5.3.1): it is valid again, the next CRL leaves it out and OCSP
+answers good. Only a hold can be undone; a certificate revoked for any other
+reason, or not revoked, is refused (exit 2) and nothing changes.
+
+With --socket or --server the running CA publishes new CRLs at once; on a
+stopped CA (--config) the next 'crl generate' leaves it out.`,
+		Example: `  hsmca cert revoke 5f3a...e1 --reason certificateHold --socket ./demo/admin.sock
+  hsmca cert unrevoke 5f3a...e1 --socket ./demo/admin.sock`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			serial, err := ca.ParseSerial(args[0])
+			if err != nil {
+				return usageError{err}
+			}
+			var c *ca.Certificate
+			if t.remote() {
+				if c, err = t.unrevoke(serial); err != nil {
+					return err
+				}
+			} else {
+				l, err := openLocalCA(configPath)
+				if err != nil {
+					return err
+				}
+				defer l.Close()
+				if c, err = l.ca.Unrevoke(context.Background(), serial); err != nil {
+					switch {
+					case errors.Is(err, ca.ErrUnknownSerial):
+						return usageError{withHint(err, "list serials with `hsmca cert list`")}
+					case errors.Is(err, ca.ErrNotOnHold):
+						return usageError{err}
+					}
+					return err
+				}
+			}
+			if asJSON {
+				return writeJSON(e.stdout, toCertJSON(c, false))
+			}
+			fmt.Fprintf(e.stdout, "released %s from certificateHold; it is %s\n", c.Serial, c.Status)
+			if !t.remote() {
+				fmt.Fprintf(e.stderr, "hint: publish a CRL without it with `hsmca crl generate --config %s`\n", configPath)
+			}
+			return nil
+		},
+	}
+	addConfigFlag(cmd, &configPath)
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the record as JSON")
 	addAdminFlags(cmd, &t)
 	return cmd

@@ -5,7 +5,6 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
-	"io"
 	"os"
 	"time"
 
@@ -25,69 +24,112 @@ func newCRLCmd(e *env) *cobra.Command {
 	return cmd
 }
 
+// crlGeneratedJSON is the --json form of `crl generate`.
+type crlGeneratedJSON struct {
+	Issuer     string    `json:"issuer"`
+	Number     string    `json:"number"`
+	ThisUpdate time.Time `json:"this_update"`
+	NextUpdate time.Time `json:"next_update"`
+	Entries    int       `json:"entries"`
+	// File is where --out wrote the CRL; without --out, PEM holds it.
+	File string `json:"file,omitempty"`
+	PEM  string `json:"pem,omitempty"`
+	// URL is where the running CA serves it (--socket or --server).
+	URL string `json:"url,omitempty"`
+}
+
 func newCRLGenerateCmd(e *env) *cobra.Command {
 	var (
 		configPath, issuer, out string
+		asJSON                  bool
 		q                       quorumFlags
 		t                       adminTarget
 	)
 	cmd := &cobra.Command{
 		Use:   "generate",
 		Short: "Sign a new CRL for an issuer through the module (the CRL number always grows)",
+		Long: `Signs a new CRL for an issuer with its module key and stores it as the latest.
+The CRL number always grows; revoked certificates stay listed until they have
+been on one CRL made after they expired (RFC 5280 §3.3).
+
+On a stopped CA (--config) the issuing partition's quorum is gathered as for
+'cert issue'; with --socket or --server the running CA signs it and serves it
+at once. The CRL goes to stdout as PEM, or to --out (never overwritten);
+--json prints its number, dates and entry count for scripts instead.`,
 		Example: `  hsmca crl generate --config ca.yaml --issuer intermediate-1 --out intermediate-1.crl \
-      --share shares/issuing/share-1.txt --share shares/issuing/share-2.txt --share shares/issuing/share-3.txt`,
+      --share shares/issuing/share-1.txt --share shares/issuing/share-2.txt --share shares/issuing/share-3.txt
+  hsmca crl generate --socket ./demo/admin.sock --json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			var (
+				res     crlGeneratedJSON
+				pemData []byte
+			)
 			if t.remote() {
 				c, err := t.generateCRL(issuer)
 				if err != nil {
 					return err
 				}
+				pemData = []byte(c.PEM)
+				res = crlGeneratedJSON{Issuer: c.Issuer, URL: c.URL}
+			} else {
+				l, err := openLocalCA(configPath)
+				if err != nil {
+					return err
+				}
+				defer l.Close()
+				ic, err := l.issuerConfig(issuer)
+				if err != nil {
+					return err
+				}
+				if err := l.activateIssuer(e, ic.Name, q); err != nil {
+					return err
+				}
+				der, err := l.ca.GenerateCRL(context.Background(), ic.Name)
+				if err != nil {
+					return issueError(err)
+				}
+				pemData = pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: der})
+				res = crlGeneratedJSON{Issuer: ic.Name}
+			}
+			blk, _ := pem.Decode(pemData)
+			if blk == nil {
+				return fmt.Errorf("crl generate: the CA returned no PEM CRL")
+			}
+			crl, err := x509.ParseRevocationList(blk.Bytes)
+			if err != nil {
+				return fmt.Errorf("crl generate: parse the new CRL: %w", err)
+			}
+			res.Number, res.ThisUpdate, res.NextUpdate = crl.Number.String(), crl.ThisUpdate.UTC(), crl.NextUpdate.UTC()
+			res.Entries = len(crl.RevokedCertificateEntries)
+			if out != "" {
+				if err := writeNewFile(out, pemData); err != nil {
+					return err
+				}
+				res.File = out
+			}
+			switch {
+			case asJSON:
 				if out == "" {
-					_, err = io.WriteString(e.stdout, c.PEM)
-					return err
+					res.PEM = string(pemData)
 				}
-				if err := writeNewFile(out, []byte(c.PEM)); err != nil {
-					return err
-				}
-				fmt.Fprintf(e.stderr, "CRL number %s for %s with %d entries written to %s (served at %s)\n", c.Number, c.Issuer, c.Entries, out, c.URL)
-				return nil
-			}
-			l, err := openLocalCA(configPath)
-			if err != nil {
+				return writeJSON(e.stdout, res)
+			case out == "":
+				_, err = e.stdout.Write(pemData)
 				return err
 			}
-			defer l.Close()
-			ic, err := l.issuerConfig(issuer)
-			if err != nil {
-				return err
+			served := ""
+			if res.URL != "" {
+				served = " (served at " + res.URL + ")"
 			}
-			if err := l.activateIssuer(e, ic.Name, q); err != nil {
-				return err
-			}
-			der, err := l.ca.GenerateCRL(context.Background(), ic.Name)
-			if err != nil {
-				return issueError(err)
-			}
-			crl, err := x509.ParseRevocationList(der)
-			if err != nil {
-				return err
-			}
-			data := pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: der})
-			if out == "" {
-				_, err = e.stdout.Write(data)
-				return err
-			}
-			if err := writeNewFile(out, data); err != nil {
-				return err
-			}
-			fmt.Fprintf(e.stderr, "CRL number %s for %s with %d entries written to %s\n", crl.Number, ic.Name, len(crl.RevokedCertificateEntries), out)
+			fmt.Fprintf(e.stderr, "CRL number %s for %s with %d entries written to %s%s\n", res.Number, res.Issuer, res.Entries, out, served)
 			return nil
 		},
 	}
 	addConfigFlag(cmd, &configPath)
 	cmd.Flags().StringVar(&issuer, "issuer", "", "issuer `NAME` (default: the config's default issuer)")
 	cmd.Flags().StringVar(&out, "out", "", "write the CRL (PEM) to `FILE` instead of stdout (refuses to overwrite)")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the number, dates and entry count as JSON (with the PEM unless --out)")
 	addQuorumFlags(cmd, &q)
 	addAdminFlags(cmd, &t)
 	return cmd

@@ -36,6 +36,7 @@ func (s *Server) adminHandler() http.Handler {
 	mux.HandleFunc("POST /admin/hsm/seal", s.handleSeal)
 	mux.HandleFunc("POST /admin/cert/issue", s.handleIssue)
 	mux.HandleFunc("POST /admin/cert/revoke", s.handleRevoke)
+	mux.HandleFunc("POST /admin/cert/unrevoke", s.handleUnrevoke)
 	mux.HandleFunc("GET /admin/cert/list", s.handleList)
 	mux.HandleFunc("GET /admin/cert/show/{serial}", s.handleShow)
 	mux.HandleFunc("POST /admin/crl/generate", s.handleCRLGenerate)
@@ -276,6 +277,31 @@ func (s *Server) handleRevoke(w http.ResponseWriter, r *http.Request) {
 	s.ocspLast.forget(cert.Serial)
 	s.KickCRL()
 	s.log.Info("server: certificate revoked", "serial", cert.Serial, "reason", ca.ReasonString(reason), "remote", r.RemoteAddr)
+	writeJSON(w, http.StatusOK, certInfo(cert, false))
+}
+
+// handleUnrevoke takes a certificate off certificateHold (RFC 5280
+// §5.3.1); any other state is 409. The next CRLs leave it out and OCSP
+// answers good again.
+func (s *Server) handleUnrevoke(w http.ResponseWriter, r *http.Request) {
+	var req UnrevokeRequest
+	if p := s.decodeBody(w, r, &req); p != nil {
+		writeProblem(w, p)
+		return
+	}
+	serial, err := ca.ParseSerial(req.Serial)
+	if err != nil {
+		writeProblem(w, problemf(http.StatusBadRequest, ProbMalformed, "%s", err.Error()))
+		return
+	}
+	cert, err := s.CA().Unrevoke(r.Context(), serial)
+	if err != nil {
+		writeProblem(w, s.caProblem(r, err))
+		return
+	}
+	s.ocspLast.forget(cert.Serial)
+	s.KickCRL()
+	s.log.Info("server: certificate taken off hold", "serial", cert.Serial, "remote", r.RemoteAddr)
 	writeJSON(w, http.StatusOK, certInfo(cert, false))
 }
 

@@ -67,6 +67,11 @@ type RevokeRequest struct {
 	Reason string `json:"reason,omitempty"`
 }
 
+// UnrevokeRequest is the body of POST /admin/cert/unrevoke.
+type UnrevokeRequest struct {
+	Serial string `json:"serial"`
+}
+
 // CertInfo describes one certificate record.
 type CertInfo struct {
 	Serial     string    `json:"serial"`

@@ -709,3 +709,57 @@ func TestReloadsApplyInOrder(t *testing.T) {
 		t.Fatal("the configuration read first is in force after a later reload")
 	}
 }
+
+// TestAdminUnrevoke: POST /admin/cert/unrevoke takes a certificate off
+// certificateHold and OCSP answers good again at once; a certificate that
+// is not on hold, or revoked for another reason, is 409 and stays as it
+// was; an unknown serial is 404.
+func TestAdminUnrevoke(t *testing.T) {
+	e := newEnv(t, nil)
+	sc := e.socketClient()
+	e.activate(sc, "http://admin")
+	var ci CertInfo
+	if code, p, _ := call(t, sc, "POST", "http://admin/admin/cert/issue", IssueRequest{CSR: csrPEM(t, "hold.example.internal"), Profile: "server"}, &ci); code != 201 {
+		t.Fatalf("issue: %d %v", code, p)
+	}
+	leaf := parsePEMCert(t, ci.Certificate)
+	req := ocspRequest(t, leaf, e.inter)
+	ocspStatus := func() int {
+		t.Helper()
+		resp, body := postOCSP(t, leaf.OCSPServer[0], req)
+		r, err := ocsp.ParseResponseForCert(body, leaf, e.inter)
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("OCSP: %d %v", resp.StatusCode, err)
+		}
+		return r.Status
+	}
+	unrevoke := func(serial string, want int) CertInfo {
+		t.Helper()
+		var got CertInfo
+		if code, p, _ := call(t, sc, "POST", "http://admin/admin/cert/unrevoke", UnrevokeRequest{Serial: serial}, &got); code != want {
+			t.Fatalf("unrevoke %s: %d %v, want %d", serial, code, p, want)
+		}
+		return got
+	}
+	unrevoke(ci.Serial, http.StatusConflict) // valid, not on hold
+	if code, p, _ := call(t, sc, "POST", "http://admin/admin/cert/revoke", RevokeRequest{Serial: ci.Serial, Reason: "certificateHold"}, nil); code != 200 {
+		t.Fatalf("hold: %d %v", code, p)
+	}
+	if s := ocspStatus(); s != ocsp.Revoked {
+		t.Fatalf("OCSP on hold: %d", s)
+	}
+	if got := unrevoke(ci.Serial, http.StatusOK); got.Status != string(ca.StatusValid) {
+		t.Fatalf("after unrevoke: status %q", got.Status)
+	}
+	if s := ocspStatus(); s != ocsp.Good {
+		t.Fatalf("OCSP after unrevoke: %d, want good", s)
+	}
+	if code, p, _ := call(t, sc, "POST", "http://admin/admin/cert/revoke", RevokeRequest{Serial: ci.Serial, Reason: "superseded"}, nil); code != 200 {
+		t.Fatalf("revoke: %d %v", code, p)
+	}
+	unrevoke(ci.Serial, http.StatusConflict)
+	if s := ocspStatus(); s != ocsp.Revoked {
+		t.Fatalf("OCSP after a refused unrevoke: %d, want revoked", s)
+	}
+	unrevoke("abcdef0123", http.StatusNotFound)
+}
