@@ -179,10 +179,18 @@ init refuses a partition that exists already and never overwrites a file.`,
 			}
 			// Shares that come back with an error are the only way into
 			// a partition that exists (a PKCS#11 token whose PIN was
-			// already changed, a partition made but not audited): they
+			// already changed; a soft module returns shares only for a
+			// partition it created, its init record written first): they
 			// are written all the same, and the error reported after.
 			if werr := ss.write(shares); werr != nil {
-				return withHint(errors.Join(werr, err), "the partition exists but not every share was written; re-create the module or partition (a PKCS#11 token's security officer must first reset its user PIN)")
+				written := ss.written()
+				hint := fmt.Sprintf("the partition exists; %d of its %d shares were written and %d activate it: ", written, ss.N, ss.M)
+				if written >= ss.M {
+					hint += "activate with them and run `hsmca hsm reshare` to make a complete set"
+				} else {
+					hint += "too few, so re-create the module or pick another partition name (a PKCS#11 token's security officer must first reset its user PIN)"
+				}
+				return withHint(errors.Join(werr, err), hint)
 			}
 			if err != nil {
 				return withHint(err, "the shares were written; they are the only way to activate this partition")

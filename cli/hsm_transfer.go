@@ -27,7 +27,10 @@ shares. The keys stay as they are; the old shares stop working at once.
 
 The new share files are written to --out as with hsm init (text, or
 age-encrypted with --custodian NAME=age1...); --out must not hold files with
-the same names.`,
+the same names. In a soft module every new file is written and synced under
+its name before the partition takes the new set; if writing them fails (a
+full disk, say), the partition keeps its current shares and the new files
+are removed.`,
 		Example: `  hsmca hsm reshare --module ./module --partition issuing --shares 7 --threshold 4 --out ./new-shares \
       --share shares/share-1.txt --share shares/share-2.txt --share shares/share-3.txt`,
 		Args: cobra.NoArgs,
@@ -47,21 +50,9 @@ the same names.`,
 			if err := q.gather(e, p); err != nil {
 				return err
 			}
-			shares, err := p.Reshare(ss.N, ss.M)
-			if err != nil && len(shares) == 0 {
-				return err
-			}
-			// New shares that come back with an error already replace the
-			// old ones: they are written all the same.
-			if werr := ss.write(shares); werr != nil {
-				return withHint(errors.Join(werr, err), "the old shares no longer work; reshare again from the new shares that were written")
-			}
+			gen, err := reshare(p, ss)
 			if err != nil {
-				return withHint(err, "the new shares were written; the previous shares no longer work")
-			}
-			gen := 0
-			if len(shares) > 0 {
-				gen = shares[0].Generation
+				return err
 			}
 			fmt.Fprintf(e.stdout, "partition %s re-shared (generation %d): %d of %d shares activate it; the previous shares no longer work\n", p.Name(), gen, ss.M, ss.N)
 			ss.describe(e)
@@ -75,6 +66,87 @@ the same names.`,
 	cmd.Flags().StringArrayVar(&set.custodians, "custodian", nil, "`NAME[=AGE-RECIPIENT]` of each new custodian, in share order (repeat N times)")
 	addQuorumFlags(cmd, &q)
 	return cmd
+}
+
+// reshare makes a new share set for p and writes it to ss.Out, returning
+// its generation. Where the backend deals the set in two steps
+// (hsm.StagedResharer: soft), the files are durable under their names
+// before the partition takes the set, and if they cannot all be written
+// the partition keeps its current shares and the files are removed.
+// Otherwise (pkcs11) the set is in force before the files are written.
+func reshare(p hsm.Partition, ss shareSet) (int, error) {
+	sr, ok := p.(hsm.StagedResharer)
+	if !ok {
+		return reshareInPlace(p, ss)
+	}
+	pr, err := sr.PrepareReshare(ss.N, ss.M)
+	if err != nil {
+		return 0, err
+	}
+	defer pr.Discard()
+	shares := pr.Shares()
+	files, err := stageFiles(ss.Out, ss.Paths)
+	if err != nil {
+		return 0, withHint(err, "nothing changed: the current shares still work")
+	}
+	staged := ss
+	staged.Paths = files.paths()
+	err = staged.write(shares)
+	if err == nil {
+		err = files.place()
+	}
+	if err == nil {
+		if err = pr.Commit(); err != nil {
+			err = fmt.Errorf("the partition did not take the new shares: %w", err)
+		}
+	}
+	if err == nil {
+		return shares[0].Generation, nil
+	}
+	if derr := files.discard(); derr != nil {
+		return 0, withHint(errors.Join(err, fmt.Errorf("remove the new share files: %w", derr)),
+			fmt.Sprintf("nothing changed: the current shares still work; delete what is left of the new share files in %s (they never worked), then run reshare again", ss.Out))
+	}
+	return 0, withHint(err, "nothing changed: the current shares still work, and the new share files were removed; fix the cause (free space in --out, say) and run reshare again")
+}
+
+// reshareInPlace is reshare for a backend whose new set is in force once
+// Reshare returns: the files are written after, and if writing fails the
+// hint says how many of the new shares exist.
+func reshareInPlace(p hsm.Partition, ss shareSet) (int, error) {
+	shares, err := p.Reshare(ss.N, ss.M)
+	if err != nil && len(shares) == 0 {
+		return 0, err
+	}
+	// New shares that come back with an error already replace the old
+	// ones: they are written all the same.
+	if werr := ss.write(shares); werr != nil {
+		written := ss.written()
+		hint := fmt.Sprintf("the previous shares no longer work; %d of the %d new shares were written and %d activate the partition: ", written, ss.N, ss.M)
+		if written >= ss.M {
+			hint += "activate with them and run reshare again to make a complete set"
+		} else {
+			hint += "too few, so the partition cannot be activated again (a PKCS#11 token's security officer must reset its user PIN and the partition be re-created)"
+		}
+		return 0, withHint(errors.Join(werr, err), hint)
+	}
+	if err != nil {
+		return 0, withHint(err, "the new shares were written; the previous shares no longer work")
+	}
+	return shares[0].Generation, nil
+}
+
+// written counts the share files in place after a failed write. prepare
+// made sure none existed before, and writeNewFile never leaves a partial
+// one, so each is a complete share.
+func (s shareSet) written() int {
+	n := 0
+	for _, path := range s.Paths {
+		if _, err := os.Lstat(path); err == nil {
+			n++
+		}
+	}
+	return n
 }
 
 // ---- export ----

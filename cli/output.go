@@ -43,25 +43,150 @@ func publicKeyPEM(pub crypto.PublicKey) (string, error) {
 // writeNewFile writes data to path with mode 0600, refusing to overwrite an
 // existing file. Files written by the hsm commands (shares, wrapped keys) go
 // to people or other modules; they are never replaced silently.
+//
+// The data goes to a temporary file in the same directory, which is synced
+// and then linked to path (a link never replaces a file), and the
+// directory is synced: path is either absent or complete and durable,
+// whatever happens on the way (a full disk, a kill, a power loss).
 func writeNewFile(path string, data []byte) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	dir, base := filepath.Split(path)
+	if dir == "" {
+		dir = "."
+	}
+	f, err := os.CreateTemp(dir, "."+base+".tmp-*") // mode 0600
 	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp)
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := os.Link(tmp, path); err != nil {
 		if errors.Is(err, os.ErrExist) {
 			return withHint(fmt.Errorf("%s already exists; refusing to overwrite it", path), "choose another output path or move the existing file away")
 		}
-		return err
+		return fmt.Errorf("write %s: %w", path, err)
 	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
+	if err := os.Remove(tmp); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := syncDir(dir); err != nil {
 		os.Remove(path)
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
+}
+
+// syncDir makes the entries of dir (files created, linked or removed)
+// durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
 		return err
 	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		os.Remove(path)
-		return err
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
 	}
-	return f.Close()
+	if err != nil {
+		return fmt.Errorf("sync directory %s: %w", dir, err)
+	}
+	return nil
+}
+
+// stagedFiles is a set of new files that appear together: they are
+// written under a private directory inside their final directory, then
+// linked into place by place. Until then none of them is under its final
+// name; if placing one fails, those placed are removed again.
+type stagedFiles struct {
+	dir    string   // the final directory
+	stage  string   // the private directory inside it
+	finals []string // final paths, all in dir
+	placed []string // final paths linked so far
+}
+
+// stageFiles makes a private directory (0700) in dir for files that will
+// be placed at finals, which must all be in dir.
+func stageFiles(dir string, finals []string) (*stagedFiles, error) {
+	for _, p := range finals {
+		if filepath.Clean(filepath.Dir(p)) != filepath.Clean(dir) {
+			return nil, fmt.Errorf("internal error: %s is not in %s", p, dir)
+		}
+	}
+	stage, err := os.MkdirTemp(dir, ".hsmca-new-")
+	if err != nil {
+		return nil, fmt.Errorf("create a staging directory in %s: %w", dir, err)
+	}
+	return &stagedFiles{dir: dir, stage: stage, finals: finals}, nil
+}
+
+// paths returns where each file is to be written before place.
+func (s *stagedFiles) paths() []string {
+	out := make([]string, len(s.finals))
+	for i, p := range s.finals {
+		out[i] = filepath.Join(s.stage, filepath.Base(p))
+	}
+	return out
+}
+
+// place links every staged file to its final path, never replacing a
+// file, syncs the directory and removes the staging directory. If a file
+// cannot be placed, the ones placed before it are removed and the error
+// returned; the staged files stay until discard.
+func (s *stagedFiles) place() error {
+	for i, p := range s.paths() {
+		if err := os.Link(p, s.finals[i]); err != nil {
+			if errors.Is(err, os.ErrExist) {
+				err = fmt.Errorf("%s already exists; refusing to overwrite it", s.finals[i])
+			}
+			return errors.Join(err, s.unplace())
+		}
+		s.placed = append(s.placed, s.finals[i])
+	}
+	if err := syncDir(s.dir); err != nil {
+		return errors.Join(err, s.unplace())
+	}
+	// The files are durable under their final names: the staging
+	// directory only holds second links to them now.
+	if err := os.RemoveAll(s.stage); err == nil {
+		_ = syncDir(s.dir)
+	}
+	return nil
+}
+
+// unplace removes the files placed so far.
+func (s *stagedFiles) unplace() error {
+	var errs []error
+	for _, p := range s.placed {
+		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	s.placed = nil
+	if len(errs) == 0 {
+		errs = append(errs, syncDir(s.dir))
+	}
+	return errors.Join(errs...)
+}
+
+// discard removes every file of the set, staged or placed, and the staging
+// directory.
+func (s *stagedFiles) discard() error {
+	err := s.unplace()
+	if rerr := os.RemoveAll(s.stage); rerr != nil {
+		err = errors.Join(err, rerr)
+	} else if err == nil {
+		err = syncDir(s.dir)
+	}
+	return err
 }
 
 // prepareOutDir creates dir (0700) if needed and checks that none of names

@@ -179,9 +179,11 @@ type Partition interface {
 	// DestroyKey deletes a key. Requires active.
 	DestroyKey(idOrLabel string) error
 
-	// Reshare makes a new share set (n shares, threshold m) for the same
-	// secret material; shares of the previous set stop working. Requires
-	// active.
+	// Reshare makes a new share set (n shares, threshold m); shares of the
+	// previous set stop working. Requires active. The new shares exist
+	// only in the returned slice: a caller that must store them before
+	// they replace the old ones uses StagedResharer where the backend
+	// offers it.
 	Reshare(n, m int) ([]Share, error)
 
 	// TransportKey returns this partition's public transport key (an age
@@ -197,11 +199,37 @@ type Partition interface {
 	ImportKey(blob []byte) (KeyInfo, error)
 }
 
+// StagedResharer is implemented by partitions whose re-share comes in two
+// steps (hsm/soft), so that the caller can store the new shares durably
+// before they replace the old ones: if storing them fails, the partition
+// keeps its current shares.
+type StagedResharer interface {
+	// PrepareReshare deals a new share set (n shares, threshold m)
+	// without putting it in force. Requires active.
+	PrepareReshare(n, m int) (PendingReshare, error)
+}
+
+// PendingReshare is a share set dealt by PrepareReshare and not yet in
+// force: until Commit returns nil the partition's current shares work and
+// the new ones do not.
+type PendingReshare interface {
+	// Shares returns the new set; the caller owns it.
+	Shares() []Share
+	// Commit puts the new set in force; the previous shares stop working.
+	// An error means nothing changed: the current shares still work and
+	// the new ones never will. Commit fails if the partition was sealed or
+	// re-shared since PrepareReshare.
+	Commit() error
+	// Discard forgets the pending set's secrets; after Commit it does
+	// nothing. Call it when the set will not be committed.
+	Discard()
+}
+
 // AuditEvent is one record of the module's audit log.
 type AuditEvent struct {
 	Seq       uint64            `json:"seq"`
 	Time      time.Time         `json:"time"`
-	Type      string            `json:"type"` // init, share-accepted, share-rejected, activate, seal, lockout, key-generate, key-destroy, sign, export, import, reshare
+	Type      string            `json:"type"` // init, share-accepted, share-rejected, activate, seal, lockout, key-generate, key-destroy, sign, export, import, reshare, commit-failed
 	Partition string            `json:"partition,omitempty"`
 	Fields    map[string]string `json:"fields,omitempty"` // key id, digest, share index, reason; never a secret
 	Prev      string            `json:"prev"`             // hex SHA-256 of the previous record

@@ -24,8 +24,13 @@ import (
 //	            └─ HKDF-SHA256(info=partition) → transport wrapping key
 //	                 └─ AES-256-GCM(age X25519 identity)
 //
-// The master key survives a re-share: only its wrapping under the KEK of
-// the new secret changes, so keys need not be re-encrypted.
+// A re-share replaces the master key too: PrepareReshare makes a new one
+// and wraps it and the transport identity under the KEK of the new secret,
+// and Commit re-wraps every key of the partition under it in the same
+// transaction that stores the new generation. So the previous shares,
+// together with a copy of module.db made before the re-share (a backup, a
+// disk image), recover only the previous master key: they open the keys
+// that copy holds, as they were, and nothing stored after it.
 
 const (
 	keySize   = 32

@@ -167,40 +167,57 @@ func (p *Partition) store(priv crypto.Signer, typ hsm.KeyType, label string, exp
 	if err != nil {
 		return hsm.KeyInfo{}, err
 	}
-	err = p.m.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(keysBucket)
-		if b.Get([]byte(rec.ID)) != nil {
-			return fmt.Errorf("soft: key %s: %w", rec.ID, hsm.ErrKeyExists)
-		}
-		var dup bool
-		err := b.ForEach(func(_, v []byte) error {
-			var o keyRecord
-			if json.Unmarshal(v, &o) == nil && o.Partition == p.name && o.Label == label {
-				dup = true
-			}
-			return nil
-		})
-		if err != nil {
-			return err
-		}
-		if dup {
-			return fmt.Errorf("soft: label %q in partition %s: %w", label, p.name, hsm.ErrKeyExists)
-		}
-		return b.Put([]byte(rec.ID), v)
-	})
-	if err != nil {
+	// Refuse a duplicate before the audit record, so that the usual
+	// refusal leaves no record of a key that was never stored. The commit
+	// checks again (another partition may store the same key meanwhile).
+	if err := p.m.db.View(func(tx *bolt.Tx) error { return p.checkNewKey(tx, rec.ID, label) }); err != nil {
 		return hsm.KeyInfo{}, err
 	}
 	fields := map[string]string{"key": rec.ID, "label": label, "type": string(typ), "exportable": fmt.Sprint(exportable)}
 	for k, v := range extra {
 		fields[k] = v
 	}
-	if _, err := p.m.log.Append(event, p.name, fields); err != nil {
-		// Without its audit record the key must not exist.
-		_ = p.m.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(keysBucket).Delete([]byte(rec.ID)) })
-		return hsm.KeyInfo{}, fmt.Errorf("soft: %w", err)
+	// The audit record first: a key never exists without it (see
+	// Module.audited).
+	err = p.m.audited(event, p.name, fields, func() error {
+		return p.m.update(event, func(tx *bolt.Tx) error {
+			if err := p.checkNewKey(tx, rec.ID, label); err != nil {
+				return err
+			}
+			return tx.Bucket(keysBucket).Put([]byte(rec.ID), v)
+		})
+	})
+	if errors.Is(err, hsm.ErrKeyExists) {
+		return hsm.KeyInfo{}, err
+	}
+	if err != nil {
+		return hsm.KeyInfo{}, fmt.Errorf("soft: store key %s (not stored): %w", rec.ID, err)
 	}
 	return rec.info()
+}
+
+// checkNewKey refuses a key whose ID the module holds already or whose
+// label the partition holds already.
+func (p *Partition) checkNewKey(tx *bolt.Tx, id, label string) error {
+	b := tx.Bucket(keysBucket)
+	if b.Get([]byte(id)) != nil {
+		return fmt.Errorf("soft: key %s: %w", id, hsm.ErrKeyExists)
+	}
+	var dup bool
+	err := b.ForEach(func(_, v []byte) error {
+		var o keyRecord
+		if json.Unmarshal(v, &o) == nil && o.Partition == p.name && o.Label == label {
+			dup = true
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if dup {
+		return fmt.Errorf("soft: label %q in partition %s: %w", label, p.name, hsm.ErrKeyExists)
+	}
+	return nil
 }
 
 // records returns the partition's key records, oldest first. Records that
@@ -335,10 +352,9 @@ func (p *Partition) DestroyKey(idOrLabel string) error {
 	if err != nil {
 		return err
 	}
-	if _, err := p.m.log.Append("key-destroy", p.name, map[string]string{"key": r.ID, "label": r.Label}); err != nil {
-		return fmt.Errorf("soft: %w", err)
-	}
-	err = p.m.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(keysBucket).Delete([]byte(r.ID)) })
+	err = p.m.audited("key-destroy", p.name, map[string]string{"key": r.ID, "label": r.Label}, func() error {
+		return p.m.update("key-destroy", func(tx *bolt.Tx) error { return tx.Bucket(keysBucket).Delete([]byte(r.ID)) })
+	})
 	if err != nil {
 		return fmt.Errorf("soft: destroy key %s: %w", r.ID, err)
 	}

@@ -12,6 +12,14 @@
 // the file (flipping "exportable", changing a label or the ciphertext) makes
 // that key fail to load with *hsm.KeyLoadError; other keys are unaffected.
 //
+// A change to the module (a partition's init, a key stored or destroyed, a
+// re-share) has its audit record committed before the change is, so a
+// crash leaves at worst a record of a change that did not happen; a change
+// that fails to commit is followed by a "commit-failed" record. A re-share
+// replaces the partition's master key and re-wraps its keys under the new
+// one (see crypto.go), so old shares with an old copy of module.db open
+// only what that copy holds.
+//
 // Every event goes to the module's audit log (hsm/audit): signature records
 // to the append-only segment audit.seg beside module.db (mode 0600), every
 // other event to module.db, all in one hash chain under a head signed by
@@ -110,6 +118,11 @@ type Module struct {
 	mu         sync.Mutex
 	partitions map[string]*Partition
 	closed     bool
+
+	// commitFault, set only by tests, runs in the transaction of each
+	// audited change (named by its event type) before the change; an
+	// error fails the commit.
+	commitFault func(tx *bolt.Tx, event string) error
 }
 
 var _ hsm.Module = (*Module)(nil)
@@ -252,7 +265,9 @@ var partitionName = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
 
 // InitPartition creates a partition with a fresh secret split into
 // opts.Shares shares of threshold opts.Threshold, and returns the shares.
-// The partition starts sealed.
+// The partition starts sealed. It returns shares exactly when the partition
+// was created: on an error (its audit record, or the commit after it,
+// failed) there is no partition, and the name can be used again.
 func (m *Module) InitPartition(opts hsm.InitOptions) ([]hsm.Share, error) {
 	if !partitionName.MatchString(opts.Partition) {
 		return nil, fmt.Errorf("soft: partition name %q: use 1-63 lower-case letters, digits, '-' or '_'", opts.Partition)
@@ -300,32 +315,77 @@ func (m *Module) InitPartition(opts hsm.InitOptions) ([]hsm.Share, error) {
 	if m.closed {
 		return nil, errClosed
 	}
-	err = m.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(partitionsBucket)
-		if b.Get([]byte(rec.Name)) != nil {
-			return hsm.ErrPartitionExists
-		}
-		rec.Order = b.Stats().KeyN + 1
-		v, err := json.Marshal(rec)
-		if err != nil {
-			return err
-		}
-		return b.Put([]byte(rec.Name), v)
+	if _, err := m.loadPartition(rec.Name); err == nil {
+		return nil, fmt.Errorf("soft: partition %s: %w", rec.Name, hsm.ErrPartitionExists)
+	} else if !errors.Is(err, hsm.ErrNoPartition) {
+		return nil, err
+	}
+	// The init record comes before the partition (see audited), so the
+	// partition is stored only once its record is: an init that fails
+	// leaves no partition behind, and one that succeeds returns its shares.
+	fields := map[string]string{
+		"shares": fmt.Sprint(rec.Shares), "threshold": fmt.Sprint(rec.Threshold),
+		"policy": string(rec.Policy), "generation": "1", "transport_key": rec.TransportRecipient,
+	}
+	err = m.audited("init", rec.Name, fields, func() error {
+		return m.update("init", func(tx *bolt.Tx) error {
+			b := tx.Bucket(partitionsBucket)
+			if b.Get([]byte(rec.Name)) != nil {
+				return hsm.ErrPartitionExists
+			}
+			rec.Order = b.Stats().KeyN + 1
+			v, err := json.Marshal(rec)
+			if err != nil {
+				return err
+			}
+			return b.Put([]byte(rec.Name), v)
+		})
 	})
 	if errors.Is(err, hsm.ErrPartitionExists) {
 		return nil, fmt.Errorf("soft: partition %s: %w", rec.Name, hsm.ErrPartitionExists)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("soft: store partition: %w", err)
-	}
-	_, err = m.log.Append("init", rec.Name, map[string]string{
-		"shares": fmt.Sprint(rec.Shares), "threshold": fmt.Sprint(rec.Threshold),
-		"policy": string(rec.Policy), "generation": "1", "transport_key": rec.TransportRecipient,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("soft: %w", err)
+		return nil, fmt.Errorf("soft: init partition %s (not created): %w", rec.Name, err)
 	}
 	return rec.shares(m.meta.ID, d), nil
+}
+
+// audited records an event in the audit log, then makes the change it
+// records with commit. The record comes first and is durable (committed to
+// module.db) before the change, so that a crash in between leaves a record
+// of a change that did not happen, never a change without its record. If
+// commit fails, a "commit-failed" record naming the first one's sequence
+// number and event follows it, as far as the log still takes appends; a
+// crash before that leaves the first record alone, so an auditor checks
+// the module's state before reading a record as a change made.
+func (m *Module) audited(event, partition string, fields map[string]string, commit func() error) error {
+	ev, err := m.log.Append(event, partition, fields)
+	if err != nil {
+		return err
+	}
+	if err := commit(); err != nil {
+		_, aerr := m.log.Append("commit-failed", partition, map[string]string{
+			"seq": fmt.Sprint(ev.Seq), "event": event, "reason": err.Error(),
+		})
+		if aerr != nil {
+			m.logger.Error("soft: an audited change failed to commit and the failure could not be recorded",
+				"event", event, "seq", ev.Seq, "err", err, "audit_err", aerr)
+		}
+		return err
+	}
+	return nil
+}
+
+// update is m.db.Update for the audited change named event.
+func (m *Module) update(event string, fn func(*bolt.Tx) error) error {
+	return m.db.Update(func(tx *bolt.Tx) error {
+		if m.commitFault != nil {
+			if err := m.commitFault(tx, event); err != nil {
+				return err
+			}
+		}
+		return fn(tx)
+	})
 }
 
 // Partition returns an existing partition or hsm.ErrNoPartition. The same

@@ -89,6 +89,11 @@ func (r *partitionRecord) newTransport(rnd io.Reader, master []byte) error {
 		return fmt.Errorf("soft: transport key: %w", err)
 	}
 	r.TransportRecipient = id.Recipient().String()
+	return r.wrapTransport(rnd, master, id)
+}
+
+// wrapTransport wraps the partition's transport identity under master.
+func (r *partitionRecord) wrapTransport(rnd io.Reader, master []byte, id *age.X25519Identity) error {
 	k, err := transportWrappingKey(master, r.Name)
 	if err != nil {
 		return err
@@ -347,55 +352,199 @@ func (p *Partition) requireActive() ([]byte, *partitionRecord, error) {
 	return append([]byte(nil), p.master...), p.rec, nil
 }
 
-// Reshare makes a new share set for the partition. The master key, and so
-// every key, stays; it is re-wrapped under a fresh secret and the share
-// generation goes up, so shares of the old set are refused.
+// Reshare makes a new share set for the partition and puts it in force
+// at once: PrepareReshare, then Commit. It returns the new shares exactly
+// when they are in force; on an error the current shares still work.
 func (p *Partition) Reshare(n, m int) ([]hsm.Share, error) {
-	p.opMu.Lock()
-	defer p.opMu.Unlock()
-	master, old, err := p.requireActive()
+	pr, err := p.PrepareReshare(n, m)
 	if err != nil {
 		return nil, err
 	}
-	defer clear(master)
+	defer pr.Discard()
+	if err := pr.Commit(); err != nil {
+		return nil, err
+	}
+	return pr.Shares(), nil
+}
+
+var _ hsm.StagedResharer = (*Partition)(nil)
+
+// PrepareReshare deals a new share set (n shares, threshold m) with a new
+// secret and a new master key, and wraps the master key and the transport
+// identity for it, without storing anything: the partition keeps its
+// current shares until the returned set's Commit. Requires active.
+func (p *Partition) PrepareReshare(n, m int) (hsm.PendingReshare, error) {
+	p.opMu.Lock()
+	defer p.opMu.Unlock()
+	p.mu.Lock()
+	old, tr, active := p.rec, p.transport, p.active && p.left != 0
+	p.mu.Unlock()
+	if !active {
+		return nil, fmt.Errorf("soft: partition %s: %w", p.name, hsm.ErrSealed)
+	}
 	d, err := quorum.Deal(p.m.rand, nil, n, m)
 	if err != nil {
 		return nil, fmt.Errorf("soft: %w", err)
 	}
 	defer clear(d.Secret)
+	master := make([]byte, keySize)
+	if _, err := io.ReadFull(p.m.rand, master); err != nil {
+		return nil, fmt.Errorf("soft: random master key: %w", err)
+	}
 	rec := *old
 	rec.Generation, rec.Threshold, rec.Shares = old.Generation+1, m, n
-	if err := rec.wrapMaster(p.m.rand, p.m.meta.ID, d, master); err != nil {
+	err = rec.wrapTransport(p.m.rand, master, tr)
+	if err == nil {
+		err = rec.wrapMaster(p.m.rand, p.m.meta.ID, d, master)
+	}
+	if err != nil {
+		clear(master)
 		return nil, err
 	}
-	v, err := json.Marshal(&rec)
+	return &pendingReshare{p: p, base: old, rec: rec, master: master, shares: rec.shares(p.m.meta.ID, d)}, nil
+}
+
+// pendingReshare is a share set dealt by PrepareReshare; it implements
+// hsm.PendingReshare. Its fields are guarded by the partition's opMu.
+type pendingReshare struct {
+	p      *Partition
+	base   *partitionRecord // the record in force when it was dealt
+	rec    partitionRecord  // the record that Commit stores
+	master []byte           // the new master key
+	shares []hsm.Share
+	done   bool
+}
+
+func (r *pendingReshare) Shares() []hsm.Share { return r.shares }
+
+func (r *pendingReshare) Discard() {
+	r.p.opMu.Lock()
+	defer r.p.opMu.Unlock()
+	if !r.done {
+		clear(r.master)
+		r.done = true
+	}
+}
+
+// Commit stores the new generation and re-wraps every key of the
+// partition under the new master key, in one transaction: from then on
+// neither the previous shares nor a copy of module.db made before it (a
+// backup with the previous shares) open a key stored after it. Keys that
+// such a copy holds it still opens, as they were then.
+func (r *pendingReshare) Commit() error {
+	p := r.p
+	p.opMu.Lock()
+	defer p.opMu.Unlock()
+	if r.done {
+		return errors.New("soft: this re-share was committed or discarded already")
+	}
+	master, cur, err := p.requireActive()
+	if err != nil {
+		return err
+	}
+	defer clear(master)
+	if cur != r.base {
+		return fmt.Errorf("soft: partition %s was re-shared since this re-share was dealt", p.name)
+	}
+	// Re-wrap before the audit record, so that a key that cannot be
+	// re-wrapped stops the re-share with nothing recorded. Under opMu no
+	// key of this partition is stored or destroyed meanwhile.
+	recs, err := p.records()
+	if err != nil {
+		return err
+	}
+	rewrapped := make(map[string][]byte, len(recs))
+	for _, kr := range recs {
+		v, err := rewrapKey(p.m.rand, master, r.master, kr)
+		if err != nil {
+			return fmt.Errorf("soft: reshare of %s: %w (destroy the key, or restore its record, first)", p.name, err)
+		}
+		rewrapped[kr.ID] = v
+	}
+	v, err := json.Marshal(&r.rec)
+	if err != nil {
+		return err
+	}
+	fields := map[string]string{
+		"generation": fmt.Sprint(r.rec.Generation), "shares": fmt.Sprint(r.rec.Shares), "threshold": fmt.Sprint(r.rec.Threshold),
+		"previous_generation": fmt.Sprint(cur.Generation), "keys_rewrapped": fmt.Sprint(len(rewrapped)),
+	}
+	err = p.m.audited("reshare", p.name, fields, func() error {
+		// Signers that must unwrap a key wait for this one commit: the
+		// key records and the master key they are wrapped under change
+		// together.
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		err := p.m.update("reshare", func(tx *bolt.Tx) error {
+			b := tx.Bucket(keysBucket)
+			n := 0
+			err := b.ForEach(func(k, v []byte) error {
+				var o keyRecord
+				if json.Unmarshal(v, &o) != nil || o.Partition != p.name {
+					return nil
+				}
+				if _, ok := rewrapped[string(k)]; !ok {
+					return fmt.Errorf("key %s was stored during the re-share", k)
+				}
+				n++
+				return nil
+			})
+			if err == nil && n != len(rewrapped) {
+				err = errors.New("a key was destroyed during the re-share")
+			}
+			if err != nil {
+				return err
+			}
+			for id, kv := range rewrapped {
+				if err := b.Put([]byte(id), kv); err != nil {
+					return err
+				}
+			}
+			return tx.Bucket(partitionsBucket).Put([]byte(r.rec.Name), v)
+		})
+		if err != nil {
+			return err
+		}
+		clear(p.master)
+		p.master, p.rec = r.master, &r.rec
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("soft: reshare of %s (not done; the current shares still work): %w", p.name, err)
+	}
+	r.done, r.master = true, nil
+	if err := p.coll.SetParams(r.rec.params(p.m.meta.ID)); err != nil {
+		// Cannot happen for a fresh dealing; the new generation is in
+		// force, so sealing is the safe way out: the next Open loads it.
+		p.m.logger.Error("soft: re-shared partition's quorum parameters refused; sealing", "partition", p.name, "err", err)
+		_ = p.seal("re-share parameters refused")
+	}
+	return nil
+}
+
+// rewrapKey returns the stored form of kr with its private key wrapped
+// under newMaster instead of oldMaster; the attributes stay as they are.
+func rewrapKey(rnd io.Reader, oldMaster, newMaster []byte, kr *keyRecord) ([]byte, error) {
+	owk, err := keyWrappingKey(oldMaster, kr.ID)
 	if err != nil {
 		return nil, err
 	}
-	err = p.m.db.Update(func(tx *bolt.Tx) error {
-		return tx.Bucket(partitionsBucket).Put([]byte(rec.Name), v)
-	})
+	defer clear(owk)
+	pkcs8, err := open(owk, kr.Wrapped, kr.ad())
 	if err != nil {
-		return nil, fmt.Errorf("soft: store re-shared partition: %w", err)
+		return nil, &hsm.KeyLoadError{ID: kr.ID, Err: err}
 	}
-	if err := p.coll.SetParams(rec.params(p.m.meta.ID)); err != nil {
-		return nil, fmt.Errorf("soft: %w", err)
-	}
-	p.mu.Lock()
-	p.rec = &rec
-	p.mu.Unlock()
-	// The new generation is stored and in force: the old shares no longer
-	// work, so from here on the new ones are returned even with an error,
-	// and the caller must save them.
-	shares := rec.shares(p.m.meta.ID, d)
-	_, err = p.m.log.Append("reshare", p.name, map[string]string{
-		"generation": fmt.Sprint(rec.Generation), "shares": fmt.Sprint(n), "threshold": fmt.Sprint(m),
-		"previous_generation": fmt.Sprint(old.Generation),
-	})
+	defer clear(pkcs8)
+	nwk, err := keyWrappingKey(newMaster, kr.ID)
 	if err != nil {
-		return shares, fmt.Errorf("soft: reshare of %s done but not audited: %w", p.name, err)
+		return nil, err
 	}
-	return shares, nil
+	defer clear(nwk)
+	nr := *kr
+	if nr.Wrapped, err = seal(rnd, nwk, pkcs8, kr.ad()); err != nil {
+		return nil, err
+	}
+	return json.Marshal(&nr)
 }
 
 // TransportKey returns the partition's age recipient for wrapped imports.

@@ -658,31 +658,6 @@ func TestTruncatedAuditLogRefusesShares(t *testing.T) {
 	}
 }
 
-// A reshare whose audit record cannot be written has already put the new
-// generation in force (the old shares no longer work): it returns the new
-// shares with its error, and they activate the partition after a restart.
-func TestReshareNotAuditedReturnsWorkingShares(t *testing.T) {
-	f := newFixture(t)
-	shares := f.init(t, "issuing", 3, 2, hsm.PolicyOnline)
-	p := f.part(t, "issuing")
-	activate(t, p, shares[:2])
-	f.m.log.Close() // the reshare's audit record cannot be written
-	fresh, err := p.Reshare(3, 2)
-	if err == nil {
-		t.Fatal("reshare with a closed audit log succeeded")
-	}
-	if len(fresh) != 3 {
-		t.Fatalf("reshare failed after the new generation was stored (%v) and returned %d shares: nobody could activate the partition", err, len(fresh))
-	}
-	f.m.Close() // reports the closed log; the module's files are what matter
-	f.open(t)
-	p = f.part(t, "issuing")
-	if _, err := p.AddShare(shares[0]); err == nil {
-		t.Fatal("an old share was accepted after the reshare")
-	}
-	activate(t, p, fresh[:2])
-}
-
 // A per-operation partition whose last signature has been taken (the
 // state between that signature and its reseal) refuses every other
 // operation too, not only further signatures.
