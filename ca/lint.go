@@ -37,6 +37,10 @@ var DefaultLintExclusions = []string{
 	"e_ext_san_contains_reserved_ip",
 	"e_subject_contains_reserved_ip",
 	"e_subject_contains_reserved_arpa_ip",
+	// The same for an intermediate's name constraints: a private CA is
+	// usually limited to its own networks (permitted_ip: 10.0.0.0/8), the
+	// very ranges this lint refuses.
+	"e_ext_nc_intersects_reserved_ip",
 	// CRL and AIA hosts inside the private network.
 	"e_sub_cert_aia_contains_internal_names",
 	"w_sub_cert_aia_contains_internal_names",

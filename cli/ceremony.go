@@ -3,10 +3,13 @@ package cli
 import (
 	"context"
 	"crypto"
+	"crypto/x509"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"filippo.io/age"
 	"github.com/spf13/cobra"
@@ -25,7 +28,7 @@ func newCeremonyCmd(e *env) *cobra.Command {
       --share shares/root/share-1.txt --share shares/root/share-2.txt --share shares/root/share-3.txt
   # a complete ceremony script: testdata/ceremony/run.sh`,
 	}
-	cmd.AddCommand(newCeremonyRunCmd(e))
+	cmd.AddCommand(newCeremonyRunCmd(e), newCeremonyServerCertCmd(e))
 	return cmd
 }
 
@@ -71,27 +74,34 @@ Relative paths in the ceremony file are taken from the working directory.`,
 						"create the directory first; the ceremony has not run")}
 				}
 			}
-			t, err := runCeremony(e, args[0], moduleDir, q)
-			if err != nil {
-				return err
+			t, runErr := runCeremony(e, args[0], moduleDir, q)
+			if t == nil {
+				return ceremonyError(runErr, moduleDir)
 			}
-			// Printed first, so that a transcript file that cannot be
-			// written still leaves the transcript on stdout.
+			// A failed ceremony's transcript is a record too (it names a
+			// key generated before the failure): printed and written like
+			// a successful one. Printed first, so that a transcript file
+			// that cannot be written still leaves it on stdout.
+			var err error
 			if asJSON {
 				err = writeJSON(e.stdout, t)
 			} else {
 				_, err = fmt.Fprint(e.stdout, t.String())
 			}
-			if err != nil {
+			if err != nil && runErr == nil {
 				return err
 			}
 			if transcript != "" {
 				if err := writeNewFile(transcript, []byte(t.String())); err != nil {
-					return withHint(fmt.Errorf("the ceremony ran, but its transcript file was not written: %w", err),
-						"the transcript is on stdout above; keep it with the ceremony records")
+					if runErr != nil {
+						fmt.Fprintf(e.stderr, "hsmca: the transcript file %s was not written either: %v\n", transcript, err)
+					} else {
+						return withHint(fmt.Errorf("the ceremony ran, but its transcript file was not written: %w", err),
+							"the transcript is on stdout above; keep it with the ceremony records")
+					}
 				}
 			}
-			return nil
+			return ceremonyError(runErr, moduleDir)
 		},
 	}
 	cmd.Flags().StringVar(&moduleDir, "module", defaultModuleDir, "HSM module `DIR`")
@@ -99,6 +109,129 @@ Relative paths in the ceremony file are taken from the working directory.`,
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the transcript as JSON")
 	addQuorumFlags(cmd, &q)
 	return cmd
+}
+
+// newCeremonyServerCertCmd issues the server's own TLS certificate, the
+// last step of setting up a CA after its ceremonies (testdata/ceremony/run.sh),
+// so that `ca serve` starts with the config as written.
+func newCeremonyServerCertCmd(e *env) *cobra.Command {
+	var (
+		configPath, certPath, keyPath string
+		names                         []string
+		q                             quorumFlags
+	)
+	cmd := &cobra.Command{
+		Use:   "server-cert --name HOST",
+		Short: "Issue the TLS certificate that `ca serve` presents (after the ceremonies)",
+		Long: `Issues the certificate that ` + "`hsmca ca serve`" + ` presents on its HTTPS listener:
+a new P-256 key made here, certified by the config's default issuer under
+its server profile for every --name (DNS names and IP addresses). The chain
+(leaf and intermediates) goes to the config's server.tls_cert and the key
+(PKCS #8, mode 0600) to server.tls_key, or to --cert and --key; neither is
+overwritten. The key stays outside the module on purpose: the server must
+serve while sealed. The issuing partition's quorum comes from --share files
+or prompts, and the partition is sealed again afterwards.`,
+		Example: `  hsmca ceremony server-cert --config ca.yaml --name pki.svc.corp --name 10.0.0.5 \
+      --share shares/issuing/share-1.txt --share shares/issuing/share-2.txt --share shares/issuing/share-3.txt`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return issueServerCert(e, configPath, certPath, keyPath, names, q)
+		},
+	}
+	addConfigFlag(cmd, &configPath)
+	cmd.Flags().StringArrayVar(&names, "name", nil, "DNS name or IP address `HOST` of the server (repeatable)")
+	cmd.Flags().StringVar(&certPath, "cert", "", "write the certificate chain to `FILE` (default: the config's server.tls_cert)")
+	cmd.Flags().StringVar(&keyPath, "key", "", "write the private key to `FILE`, mode 0600 (default: the config's server.tls_key)")
+	addQuorumFlags(cmd, &q)
+	return cmd
+}
+
+// issueServerCert issues the server profile certificate for names with the
+// default issuer of the config at configPath and writes the chain and a new
+// key (0600) to certPath and keyPath, by default the config's
+// server.tls_cert and server.tls_key.
+func issueServerCert(e *env, configPath, certPath, keyPath string, names []string, q quorumFlags) error {
+	if len(names) == 0 {
+		return usagef("--name is required: a DNS name or IP address that clients reach the server at (repeatable)")
+	}
+	cfg, err := LoadConfig(configPath)
+	if err != nil {
+		return err
+	}
+	if certPath == "" && cfg.Server.TLSCert != "" {
+		certPath = cfg.Path(cfg.Server.TLSCert)
+	}
+	if keyPath == "" && cfg.Server.TLSKey != "" {
+		keyPath = cfg.Path(cfg.Server.TLSKey)
+	}
+	if certPath == "" || keyPath == "" {
+		return usageError{withHint(errors.New("no output: the config names no server.tls_cert and server.tls_key"),
+			"name them in the config (what `ca serve` reads), or pass --cert and --key")}
+	}
+	// Refused before the module is touched.
+	for _, p := range []string{certPath, keyPath} {
+		if _, err := os.Lstat(p); err == nil {
+			return usageError{withHint(fmt.Errorf("%s already exists; refusing to overwrite it", p), "move it away first; nothing was issued")}
+		}
+	}
+	if err := os.MkdirAll(filepath.Dir(keyPath), 0o700); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(certPath), 0o755); err != nil {
+		return err
+	}
+	req := &x509.CertificateRequest{}
+	for _, n := range names {
+		if ip := net.ParseIP(n); ip != nil {
+			req.IPAddresses = append(req.IPAddresses, ip)
+		} else {
+			req.DNSNames = append(req.DNSNames, n)
+		}
+	}
+	if len(req.DNSNames) > 0 {
+		req.Subject.CommonName = req.DNSNames[0]
+	}
+	l, err := openLocalCA(configPath)
+	if err != nil {
+		return err
+	}
+	defer l.Close()
+	ic, err := l.issuerConfig("")
+	if err != nil {
+		return err
+	}
+	if err := l.activateIssuer(e, "", q); err != nil {
+		return err
+	}
+	if p, err := l.m.Partition(ic.Partition); err == nil {
+		defer p.Seal()
+	}
+	if err := issueToFiles(l.ca, "server", req, certPath, keyPath); err != nil {
+		return issueError(err)
+	}
+	fmt.Fprintf(e.stdout, "server certificate for %s by %s: %s (key %s)\n", strings.Join(names, ", "), ic.Name, certPath, keyPath)
+	return nil
+}
+
+// ceremonyError adds what to do to a failed ceremony's error: remove the
+// key it left in the module, or put the root key where it belongs.
+func ceremonyError(err error, moduleDir string) error {
+	var g *ceremony.GeneratedKeyError
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &g):
+		hint := fmt.Sprintf("the transcript above names the key; remove it with `hsmca hsm keys destroy --module %s --partition %s --key %s --yes` and the partition's shares, "+
+			"or certify it in the corrected ceremony file with key.existing: true", moduleDir, g.Partition, g.Key.ID)
+		var h hintError
+		if errors.As(err, &h) && h.hint != "" {
+			hint = h.hint + "\nhint: " + hint
+		}
+		return withHint(err, hint)
+	case errors.Is(err, ceremony.ErrNotPerOperation):
+		return usageError{withHint(err, "make the root key in a per-operation partition (`hsmca hsm init --partition root --policy per-operation ...`); nothing was generated or signed")}
+	}
+	return err
 }
 
 // runCeremony loads the ceremony file at path and runs it against the module
@@ -228,6 +361,20 @@ func (k *moduleKeys) Key(partition, key string) (ceremony.KeyRef, error) {
 		return ceremony.KeyRef{}, err
 	}
 	return keyRef(info), nil
+}
+
+// PartitionPolicy is the partition's hsm.Policy; the root ceremony
+// refuses a partition that is not per-operation.
+func (k *moduleKeys) PartitionPolicy(partition string) (string, error) {
+	p, err := k.partition(partition)
+	if err != nil {
+		return "", err
+	}
+	st, err := p.Status()
+	if err != nil {
+		return "", err
+	}
+	return string(st.Policy), nil
 }
 
 func (k *moduleKeys) Signer(partition, key string) (crypto.Signer, error) {

@@ -4,20 +4,31 @@ import (
 	"context"
 	"crypto/x509"
 	"encoding/pem"
+	"errors"
+	"io"
+	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	zx509 "github.com/zmap/zcrypto/x509"
 	"github.com/zmap/zlint/v3"
 	"github.com/zmap/zlint/v3/lint"
+
+	"github.com/hsmca/hsmca/ca/ceremony"
+	"github.com/hsmca/hsmca/hsm"
 )
 
 // ceremonyDir runs testdata/ceremony/run.sh into a fresh directory with the
-// binary under test and returns the directory.
+// binary under test and returns the directory. $HSMCA is a relative path,
+// as an operator might give it: the script changes directory before it
+// runs the binary.
 func ceremonyDir(t *testing.T) string {
 	t.Helper()
 	out := filepath.Join(t.TempDir(), "ceremony")
@@ -25,10 +36,12 @@ func ceremonyDir(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
+	bin := hsmcaBinary(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "bash", script, out)
-	cmd.Env = append(os.Environ(), "HSMCA="+hsmcaBinary(t))
+	cmd.Dir = filepath.Dir(bin)
+	cmd.Env = append(os.Environ(), "HSMCA=./"+filepath.Base(bin))
 	b, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("run.sh: %v\n%s", err, b)
@@ -87,11 +100,12 @@ func lintPEM(t *testing.T, path string, exclude ...string) {
 
 func TestCeremonyScriptEndToEnd(t *testing.T) {
 	dir := ceremonyDir(t)
-	for _, f := range []string{"root.pem", "intermediate-1.pem", "intermediate-2.pem", "root-crl.pem", "transcript.txt", "ca.yaml"} {
+	for _, f := range []string{"root.pem", "intermediate-1.pem", "intermediate-2.pem", "root-crl.pem", "transcript.txt", "ca.yaml", "tls/server.pem", "tls/server.key"} {
 		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
 			t.Fatalf("run.sh did not write %s: %v", f, err)
 		}
 	}
+	checkMode0600(t, filepath.Join(dir, "tls", "server.key"))
 	for i := 1; i <= 5; i++ {
 		for _, p := range []string{"root", "issuing"} {
 			checkMode0600(t, filepath.Join(dir, "shares", p, "share-"+string(rune('0'+i))+".txt"))
@@ -128,10 +142,16 @@ func TestCeremonyScriptEndToEnd(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "crl2.yaml"), []byte(crl2), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	mustFail(t, dir, 1, []string{"2 of 3 shares presented"}, args("ceremony", "run", "crl2.yaml", "--module", "module",
-		shareArgs("shares/root/share-1.txt", "shares/root/share-2.txt"))...)
+	r := mustFail(t, dir, 1, []string{"2 of 3 shares presented"}, args("ceremony", "run", "crl2.yaml", "--module", "module",
+		"--transcript", "crl2-failed.txt", shareArgs("shares/root/share-1.txt", "shares/root/share-2.txt"))...)
 	if _, err := os.Stat(filepath.Join(dir, "root-crl-2.pem")); err == nil {
 		t.Fatal("a CRL was written without a quorum")
+	}
+	// The failed ceremony's transcript is printed and written all the same.
+	failed, err := os.ReadFile(filepath.Join(dir, "crl2-failed.txt"))
+	if err != nil || !strings.Contains(string(failed), "FAILED: ") || !strings.Contains(string(failed), "2 of 3 shares presented") ||
+		!strings.Contains(r.stdout, string(failed)) {
+		t.Fatalf("failed ceremony's transcript file %q (%v), printed:\n%s", failed, err, r)
 	}
 	rootQ := shareArgs("shares/root/share-2.txt", "shares/root/share-3.txt", "shares/root/share-4.txt")
 	mustRun(t, dir, args("ceremony", "run", "crl2.yaml", "--module", "module", rootQ)...)
@@ -156,11 +176,18 @@ func TestCeremonyScriptEndToEnd(t *testing.T) {
 	// (docs/lints.md): private names and hosts, a kept CN, no SKI in leaves.
 	lintPEM(t, filepath.Join(dir, "web.pem"), "e_dnsname_not_valid_tld", "w_sub_cert_aia_contains_internal_names", "e_sub_cert_aia_contains_internal_names",
 		"w_subject_common_name_included", "w_ext_subject_key_identifier_missing_sub_cert")
+	// The store holds the server's TLS certificate (run.sh) and web.pem.
 	list := decodeJSON[[]certJSON](t, mustRun(t, dir, "cert", "list", "--config", "ca.yaml", "--json"))
-	if len(list) != 1 || list[0].Status != "valid" {
+	var web *certJSON
+	for i := range list {
+		if slices.Contains(list[i].Names, "web.svc.corp") {
+			web = &list[i]
+		}
+	}
+	if len(list) != 2 || web == nil || web.Status != "valid" {
 		t.Fatalf("cert list: %+v", list)
 	}
-	serial := list[0].Serial
+	serial := web.Serial
 	b, _ := os.ReadFile(filepath.Join(dir, "web.pem"))
 	blk, _ := pem.Decode(b)
 	leaf, err := x509.ParseCertificate(blk.Bytes)
@@ -202,7 +229,133 @@ func TestCeremonyScriptEndToEnd(t *testing.T) {
 		})
 	}
 	list = decodeJSON[[]certJSON](t, mustRun(t, dir, "cert", "list", "--config", "ca.yaml", "--json"))
-	if len(list) != 1 {
+	if len(list) != 2 {
 		t.Fatalf("bad inputs changed the store: %d records", len(list))
+	}
+
+	// `ca serve` accepts the config as run.sh wrote it (on other ports)
+	// and publishes the root's CRL and certificate at the paths the
+	// intermediates name.
+	serveCeremonyCA(t, dir)
+}
+
+// serveCeremonyCA starts `hsmca ca serve` with the ceremony's ca.yaml on
+// free loopback ports, checks /healthz and fetches the root CRL and root
+// certificate from the paths of the intermediates' CRL distribution point
+// and AIA caIssuers URLs, then stops the server.
+func serveCeremonyCA(t *testing.T, dir string) {
+	t.Helper()
+	httpAddr := freeAddr(t)
+	p := startProc(t, dir, "ca", "serve", "--config", "ca.yaml", "--https-addr", freeAddr(t), "--http-addr", httpAddr)
+	httpURL := "http://" + httpAddr
+	waitHealth(t, p, httpURL, isSealed)
+
+	root := readCertPEM(t, filepath.Join(dir, "root.pem"))
+	c := &http.Client{Timeout: 30 * time.Second}
+	get := func(rawURL string) []byte {
+		t.Helper()
+		u, err := url.Parse(rawURL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := c.Get(httpURL + u.Path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("GET %s (named %s): %s\n%s", u.Path, rawURL, resp.Status, b)
+		}
+		return b
+	}
+	derOf := func(b []byte) []byte {
+		if blk, _ := pem.Decode(b); blk != nil {
+			return blk.Bytes
+		}
+		return b
+	}
+	for _, f := range []string{"intermediate-1.pem", "intermediate-2.pem"} {
+		inter := readCertPEM(t, filepath.Join(dir, f))
+		if len(inter.CRLDistributionPoints) != 1 || len(inter.IssuingCertificateURL) != 1 {
+			t.Fatalf("%s: CRL DP %v, AIA %v", f, inter.CRLDistributionPoints, inter.IssuingCertificateURL)
+		}
+		crl, err := x509.ParseRevocationList(derOf(get(inter.CRLDistributionPoints[0])))
+		if err != nil {
+			t.Fatalf("%s's CRL URL: %v", f, err)
+		}
+		if err := crl.CheckSignatureFrom(root); err != nil {
+			t.Fatalf("%s's CRL URL serves a CRL the root did not sign: %v", f, err)
+		}
+		issuer, err := x509.ParseCertificate(derOf(get(inter.IssuingCertificateURL[0])))
+		if err != nil {
+			t.Fatalf("%s's AIA URL: %v", f, err)
+		}
+		if !issuer.Equal(root) || inter.CheckSignatureFrom(issuer) != nil {
+			t.Fatalf("%s's AIA URL serves %s, not its issuer", f, issuer.Subject)
+		}
+	}
+	if err := p.stop(t, syscall.SIGTERM); err != nil {
+		t.Fatalf("ca serve did not stop cleanly: %v\n%s", err, p.out)
+	}
+}
+
+// TestCeremonyRefusalsAndHints: a root key in a partition that is not
+// per-operation is refused before anything is generated, and a failed
+// ceremony that left a key says how to remove it with a command that works.
+func TestCeremonyRefusalsAndHints(t *testing.T) {
+	dir := t.TempDir()
+	mustRun(t, dir, "hsm", "init", "--module", "module", "--partition", "online", "--policy", "online", "--shares", "3", "--threshold", "2", "--out", "shares")
+	q := shareArgs("shares/share-1.txt", "shares/share-2.txt")
+	root := "kind: root\nkey: {partition: online, type: ecdsa-p256, label: root-1}\n" +
+		"certificate: {subject: {common_name: Online Root}, validity: 10y}\noutputs: {certificate: root.pem}\n"
+	key := "kind: key\nkey: {partition: online, type: ecdsa-p256, label: k-1}\noutputs: {public_key: k-1.pub.pem}\n"
+	for name, body := range map[string]string{"root.yaml": root, "key.yaml": key} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	listKeys := func() []keyJSON {
+		return decodeJSON[[]keyJSON](t, mustRun(t, dir, "hsm", "keys", "list", "--module", "module", "--partition", "online", "--json"))
+	}
+
+	mustFail(t, dir, ExitUsage, []string{"per-operation partition", "partition online is online", "hint:", "--policy per-operation"},
+		args("ceremony", "run", "root.yaml", "--module", "module", q)...)
+	if n := len(listKeys()); n != 0 {
+		t.Fatalf("the refused root ceremony generated %d key(s)", n)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "root.pem")); err == nil {
+		t.Fatal("root.pem written")
+	}
+
+	// The hint for a key left by a failed ceremony is a command that
+	// removes it, given the partition's quorum.
+	mustRun(t, dir, args("ceremony", "run", "key.yaml", "--module", "module", q)...)
+	keys := listKeys()
+	if len(keys) != 1 {
+		t.Fatalf("keys: %+v", keys)
+	}
+	err := ceremonyError(&ceremony.GeneratedKeyError{Partition: "online", Key: ceremony.KeyRef{ID: keys[0].ID, Label: "k-1"}, Err: errors.New("ceremony: failed")}, "module")
+	var h hintError
+	if !errors.As(err, &h) {
+		t.Fatalf("no hint for a key left behind: %v", err)
+	}
+	_, rest, _ := strings.Cut(h.hint, "`")
+	command, _, ok := strings.Cut(rest, "`")
+	if !ok || !strings.HasPrefix(command, "hsmca hsm keys destroy ") {
+		t.Fatalf("hint names no destroy command: %q", h.hint)
+	}
+	mustRun(t, dir, args(strings.Fields(command)[1:], q)...)
+	if n := len(listKeys()); n != 0 {
+		t.Fatalf("the hint's command left %d key(s)", n)
+	}
+}
+
+func TestCeremonyPolicyNamesMatchModule(t *testing.T) {
+	if ceremony.PolicyPerOperation != string(hsm.PolicyPerOperation) || ceremony.PolicyOnline != string(hsm.PolicyOnline) {
+		t.Fatal("ca/ceremony's policy names differ from package hsm's")
 	}
 }

@@ -21,26 +21,48 @@ import (
 
 // memKeys is an in-memory module that enforces the contract the CLI's
 // adapter provides: keys sign only while their partition is active, and an
-// activation is for a fixed number of signatures (per-operation).
+// activation is for a fixed number of signatures (per-operation). Its
+// hooks produce the faults a real module cannot on demand: a quorum that
+// is not reached, an audit log that fails to sync, a file that appears
+// while the module signs.
 type memKeys struct {
 	mu         sync.Mutex
 	partitions map[string]*memPartition
 	audit      uint64
 	signatures int // module signatures made, for "nothing was signed" checks
+	syncs      int // SyncAudit calls
+
+	activateErr map[string]error // partition → error of Activate
+	syncErr     error            // error of every SyncAudit
+	onSign      func()           // runs inside every module signature
+	onSync      func()           // runs inside every SyncAudit
 }
 
 type memPartition struct {
+	policy string
 	active bool
 	budget int
 	keys   map[string]*ecdsa.PrivateKey
 }
 
+// newMemKeys makes a module with per-operation partitions of the given
+// names (memKeys enforces the per-operation budget on every partition).
 func newMemKeys(parts ...string) *memKeys {
-	m := &memKeys{partitions: map[string]*memPartition{}}
+	m := &memKeys{partitions: map[string]*memPartition{}, activateErr: map[string]error{}}
 	for _, p := range parts {
-		m.partitions[p] = &memPartition{keys: map[string]*ecdsa.PrivateKey{}}
+		m.partitions[p] = &memPartition{policy: PolicyPerOperation, keys: map[string]*ecdsa.PrivateKey{}}
 	}
 	return m
+}
+
+func (m *memKeys) PartitionPolicy(partition string) (string, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	p, err := m.part(partition)
+	if err != nil {
+		return "", err
+	}
+	return p.policy, nil
 }
 
 func (m *memKeys) part(name string) (*memPartition, error) {
@@ -56,6 +78,9 @@ func (m *memKeys) Activate(partition string, signatures int) error {
 	defer m.mu.Unlock()
 	p, err := m.part(partition)
 	if err != nil {
+		return err
+	}
+	if err := m.activateErr[partition]; err != nil {
 		return err
 	}
 	p.active, p.budget = true, signatures
@@ -154,7 +179,21 @@ func (s *memSigner) Sign(r io.Reader, digest []byte, opts crypto.SignerOpts) ([]
 	}
 	s.m.signatures++
 	s.m.audit++
+	if s.m.onSign != nil {
+		s.m.onSign()
+	}
 	return p.keys[s.label].Sign(r, digest, opts)
+}
+
+// SyncAudit implements ca.AuditSyncer as the module's signers do.
+func (s *memSigner) SyncAudit() error {
+	s.m.mu.Lock()
+	defer s.m.mu.Unlock()
+	s.m.syncs++
+	if s.m.onSync != nil {
+		s.m.onSync()
+	}
+	return s.m.syncErr
 }
 
 // inDir runs the test in a fresh working directory (ceremony outputs are
@@ -375,6 +414,10 @@ func TestLintRefusesBeforeSigning(t *testing.T) {
 	_, err := run(t, keys, "inter.yaml")
 	if err == nil || !strings.Contains(err.Error(), "refused by lint before any module signature") {
 		t.Fatalf("got %v, want a lint refusal", err)
+	}
+	// The refusal names the lint and says what it checks.
+	if want := "e_sub_ca_crl_distribution_points_missing: Subordinate CA Certificate: cRLDistributionPoints MUST be present"; !strings.Contains(err.Error(), want) {
+		t.Fatalf("lint refusal %q lacks %q", err, want)
 	}
 	if keys.signatures != before {
 		t.Fatal("the module signed a certificate that failed lint")

@@ -2,11 +2,9 @@ package ceremony
 
 import (
 	"context"
-	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/asn1"
-	"encoding/hex"
 	"encoding/pem"
 	"fmt"
 	"math/big"
@@ -86,7 +84,7 @@ func (r *runner) crl(context.Context) error {
 	if err != nil {
 		return err
 	}
-	errs, warns := lintFindings(zlint.LintRevocationListEx(zl, reg))
+	errs, warns := lintFindings(zlint.LintRevocationListEx(zl, reg), reg)
 	if len(errs) > 0 {
 		return fmt.Errorf("ceremony: CRL refused by lint before any module signature: %s", strings.Join(errs, "; "))
 	}
@@ -116,14 +114,13 @@ func (r *runner) crl(context.Context) error {
 		return fmt.Errorf("ceremony: CRL signature does not verify: %w", err)
 	}
 	r.check("CRL signature by %s verifies; %d entries; number %s", issCert.Subject, len(crl.RevokedCertificateEntries), crl.Number)
-	out := s.Outputs.CRL
-	if err := writeOutput(out, "X509 CRL", der, 0o644); err != nil {
+	if err := r.syncAudit(signer); err != nil {
 		return err
 	}
-	sum := sha256.Sum256(der)
-	r.t.Outputs = append(r.t.Outputs, TranscriptOutput{What: "crl", Path: out, SHA256: hex.EncodeToString(sum[:]),
-		Subject: issCert.Subject.String(), Serial: "number " + crl.Number.String(), NotBefore: crl.ThisUpdate, NotAfter: crl.NextUpdate})
-	return nil
+	out := s.Outputs.CRL
+	rec := r.outputRecord("crl", out, der, nil)
+	rec.Subject, rec.Serial, rec.NotBefore, rec.NotAfter = issCert.Subject.String(), "number "+crl.Number.String(), crl.ThisUpdate, crl.NextUpdate
+	return r.write(output{path: out, blockType: "X509 CRL", der: der, record: rec})
 }
 
 func readCRL(path string) (*x509.RevocationList, error) {

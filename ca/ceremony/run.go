@@ -7,16 +7,14 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/hex"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
 	"math/big"
-	"os"
-	"path/filepath"
 	"time"
+
+	"github.com/hsmca/hsmca/ca"
 )
 
 // KeyRef describes a module key without private material.
@@ -39,6 +37,9 @@ type Keys interface {
 	GenerateKey(partition, keyType, label string) (KeyRef, error)
 	// Key describes an existing key (by label or ID); works while sealed.
 	Key(partition, key string) (KeyRef, error)
+	// PartitionPolicy is the partition's activation policy:
+	// PolicyPerOperation or PolicyOnline. Works while sealed.
+	PartitionPolicy(partition string) (string, error)
 	// Signer returns the key as a crypto.Signer.
 	Signer(partition, key string) (crypto.Signer, error)
 	// Seal seals partition (a no-op when it is sealed already).
@@ -47,6 +48,36 @@ type Keys interface {
 	// hash), quoted in the transcript before and after.
 	AuditHead() (count uint64, hash string, err error)
 }
+
+// Partition policies as Keys.PartitionPolicy names them (hsm.Policy).
+const (
+	// PolicyPerOperation partitions seal themselves after the signatures
+	// of one operation; a root key must live in one.
+	PolicyPerOperation = "per-operation"
+	// PolicyOnline partitions stay active until sealed.
+	PolicyOnline = "online"
+)
+
+// ErrNotPerOperation is returned when a root ceremony names a key in a
+// partition that is not per-operation: such a root key could sign again,
+// without a fresh quorum, for as long as its partition stays active.
+var ErrNotPerOperation = errors.New("ceremony: a root key must be in a per-operation partition")
+
+// GeneratedKeyError is the error of a ceremony that failed after it had
+// generated its key. The module keeps the key (a ceremony never deletes
+// one); the transcript names it too. The operator destroys it, or certifies
+// it in a corrected ceremony with key.existing: true.
+type GeneratedKeyError struct {
+	Partition string
+	Key       KeyRef
+	Err       error
+}
+
+func (e *GeneratedKeyError) Error() string {
+	return fmt.Sprintf("%v (key %s, label %s, was generated in partition %s before the failure and stays there)", e.Err, e.Key.ID, e.Key.Label, e.Partition)
+}
+
+func (e *GeneratedKeyError) Unwrap() error { return e.Err }
 
 // Options are Run's dependencies.
 type Options struct {
@@ -75,6 +106,10 @@ type Transcript struct {
 	Outputs []TranscriptOutput
 	// Checks are the verifications that passed.
 	Checks []string
+	// Error is why the ceremony failed; empty when it succeeded. A failed
+	// ceremony's transcript is a record too: it names the keys generated
+	// before the failure and the audit positions.
+	Error string `json:",omitempty"`
 }
 
 // AuditPosition is a position in the module's audit log.
@@ -141,6 +176,9 @@ func (t *Transcript) String() string {
 	for _, c := range t.Checks {
 		fmt.Fprintf(&b, "  verified: %s\n", c)
 	}
+	if t.Error != "" {
+		fmt.Fprintf(&b, "  FAILED: %s\n", t.Error)
+	}
 	return b.String()
 }
 
@@ -151,18 +189,28 @@ type runner struct {
 	clock func() time.Time
 	rand  io.Reader
 	t     *Transcript
+	// activated are the partitions this ceremony activated.
+	activated map[string]bool
+	// generated is the key this ceremony generated, if any: a failure
+	// after it leaves the key in the module, and the error says so.
+	generated *TranscriptKey
 }
 
-// Run performs the ceremony f describes. On success every output has been
-// written and verified; on failure nothing has been written (outputs are
-// checked before any key is touched and written only at the end) except
-// that a key the ceremony generated stays in the module, which the
-// transcript of the error names.
+// Run performs the ceremony f describes. Everything that can be checked
+// without the module's signature is checked before the module is touched
+// or a key is generated: the file, the outputs, the issuer's validity and
+// path length, and a lint of the certificate with a throwaway key of the
+// requested type. On success every output has been written and verified.
+// On failure no output has been written (all are written together at the
+// end, or none) and the returned transcript, when not nil, records what
+// happened up to the failure; a key the ceremony generated before it
+// failed stays in the module, and the error is then a *GeneratedKeyError
+// that names it.
 func Run(ctx context.Context, f *File, opts Options) (*Transcript, error) {
 	if opts.Keys == nil {
 		return nil, errors.New("ceremony: no module")
 	}
-	r := &runner{f: f, opts: opts, clock: opts.Clock, rand: opts.Rand}
+	r := &runner{f: f, opts: opts, clock: opts.Clock, rand: opts.Rand, activated: map[string]bool{}}
 	if r.clock == nil {
 		r.clock = time.Now
 	}
@@ -173,20 +221,8 @@ func Run(ctx context.Context, f *File, opts Options) (*Transcript, error) {
 	if err := s.Validate(); err != nil {
 		return nil, err
 	}
-	for _, out := range []string{s.Outputs.Certificate, s.Outputs.PublicKey, s.Outputs.CRL} {
-		if out == "" {
-			continue
-		}
-		if _, err := os.Stat(out); err == nil {
-			return nil, fmt.Errorf("ceremony: output %s already exists; a ceremony never overwrites (move it away or name another output)", out)
-		} else if !errors.Is(err, os.ErrNotExist) {
-			return nil, fmt.Errorf("ceremony: output %s: %w", out, err)
-		}
-		if dir := filepath.Dir(out); dir != "" {
-			if st, err := os.Stat(dir); err != nil || !st.IsDir() {
-				return nil, fmt.Errorf("ceremony: output directory %s does not exist", dir)
-			}
-		}
+	if err := checkOutputs(s.Outputs.Certificate, s.Outputs.PublicKey, s.Outputs.CRL); err != nil {
+		return nil, err
 	}
 	r.t = &Transcript{File: f.Path, FileSHA256: f.SHA256, Kind: s.Kind, Description: s.Description, Started: r.clock()}
 	count, hash, err := opts.Keys.AuditHead()
@@ -213,15 +249,20 @@ func Run(ctx context.Context, f *File, opts Options) (*Transcript, error) {
 			err = fmt.Errorf("ceremony: seal %s: %w", p, serr)
 		}
 	}
+	count, hash, herr := opts.Keys.AuditHead()
+	if herr == nil {
+		r.t.AuditAfter = AuditPosition{count, hash}
+	} else if err == nil {
+		err = fmt.Errorf("ceremony: audit head: %w", herr)
+	}
+	r.t.Finished = r.clock()
 	if err != nil {
+		if g := r.generated; g != nil {
+			err = &GeneratedKeyError{Partition: g.Partition, Key: KeyRef{ID: g.ID, Label: g.Label, Type: g.Type}, Err: err}
+		}
+		r.t.Error = err.Error()
 		return r.t, err
 	}
-	count, hash, err = opts.Keys.AuditHead()
-	if err != nil {
-		return r.t, fmt.Errorf("ceremony: audit head: %w", err)
-	}
-	r.t.AuditAfter = AuditPosition{count, hash}
-	r.t.Finished = r.clock()
 	return r.t, nil
 }
 
@@ -242,48 +283,76 @@ func (r *runner) progress(format string, args ...any) {
 	}
 }
 
-// subjectKey generates the ceremony's key or looks up the existing one.
-// The partition is activated for signatures signatures (the root's
-// self-signature, or none).
-func (r *runner) subjectKey(signatures int) (KeyRef, error) {
+// existingKey looks up the ceremony's existing key (this works while the
+// partition is sealed) and, when key.type is given, checks that the key
+// has that type: a file that says rsa-4096 must not certify a P-256 key.
+func (r *runner) existingKey() (KeyRef, error) {
 	k := r.f.Spec.Key
-	var ref KeyRef
-	var err error
-	if k.Existing {
-		ref, err = r.opts.Keys.Key(k.Partition, k.Label)
-		if err != nil {
-			return ref, fmt.Errorf("ceremony: key %s in %s: %w", k.Label, k.Partition, err)
-		}
-		if signatures > 0 {
-			if err := r.activate(k.Partition, signatures); err != nil {
-				return ref, err
-			}
-		}
-		r.addKey("subject", k.Partition, ref)
-		return ref, nil
+	ref, err := r.opts.Keys.Key(k.Partition, k.Label)
+	if err != nil {
+		return ref, fmt.Errorf("ceremony: key %s in %s: %w", k.Label, k.Partition, err)
 	}
+	if got := keyTypeOf(ref.Public); k.Type != "" && got != k.Type {
+		return ref, fmt.Errorf("ceremony: key.type is %s, but the existing key %s in partition %s is %s; correct key.type or name another key", k.Type, k.Label, k.Partition, got)
+	}
+	r.addKey("subject", k.Partition, ref)
+	return ref, nil
+}
+
+// generateKey activates the key's partition for signatures signatures (at
+// least one activation: generating needs an active partition) and
+// generates the ceremony's key. From here on a failure leaves the key.
+func (r *runner) generateKey(signatures int) (KeyRef, error) {
+	k := r.f.Spec.Key
 	if err := r.activate(k.Partition, max(signatures, 1)); err != nil {
-		return ref, err
+		return KeyRef{}, err
 	}
 	r.progress("generating %s key %q in partition %s", k.Type, k.Label, k.Partition)
-	ref, err = r.opts.Keys.GenerateKey(k.Partition, k.Type, k.Label)
+	ref, err := r.opts.Keys.GenerateKey(k.Partition, k.Type, k.Label)
 	if err != nil {
 		return ref, fmt.Errorf("ceremony: generate key %s in %s: %w", k.Label, k.Partition, err)
 	}
 	r.addKey("generated", k.Partition, ref)
+	g := r.t.Keys[len(r.t.Keys)-1]
+	r.generated = &g
 	return ref, nil
 }
 
+// activate activates partition for an operation of signatures signatures,
+// once per ceremony.
 func (r *runner) activate(partition string, signatures int) error {
+	if r.activated[partition] {
+		return nil
+	}
 	r.progress("partition %s: quorum needed for an operation of %d signature(s)", partition, signatures)
 	if err := r.opts.Keys.Activate(partition, signatures); err != nil {
 		return fmt.Errorf("ceremony: activate %s: %w", partition, err)
 	}
+	r.activated[partition] = true
+	return nil
+}
+
+// requirePerOperation refuses a root key in a partition that is not
+// per-operation (DESIGN.md §2: every use of a root key needs a fresh
+// quorum).
+func (r *runner) requirePerOperation(partition string) error {
+	policy, err := r.opts.Keys.PartitionPolicy(partition)
+	if err != nil {
+		return fmt.Errorf("ceremony: partition %s: %w", partition, err)
+	}
+	if policy != PolicyPerOperation {
+		return fmt.Errorf("%w: partition %s is %s, so the root key could sign again without a fresh quorum", ErrNotPerOperation, partition, policy)
+	}
+	r.check("partition %s is %s", partition, policy)
 	return nil
 }
 
 func (r *runner) addKey(role, partition string, k KeyRef) {
-	r.t.Keys = append(r.t.Keys, TranscriptKey{Role: role, Partition: partition, ID: k.ID, Label: k.Label, Type: k.Type, SPKI: spkiHash(k.Public)})
+	typ := k.Type
+	if typ == "" {
+		typ = keyTypeOf(k.Public)
+	}
+	r.t.Keys = append(r.t.Keys, TranscriptKey{Role: role, Partition: partition, ID: k.ID, Label: k.Label, Type: typ, SPKI: spkiHash(k.Public)})
 }
 
 // issuer loads the issuer's certificate and checks it belongs to the key.
@@ -308,7 +377,13 @@ func (r *runner) issuer() (*x509.Certificate, KeyRef, error) {
 }
 
 func (r *runner) key(context.Context) error {
-	ref, err := r.subjectKey(0)
+	var ref KeyRef
+	var err error
+	if r.f.Spec.Key.Existing {
+		ref, err = r.existingKey()
+	} else {
+		ref, err = r.generateKey(0)
+	}
 	if err != nil {
 		return err
 	}
@@ -316,149 +391,18 @@ func (r *runner) key(context.Context) error {
 	if err != nil {
 		return fmt.Errorf("ceremony: %w", err)
 	}
-	if err := writeOutput(r.f.Spec.Outputs.PublicKey, "PUBLIC KEY", der, 0o644); err != nil {
-		return err
-	}
-	r.addOutput("public key", r.f.Spec.Outputs.PublicKey, der, nil)
-	return nil
+	out := r.f.Spec.Outputs.PublicKey
+	return r.write(output{path: out, blockType: "PUBLIC KEY", der: der, record: r.outputRecord("public key", out, der, nil)})
 }
 
-func (r *runner) root(context.Context) error {
-	s := &r.f.Spec
-	ref, err := r.subjectKey(1)
-	if err != nil {
-		return err
+// syncAudit makes the audit record of the module's signature durable
+// before anything the signature made is written (ca.SyncAudit): a power
+// loss must not keep a certificate whose signature the module's log lost.
+func (r *runner) syncAudit(signer crypto.Signer) error {
+	if err := ca.SyncAudit(signer); err != nil {
+		return fmt.Errorf("ceremony: the module signed, but the audit record of its signature could not be made durable, so nothing was written: %w", err)
 	}
-	tmpl, err := r.caTemplate(s.Certificate, nil, true)
-	if err != nil {
-		return err
-	}
-	signer, err := r.opts.Keys.Signer(s.Key.Partition, ref.ID)
-	if err != nil {
-		return fmt.Errorf("ceremony: %w", err)
-	}
-	der, err := r.lintAndSign(tmpl, tmpl, ref.Public, signer, keyTypeOf(ref.Public))
-	if err != nil {
-		return err
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		return fmt.Errorf("ceremony: parse result: %w", err)
-	}
-	if err := cert.CheckSignatureFrom(cert); err != nil {
-		return fmt.Errorf("ceremony: root self-signature does not verify: %w", err)
-	}
-	r.check("self-signature of %s verifies", cert.Subject)
-	if !publicKeysEqual(cert.PublicKey, ref.Public) {
-		return errors.New("ceremony: root certificate's key is not the module key")
-	}
-	r.check("certificate key equals module key %s", ref.ID)
-	if err := verifyChain(cert, cert, nil); err != nil {
-		return err
-	}
-	return r.writeCert(der, cert)
-}
-
-func (r *runner) intermediate(context.Context) error {
-	s := &r.f.Spec
-	issCert, issRef, err := r.issuer()
-	if err != nil {
-		return err
-	}
-	ref, err := r.subjectKey(0)
-	if err != nil {
-		return err
-	}
-	return r.certifyByIssuer(s.Certificate, nil, ref.Public, issCert, issRef, func(cert *x509.Certificate) error {
-		if !publicKeysEqual(cert.PublicKey, ref.Public) {
-			return errors.New("ceremony: intermediate certificate's key is not the module key")
-		}
-		r.check("certificate key equals module key %s", ref.ID)
-		return nil
-	})
-}
-
-func (r *runner) crossSign(context.Context) error {
-	s := &r.f.Spec
-	issCert, issRef, err := r.issuer()
-	if err != nil {
-		return err
-	}
-	subject, err := readCertificate(s.Certificate.Certificate)
-	if err != nil {
-		return err
-	}
-	if !subject.IsCA {
-		return fmt.Errorf("ceremony: %s is not a CA certificate", s.Certificate.Certificate)
-	}
-	return r.certifyByIssuer(s.Certificate, subject, subject.PublicKey, issCert, issRef, func(cert *x509.Certificate) error {
-		if !bytes.Equal(cert.RawSubject, subject.RawSubject) || !publicKeysEqual(cert.PublicKey, subject.PublicKey) {
-			return errors.New("ceremony: cross-signed certificate's subject or key differs from the input")
-		}
-		r.check("subject and key equal those of %s", s.Certificate.Certificate)
-		return nil
-	})
-}
-
-// certifyByIssuer makes a CA certificate for pub signed by the issuer key
-// (one signature of the issuer's partition), verifies it and writes it.
-func (r *runner) certifyByIssuer(cs CertSpec, from *x509.Certificate, pub crypto.PublicKey, issCert *x509.Certificate, issRef KeyRef, extra func(*x509.Certificate) error) error {
-	s := &r.f.Spec
-	tmpl, err := r.caTemplate(cs, from, false)
-	if err != nil {
-		return err
-	}
-	// Go takes the authority key identifier from the issuer only when the
-	// names differ; a cross-sign between same-named CAs needs it set.
-	tmpl.AuthorityKeyId = issCert.SubjectKeyId
-	if tmpl.NotAfter.After(issCert.NotAfter) {
-		return fmt.Errorf("ceremony: certificate would outlive its issuer (issuer expires %s)", issCert.NotAfter.UTC().Format(time.RFC3339))
-	}
-	if err := r.activate(s.Issuer.Partition, 1); err != nil {
-		return err
-	}
-	signer, err := r.opts.Keys.Signer(s.Issuer.Partition, issRef.ID)
-	if err != nil {
-		return fmt.Errorf("ceremony: %w", err)
-	}
-	der, err := r.lintAndSign(tmpl, issCert, pub, signer, keyTypeOf(issRef.Public))
-	if err != nil {
-		return err
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		return fmt.Errorf("ceremony: parse result: %w", err)
-	}
-	if err := cert.CheckSignatureFrom(issCert); err != nil {
-		return fmt.Errorf("ceremony: signature by %s does not verify: %w", issCert.Subject, err)
-	}
-	r.check("signature by %s verifies", issCert.Subject)
-	if err := extra(cert); err != nil {
-		return err
-	}
-	if err := verifyChain(cert, issCert, nil); err != nil {
-		return err
-	}
-	r.check("chains to %s", issCert.Subject)
-	return r.writeCert(der, cert)
-}
-
-func (r *runner) writeCert(der []byte, cert *x509.Certificate) error {
-	out := r.f.Spec.Outputs.Certificate
-	if err := writeOutput(out, "CERTIFICATE", der, 0o644); err != nil {
-		return err
-	}
-	r.addOutput("certificate", out, der, cert)
-	if pk := r.f.Spec.Outputs.PublicKey; pk != "" {
-		spki, err := x509.MarshalPKIXPublicKey(cert.PublicKey)
-		if err != nil {
-			return fmt.Errorf("ceremony: %w", err)
-		}
-		if err := writeOutput(pk, "PUBLIC KEY", spki, 0o644); err != nil {
-			return err
-		}
-		r.addOutput("public key", pk, spki, nil)
-	}
+	r.check("audit record of the module signature is durable")
 	return nil
 }
 
@@ -466,7 +410,8 @@ func (r *runner) check(format string, args ...any) {
 	r.t.Checks = append(r.t.Checks, fmt.Sprintf(format, args...))
 }
 
-func (r *runner) addOutput(what, path string, der []byte, cert *x509.Certificate) {
+// outputRecord is the transcript entry of one output.
+func (r *runner) outputRecord(what, path string, der []byte, cert *x509.Certificate) TranscriptOutput {
 	sum := sha256.Sum256(der)
 	o := TranscriptOutput{What: what, Path: path, SHA256: hex.EncodeToString(sum[:])}
 	if cert != nil {
@@ -474,7 +419,19 @@ func (r *runner) addOutput(what, path string, der []byte, cert *x509.Certificate
 		o.Serial = fmt.Sprintf("%x", cert.SerialNumber)
 		o.NotBefore, o.NotAfter = cert.NotBefore, cert.NotAfter
 	}
-	r.t.Outputs = append(r.t.Outputs, o)
+	return o
+}
+
+// write writes outs (all or none, see writeOutputs) and records them in
+// the transcript.
+func (r *runner) write(outs ...output) error {
+	if err := writeOutputs(outs); err != nil {
+		return err
+	}
+	for _, o := range outs {
+		r.t.Outputs = append(r.t.Outputs, o.record)
+	}
+	return nil
 }
 
 // serial returns a fresh positive serial of 159 random bits (RFC 5280 allows
@@ -489,131 +446,4 @@ func (r *runner) serial() (*big.Int, error) {
 		b[0] = 0x01
 	}
 	return new(big.Int).SetBytes(b), nil
-}
-
-// caTemplate builds a CA certificate template from cs. For cross-sign, from
-// supplies the subject.
-func (r *runner) caTemplate(cs CertSpec, from *x509.Certificate, isRoot bool) (*x509.Certificate, error) {
-	serial, err := r.serial()
-	if err != nil {
-		return nil, err
-	}
-	validity, _ := parseValidity(cs.Validity)
-	notBefore := r.clock().UTC().Truncate(time.Second)
-	if cs.NotBefore != "" {
-		notBefore, _ = time.Parse(time.RFC3339, cs.NotBefore)
-	}
-	t := &x509.Certificate{
-		SerialNumber:          serial,
-		NotBefore:             notBefore,
-		NotAfter:              notBefore.Add(validity),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
-		CRLDistributionPoints: cs.CRLURLs,
-		IssuingCertificateURL: cs.IssuerURLs,
-		OCSPServer:            cs.OCSPURLs,
-	}
-	if from != nil {
-		t.RawSubject = from.RawSubject
-		t.SubjectKeyId = from.SubjectKeyId
-	} else {
-		t.Subject = pkix.Name{
-			CommonName:         cs.Subject.CommonName,
-			Organization:       cs.Subject.Organization,
-			OrganizationalUnit: cs.Subject.OrganizationalUnit,
-			Country:            cs.Subject.Country,
-			Province:           cs.Subject.Province,
-			Locality:           cs.Subject.Locality,
-		}
-	}
-	switch {
-	case cs.PathLength != nil:
-		t.MaxPathLen = *cs.PathLength
-		t.MaxPathLenZero = *cs.PathLength == 0
-	case isRoot:
-		t.MaxPathLen = -1
-	default:
-		t.MaxPathLen = 0
-		t.MaxPathLenZero = true
-	}
-	for _, e := range cs.ExtKeyUsages {
-		t.ExtKeyUsage = append(t.ExtKeyUsage, extKeyUsages[e])
-	}
-	for _, p := range cs.Policies {
-		oid, _ := parseOID(p)
-		t.Policies = append(t.Policies, oid)
-	}
-	nc := cs.NameConstraints
-	t.PermittedDNSDomainsCritical = nc.Critical
-	t.PermittedDNSDomains = nc.PermittedDNS
-	t.ExcludedDNSDomains = nc.ExcludedDNS
-	t.PermittedEmailAddresses = nc.PermittedEmail
-	t.ExcludedEmailAddresses = nc.ExcludedEmail
-	for _, c := range nc.PermittedIP {
-		n, _ := parseCIDR(c)
-		t.PermittedIPRanges = append(t.PermittedIPRanges, n)
-	}
-	for _, c := range nc.ExcludedIP {
-		n, _ := parseCIDR(c)
-		t.ExcludedIPRanges = append(t.ExcludedIPRanges, n)
-	}
-	return t, nil
-}
-
-// verifyChain checks that cert chains to root with crypto/x509's own path
-// building (any key usage: CA certificates may carry none).
-func verifyChain(cert, issuer *x509.Certificate, intermediates []*x509.Certificate) error {
-	roots := x509.NewCertPool()
-	roots.AddCert(issuer)
-	inter := x509.NewCertPool()
-	for _, c := range intermediates {
-		inter.AddCert(c)
-	}
-	_, err := cert.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, CurrentTime: cert.NotBefore.Add(time.Second), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}})
-	if err != nil {
-		return fmt.Errorf("ceremony: result does not chain to %s: %w", issuer.Subject, err)
-	}
-	return nil
-}
-
-// writeOutput writes one PEM block to a new file; it refuses to replace an
-// existing file even if one appeared since the ceremony started.
-func writeOutput(path, blockType string, der []byte, mode os.FileMode) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
-	if err != nil {
-		return fmt.Errorf("ceremony: write %s: %w", path, err)
-	}
-	if err := pem.Encode(f, &pem.Block{Type: blockType, Bytes: der}); err != nil {
-		f.Close()
-		os.Remove(path)
-		return fmt.Errorf("ceremony: write %s: %w", path, err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("ceremony: write %s: %w", path, err)
-	}
-	return f.Close()
-}
-
-// readCertificate reads the first certificate of a PEM file.
-func readCertificate(path string) (*x509.Certificate, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("ceremony: %w", err)
-	}
-	for {
-		var blk *pem.Block
-		blk, b = pem.Decode(b)
-		if blk == nil {
-			return nil, fmt.Errorf("ceremony: %s holds no PEM certificate", path)
-		}
-		if blk.Type == "CERTIFICATE" {
-			c, err := x509.ParseCertificate(blk.Bytes)
-			if err != nil {
-				return nil, fmt.Errorf("ceremony: %s: %w", path, err)
-			}
-			return c, nil
-		}
-	}
 }

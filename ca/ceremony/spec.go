@@ -6,13 +6,17 @@
 // another issuer) and `crl` (a CRL signed by a ceremony key, typically the
 // root's).
 //
-// A ceremony file is decoded strictly: an unknown field is an error, so a
-// typo can never silently drop a constraint. A ceremony refuses to overwrite
-// any output, lints every certificate with a throwaway key before the module
-// signs it, verifies what it produced (signature, chain, that the certified
-// key is the module's key) and returns a Transcript that names the ceremony
-// file's hash, key IDs, fingerprints and the audit-log positions before and
-// after.
+// A ceremony file is decoded strictly: an unknown field, or one the kind
+// does not use, is an error, so a typo can never silently drop a
+// constraint. A ceremony refuses to overwrite any output, checks all it
+// can (issuer validity and path length, partition policy, a lint with a
+// throwaway key) before it generates a key, lints every certificate with a
+// throwaway key before the module signs it, verifies what it produced
+// (signature, chain, that the certified key is the module's key), writes
+// its outputs all or none once the module's audit record of the signature
+// is durable, and returns a Transcript that names the ceremony file's
+// hash, key IDs, fingerprints and the audit-log positions before and
+// after, also when it fails.
 //
 // The package never imports hsm: it reaches the module through the Keys
 // interface it declares, which the CLI implements (gathering the custodians'
@@ -27,6 +31,9 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
+	"reflect"
+	"slices"
 	"strings"
 	"time"
 
@@ -107,7 +114,10 @@ type CertSpec struct {
 	// NotBefore is an RFC 3339 time; empty means now.
 	NotBefore string `yaml:"not_before,omitempty"`
 	// PathLength is the basic constraints path length; nil means none for a
-	// root and 0 for an intermediate.
+	// root, 0 for an intermediate and, for a cross-sign, the constraint of
+	// the certificate that is cross-signed. A ceremony refuses a path length
+	// that the issuer's own does not allow (RFC 5280 §4.2.1.9): none under
+	// an issuer with path length 0, and one below the issuer's otherwise.
 	PathLength *int `yaml:"path_length,omitempty"`
 	// ExtKeyUsages restrict an intermediate (server-auth, client-auth,
 	// code-signing, email-protection, ocsp-signing); empty means none.
@@ -128,7 +138,10 @@ type CertSpec struct {
 
 // NameConstraints is the name constraints extension (RFC 5280 §4.2.1.10).
 type NameConstraints struct {
-	Critical       bool     `yaml:"critical,omitempty"`
+	// Critical marks the extension critical; nil means true, as RFC 5280
+	// §4.2.1.10 requires (conforming CAs MUST mark it critical), so an
+	// explicit false is refused by lint.
+	Critical       *bool    `yaml:"critical,omitempty"`
 	PermittedDNS   []string `yaml:"permitted_dns,omitempty"`
 	ExcludedDNS    []string `yaml:"excluded_dns,omitempty"`
 	PermittedIP    []string `yaml:"permitted_ip,omitempty"` // CIDR
@@ -224,8 +237,17 @@ func Parse(b []byte) (*File, error) {
 	return &File{SHA256: hex.EncodeToString(sum[:]), Spec: s}, nil
 }
 
-// Validate checks that the sections the kind needs are present and sane.
+// Validate checks that the sections the kind needs are present and sane,
+// that no section the kind does not use is set (it would be silently
+// ignored: an auditor reading name constraints in a crl ceremony would
+// believe they apply somewhere) and that no two outputs name the same file.
 func (s *Spec) Validate() error {
+	if unused := s.unusedFields(); len(unused) > 0 {
+		return fmt.Errorf("ceremony: kind %s does not use %s; remove it (it would be ignored)", s.Kind, strings.Join(unused, ", "))
+	}
+	if err := s.Outputs.validate(); err != nil {
+		return err
+	}
 	switch s.Kind {
 	case KindKey:
 		if err := s.Key.validate(true); err != nil {
@@ -307,6 +329,9 @@ func (s *Spec) Validate() error {
 	return nil
 }
 
+// validate checks the key section. The type is required for a key the
+// ceremony generates; for an existing key it is optional, and when given
+// the ceremony checks that the key has that type.
 func (k KeySpec) validate(needType bool) error {
 	if k.Partition == "" {
 		return errors.New("ceremony: key.partition is required")
@@ -314,10 +339,85 @@ func (k KeySpec) validate(needType bool) error {
 	if k.Label == "" {
 		return errors.New("ceremony: key.label is required")
 	}
-	if needType {
+	if needType || k.Type != "" {
 		if _, err := keyAlgorithm(k.Type); err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+// unusedFields names the fields that are set although s.Kind does not use
+// them, in the file's spelling (certificate.name_constraints). An unknown
+// kind has none: Validate reports the kind.
+func (s *Spec) unusedFields() []string {
+	var out []string
+	switch s.Kind {
+	case KindKey:
+		out = append(out, setFields("issuer", s.Issuer)...)
+		out = append(out, setFields("certificate", s.Certificate)...)
+		out = append(out, setFields("crl", s.CRL)...)
+		out = append(out, setFields("outputs", s.Outputs, "public_key")...)
+	case KindRoot:
+		out = append(out, setFields("issuer", s.Issuer)...)
+		out = append(out, setFields("certificate", s.Certificate, "subject", "validity", "not_before", "path_length", "ext_key_usages",
+			"name_constraints", "crl_urls", "issuer_urls", "ocsp_urls", "policies")...)
+		out = append(out, setFields("crl", s.CRL)...)
+		out = append(out, setFields("outputs", s.Outputs, "certificate", "public_key")...)
+	case KindIntermediate:
+		out = append(out, setFields("certificate", s.Certificate, "subject", "validity", "not_before", "path_length", "ext_key_usages",
+			"name_constraints", "crl_urls", "issuer_urls", "ocsp_urls", "policies")...)
+		out = append(out, setFields("crl", s.CRL)...)
+		out = append(out, setFields("outputs", s.Outputs, "certificate", "public_key")...)
+	case KindCrossSign:
+		// The subject (and the key) are those of certificate.certificate.
+		out = append(out, setFields("key", s.Key)...)
+		out = append(out, setFields("certificate", s.Certificate, "certificate", "validity", "not_before", "path_length", "ext_key_usages",
+			"name_constraints", "crl_urls", "issuer_urls", "ocsp_urls", "policies")...)
+		out = append(out, setFields("crl", s.CRL)...)
+		out = append(out, setFields("outputs", s.Outputs, "certificate", "public_key")...)
+	case KindCRL:
+		out = append(out, setFields("key", s.Key)...)
+		out = append(out, setFields("certificate", s.Certificate)...)
+		out = append(out, setFields("outputs", s.Outputs, "crl")...)
+	}
+	return out
+}
+
+// setFields returns prefix.NAME for each field of the struct v that is set
+// (not its zero value) and whose YAML name is not in used.
+func setFields(prefix string, v any, used ...string) []string {
+	rv := reflect.ValueOf(v)
+	rt := rv.Type()
+	var out []string
+	for i := range rt.NumField() {
+		name, _, _ := strings.Cut(rt.Field(i).Tag.Get("yaml"), ",")
+		if slices.Contains(used, name) || rv.Field(i).IsZero() {
+			continue
+		}
+		out = append(out, prefix+"."+name)
+	}
+	return out
+}
+
+// validate refuses two outputs that name the same file: the second write
+// would fail after the module had signed, or replace the first.
+func (o Outputs) validate() error {
+	seen := map[string]string{}
+	for _, out := range []struct{ field, path string }{
+		{"outputs.certificate", o.Certificate}, {"outputs.public_key", o.PublicKey}, {"outputs.crl", o.CRL},
+	} {
+		if out.path == "" {
+			continue
+		}
+		key := filepath.Clean(out.path)
+		if abs, err := filepath.Abs(out.path); err == nil {
+			key = abs
+		}
+		if other, ok := seen[key]; ok {
+			return fmt.Errorf("ceremony: %s and %s both name %s; each output needs a file of its own", other, out.field, out.path)
+		}
+		seen[key] = out.field
 	}
 	return nil
 }

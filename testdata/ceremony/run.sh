@@ -1,18 +1,27 @@
 #!/usr/bin/env bash
 # A whole key ceremony with nothing but the hsmca binary:
 #   module init (root and issuing partitions, 3-of-5 custodians each)
-#   → root → two intermediates → root CRL → ca.yaml for `hsmca cert` and `hsmca ca serve`.
+#   → root → two intermediates → root CRL → ca.yaml for `hsmca cert` and
+#   `hsmca ca serve` → the server's TLS certificate.
 #
 # Usage: testdata/ceremony/run.sh OUTDIR
-# The binary is $HSMCA (default: hsmca on the PATH). OUTDIR must not exist
-# or be empty. Afterwards OUTDIR holds root.pem, intermediate-1.pem,
+# The binary is $HSMCA (default: hsmca on the PATH; a relative path is taken
+# from the directory run.sh is started in). OUTDIR must not exist or be
+# empty. Afterwards OUTDIR holds root.pem, intermediate-1.pem,
 # intermediate-2.pem, root-crl.pem, shares/ (one directory per partition,
 # one file per custodian: in a real ceremony each file goes to its custodian
-# now), transcript.txt and ca.yaml.
+# now), transcript.txt, ca.yaml and tls/ (the server's certificate and key).
+# `hsmca ca serve --config OUTDIR/ca.yaml` then serves the root's CRL and
+# certificate at the URLs the intermediates name (127.0.0.1:8080).
 set -euo pipefail
 
 out=${1:?usage: run.sh OUTDIR}
 HSMCA=${HSMCA:-hsmca}
+# The script changes directory below: a relative binary path must not
+# change meaning (a bare name is looked up on the PATH).
+case $HSMCA in
+*/*) HSMCA=$(cd "$(dirname "$HSMCA")" && pwd)/$(basename "$HSMCA") ;;
+esac
 here=$(cd "$(dirname "$0")" && pwd)
 
 mkdir -p "$out"
@@ -50,8 +59,12 @@ step "module status after the ceremony (everything sealed)"
 step "audit log"
 "$HSMCA" hsm audit verify --module module | tee -a transcript.txt
 
+# The URLs are the ones the intermediates name (ceremonies/intermediate-*.yaml):
+# `ca serve` publishes the root's CRL and certificate there (crl_files,
+# issuer_files), and the intermediates' own under their issuer names.
 cat > ca.yaml <<'YAML'
 # Written by testdata/ceremony/run.sh. Paths are relative to this file.
+# Reference: docs/serve.md.
 module: module
 store: ca.db
 ca:
@@ -71,6 +84,21 @@ ca:
     crl_base: http://127.0.0.1:8080/crl
     aia_base: http://127.0.0.1:8080/aia
     ocsp: http://127.0.0.1:8080/ocsp
+server:
+  https_addr: 127.0.0.1:8443
+  http_addr: 127.0.0.1:8080
+  admin_socket: admin.sock
+  tls_cert: tls/server.pem
+  tls_key: tls/server.key
+  issuing_partition: issuing
+  crl_files:
+    root: root-crl.pem
+  issuer_files:
+    root: root.pem
 YAML
+
+step "server TLS certificate (server profile, key in tls/server.key, mode 0600)"
+"$HSMCA" ceremony server-cert --config ca.yaml --name localhost --name 127.0.0.1 "${issuing_q[@]}" | tee -a transcript.txt
+
 step "done: $(pwd)"
 ls -1 | tee -a transcript.txt
