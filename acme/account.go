@@ -63,7 +63,7 @@ func (s *Server) handleNewAccount(w http.ResponseWriter, q *request) *Problem {
 		if existing.Status != StatusValid {
 			// RFC 8555 §7.3.6: no further requests authorized by a
 			// deactivated (or revoked) account's key.
-			return prob(ProbUnauthorized, 403, "the account with this key is "+string(existing.Status))
+			return inactiveAccount(existing)
 		}
 		return s.writeJSON(w, http.StatusOK, s.url(pAcct+existing.ID), s.accountJSON(existing))
 	} else if !errors.Is(err, ErrNotFound) {
@@ -94,25 +94,46 @@ func (s *Server) handleNewAccount(w http.ResponseWriter, q *request) *Problem {
 	} else if s.cfg.ExternalAccountRequired {
 		return prob(ProbExternalAccountReq, 403, "this server requires an external account binding")
 	}
-	if err := s.st.CreateAccount(ctx, a); errors.Is(err, ErrConflict) {
+	// The store claims the EAB key in the transaction that creates the
+	// account: checkEAB's look at the key cannot stop two registrations
+	// that race with it.
+	switch err := s.st.CreateAccount(ctx, a); {
+	case errors.Is(err, ErrConflict):
 		// A concurrent request created it first: answer as for an existing key.
 		existing, err := s.st.GetAccountByKey(ctx, thumb)
 		if err != nil {
 			return s.internalErr("account by key", err)
 		}
+		if existing.Status != StatusValid {
+			return inactiveAccount(existing)
+		}
 		return s.writeJSON(w, http.StatusOK, s.url(pAcct+existing.ID), s.accountJSON(existing))
-	} else if err != nil {
+	case a.EABKeyID != "" && errors.Is(err, ErrEABBound):
+		return eabBound()
+	case a.EABKeyID != "" && (errors.Is(err, ErrEABRevoked) || errors.Is(err, ErrNotFound)):
+		return eabUnknown()
+	case err != nil:
 		return s.internalErr("create account", err)
 	}
-	if a.EABKeyID != "" {
-		if e, err := s.st.GetEAB(ctx, a.EABKeyID); err == nil {
-			e.AccountID = a.ID
-			if err := s.st.PutEAB(ctx, e); err != nil {
-				s.log.Error("acme: record EAB use", "err", err)
-			}
-		}
-	}
 	return s.writeJSON(w, http.StatusCreated, s.url(pAcct+a.ID), s.accountJSON(a))
+}
+
+// inactiveAccount answers a request from an account that is not valid:
+// 401 for a deactivated one, as RFC 8555 §7.3.6 requires, 403 otherwise.
+func inactiveAccount(a *Account) *Problem {
+	p := unauthorized("the account is " + a.Status)
+	if a.Status == StatusDeactivated {
+		p.Status = http.StatusUnauthorized
+	}
+	return p
+}
+
+func eabBound() *Problem {
+	return unauthorized("external account binding: the key ID is already bound to another account; each account needs its own EAB key")
+}
+
+func eabUnknown() *Problem {
+	return unauthorized("external account binding: unknown or revoked key ID")
 }
 
 // checkEAB verifies an external account binding (RFC 8555 §7.3.4): a JWS
@@ -126,6 +147,12 @@ func (s *Server) checkEAB(q *request, raw json.RawMessage) (string, *Problem) {
 		return "", malformed("external account binding is not a JWS with HS256, HS384 or HS512")
 	}
 	h := sig.Signatures[0].Protected
+	if _, ok := h.ExtraHeaders["crit"]; ok {
+		return "", malformed("external account binding: crit is not supported")
+	}
+	if b64, ok := h.ExtraHeaders["b64"]; ok && b64 != true {
+		return "", malformed("external account binding: b64 must be true")
+	}
 	if h.Nonce != "" {
 		return bad("must not have a nonce")
 	}
@@ -134,13 +161,18 @@ func (s *Server) checkEAB(q *request, raw json.RawMessage) (string, *Problem) {
 	}
 	e, err := s.st.GetEAB(q.r.Context(), h.KeyID)
 	if errors.Is(err, ErrNotFound) || (err == nil && e.Revoked) {
-		return bad("unknown or revoked key ID")
+		return "", eabUnknown()
 	} else if err != nil {
 		return "", s.internalErr("get EAB", err)
 	}
 	payload, err := sig.Verify(e.Key)
 	if err != nil {
 		return bad("MAC does not verify")
+	}
+	if e.AccountID != "" {
+		// Checked after the MAC, so that only the key's holder learns
+		// that it is in use.
+		return "", eabBound()
 	}
 	var k jose.JSONWebKey
 	if err := k.UnmarshalJSON(payload); err != nil {

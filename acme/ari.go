@@ -51,8 +51,8 @@ func parseCertID(certID string) (aki []byte, serial string, p *Problem) {
 // is a fixed slice of the certificate's lifetime (RenewalStart..RenewalEnd),
 // or "now" for a revoked certificate.
 func (s *Server) handleRenewalInfo(w http.ResponseWriter, r *http.Request) {
-	if !s.limit.allow("ip:"+s.clientIP(r), s.cfg.RateLimits.IPRate, s.cfg.RateLimits.IPBurst) {
-		s.rateLimited(w, "too many requests from your address")
+	if ok, wait := s.limit.allow("ip:"+s.clientIP(r), s.cfg.RateLimits.IPRate, s.cfg.RateLimits.IPBurst); !ok {
+		s.writeProblem(w, rateLimited("too many requests from your address", wait))
 		return
 	}
 	c, p := s.certByARIID(r.Context(), r.PathValue("id"))

@@ -29,12 +29,14 @@ import (
 )
 
 // fakeCA is a tiny in-memory CA (root -> intermediate -> leaf, P-256)
-// implementing acme.CA. It can be "sealed" and refuses names under
-// "denied.test".
+// implementing acme.CA. It can be "sealed", refuses names under
+// "denied.test" and, if maxNames is set, lists of more names. Like the
+// real CA, CheckNames reports only the first name it refuses.
 type fakeCA struct {
 	root, inter *x509.Certificate
 	interKey    crypto.Signer
 	sealed      atomic.Bool
+	maxNames    atomic.Int32
 	hold        chan struct{} // if set, Issue waits until it is closed
 	issued      atomic.Int64
 	mu          sync.Mutex
@@ -66,6 +68,10 @@ func newFakeCA(t testing.TB) *fakeCA {
 }
 
 func (c *fakeCA) CheckNames(profile string, ids []acme.Identifier) error {
+	if n := int(c.maxNames.Load()); n > 0 && len(ids) > n {
+		return &acme.RejectedError{Identifier: acme.Identifier{Type: "dns", Value: fmt.Sprintf("%d names", len(ids))},
+			Reason: fmt.Sprintf("at most %d names", n)}
+	}
 	for _, id := range ids {
 		if strings.HasSuffix(id.Value, "denied.test") {
 			return &acme.RejectedError{Identifier: id, Reason: "name is outside the CA's allowed suffixes"}

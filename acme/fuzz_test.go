@@ -37,6 +37,8 @@ func FuzzParseJWS(f *testing.F) {
 	f.Add(`{"protected":"e30","payload":"","signature":"AA"}`)
 	f.Add(`{"protected":"eyJhbGciOiJub25lIn0","payload":"e30","signature":""}`)
 	f.Add(`{"signatures":[]}`)
+	// {"alg":"ES256","kid":"k","url":"u","crit":["b64"],"b64":false}
+	f.Add(`{"protected":"eyJhbGciOiJFUzI1NiIsImtpZCI6ImsiLCJ1cmwiOiJ1IiwiY3JpdCI6WyJiNjQiXSwiYjY0IjpmYWxzZX0","payload":"e30","signature":"AA"}`)
 	f.Add(`null`)
 	f.Add(``)
 	n, err := newNonceSource(context.Background(), &memMeta{})
@@ -53,6 +55,9 @@ func FuzzParseJWS(f *testing.F) {
 		}
 		if !algAllowed(p.hdr.Alg) {
 			t.Fatalf("accepted alg %q", p.hdr.Alg)
+		}
+		if p.hdr.Crit != nil || (p.hdr.B64 != nil && string(p.hdr.B64) != "true") {
+			t.Fatalf("accepted crit %s, b64 %s", p.hdr.Crit, p.hdr.B64)
 		}
 		if (p.jwk != nil) == (p.hdr.Kid != "") {
 			t.Fatal("accepted both or neither of kid and jwk")

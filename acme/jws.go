@@ -31,13 +31,17 @@ func algAllowed(a string) bool {
 	return false
 }
 
-// protectedHeader is the part of the JWS protected header ACME uses.
+// protectedHeader is the part of the JWS protected header ACME uses, and
+// the two members that change how a JWS is processed (crit, b64), which
+// parseJWS refuses.
 type protectedHeader struct {
 	Alg   string          `json:"alg"`
 	Nonce string          `json:"nonce"`
 	URL   string          `json:"url"`
 	Kid   string          `json:"kid"`
 	JWK   json.RawMessage `json:"jwk"`
+	Crit  json.RawMessage `json:"crit"`
+	B64   json.RawMessage `json:"b64"`
 }
 
 // flatJWS is the flattened JSON serialization ACME requires (RFC 8555 §6.2).
@@ -90,8 +94,23 @@ func parseJWS(body []byte) (*parsedJWS, *Problem) {
 	if err := json.Unmarshal(hb, &p.hdr); err != nil {
 		return nil, malformed("JWS protected header is not a JSON object")
 	}
+	if p.hdr.Crit != nil {
+		// RFC 7515 §4.1.11: a recipient must refuse a JWS whose crit
+		// names an extension it does not understand; this server
+		// understands none.
+		return nil, malformed("JWS protected header has crit; no extension is supported")
+	}
+	if p.hdr.B64 != nil && string(p.hdr.B64) != "true" {
+		// RFC 7797: b64 false means an unencoded payload, which ACME
+		// does not use.
+		return nil, malformed("JWS protected header has b64 other than true; the payload must be base64url")
+	}
 	if !algAllowed(p.hdr.Alg) {
-		return nil, prob(ProbBadSignatureAlgorithm, 400, "unsupported JWS algorithm "+quoteShort(p.hdr.Alg)+"; use ES256, ES384, RS256 or EdDSA")
+		pr := prob(ProbBadSignatureAlgorithm, 400, "unsupported JWS algorithm "+quoteShort(p.hdr.Alg)+"; use ES256, ES384, RS256 or EdDSA")
+		for _, a := range allowedAlgs {
+			pr.Algorithms = append(pr.Algorithms, string(a))
+		}
+		return nil, pr
 	}
 	hasJWK := len(p.hdr.JWK) > 0 && string(p.hdr.JWK) != "null"
 	if hasJWK == (p.hdr.Kid != "") {

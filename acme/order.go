@@ -3,11 +3,13 @@ package acme
 import (
 	"context"
 	"crypto/rand"
+	"crypto/x509"
 	"encoding/base64"
 	"errors"
 	"net/http"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -144,10 +146,8 @@ type newOrderReq struct {
 // (RFC 9773 §5).
 func (s *Server) handleNewOrder(w http.ResponseWriter, q *request) *Problem {
 	rl := &s.cfg.RateLimits
-	if rl.NewOrderRate > 0 && !s.limit.allow("o:"+q.acct.ID, rl.NewOrderRate, rl.NewOrderBurst) {
-		p := prob(ProbRateLimited, 429, "too many new orders for this account")
-		p.retryAfter = time.Second
-		return p
+	if ok, wait := s.limit.allow("o:"+q.acct.ID, rl.NewOrderRate, rl.NewOrderBurst); !ok {
+		return rateLimited("too many new orders for this account", wait)
 	}
 	var req newOrderReq
 	if p := decodePayload(q.payload, &req); p != nil {
@@ -211,25 +211,21 @@ func (s *Server) handleNewOrder(w http.ResponseWriter, q *request) *Problem {
 		}
 	}
 	ctx := q.r.Context()
+	if p := s.checkNames(o.Profile, ids); p != nil {
+		return p
+	}
 	if req.Replaces != "" {
-		c, p := s.certByARIID(ctx, req.Replaces)
+		// Held until the order is stored, so that of two orders naming
+		// the same certificate only one passes (lock order: see lockCert).
+		_, serial, p := parseCertID(req.Replaces)
 		if p != nil {
 			return p
 		}
-		if c.AccountID != q.acct.ID {
-			return unauthorized("the certificate named in replaces belongs to another account")
-		}
-		if c.Replaced {
-			return prob(ProbAlreadyReplaced, 409, "the certificate named in replaces was already replaced")
+		defer s.lockCert(serial)()
+		if p := s.claimReplaced(ctx, q.acct.ID, req.Replaces, o); p != nil {
+			return p
 		}
 		o.Replaces = req.Replaces
-	}
-	if err := s.ca.CheckNames(o.Profile, ids); err != nil {
-		p := toProblem(err)
-		if p.Type == ProbServerInternal {
-			s.log.Error("acme: check names", "err", err)
-		}
-		return p
 	}
 	now := s.now()
 	var fresh []*Authz
@@ -257,6 +253,129 @@ func (s *Server) handleNewOrder(w http.ResponseWriter, q *request) *Problem {
 		return s.internalErr("order status", err)
 	}
 	return s.writeJSON(w, http.StatusCreated, s.url(pOrder+o.ID), s.orderJSON(o, status))
+}
+
+// checkNames applies the CA's name policy to an order's identifiers. The
+// CA stops at the first name it refuses, so after a refusal each
+// identifier is checked alone, to give one subproblem per refused
+// identifier (RFC 8555 §6.7.1). A refusal that no single identifier
+// causes (too many names for the profile) has no subproblem.
+func (s *Server) checkNames(profile string, ids []Identifier) *Problem {
+	err := s.ca.CheckNames(profile, ids)
+	if err == nil {
+		return nil
+	}
+	var whole *RejectedError
+	if !errors.As(err, &whole) || len(ids) < 2 {
+		return s.namesProblem(err)
+	}
+	var subs []*Problem
+	for _, id := range ids {
+		err := s.ca.CheckNames(profile, []Identifier{id})
+		if err == nil {
+			continue
+		}
+		var re *RejectedError
+		if !errors.As(err, &re) {
+			return s.namesProblem(err)
+		}
+		sub := rejected(id, re.Reason)
+		sub.Status = 0
+		subs = append(subs, sub)
+	}
+	switch len(subs) {
+	case 0:
+		return prob(ProbRejectedIdentifier, http.StatusBadRequest, whole.Reason)
+	case 1:
+		return &Problem{Type: ProbRejectedIdentifier, Status: http.StatusBadRequest, Detail: subs[0].Detail, Subproblems: subs}
+	}
+	return &Problem{Type: ProbRejectedIdentifier, Status: http.StatusBadRequest,
+		Detail: strconv.Itoa(len(subs)) + " identifiers were refused; see subproblems", Subproblems: subs}
+}
+
+func (s *Server) namesProblem(err error) *Problem {
+	p := toProblem(err)
+	if p.Type == ProbServerInternal {
+		s.log.Error("acme: check names", "err", err)
+	}
+	return p
+}
+
+// claimReplaced checks the certificate that the new order o names in
+// replaces (RFC 9773 §5) and records o as its replacement. The
+// certificate must belong to the account and share an identifier with o,
+// and no other order may be replacing it: alreadyReplaced (409) if an
+// order that replaced it became valid, or if the last order that named
+// it is not invalid. The record is written before o is stored, so a crash
+// between the two leaves a ReplacedBy naming an order that does not
+// exist, which blocks nothing. The caller holds the certificate's lock.
+func (s *Server) claimReplaced(ctx context.Context, acctID, certID string, o *Order) *Problem {
+	c, p := s.certByARIID(ctx, certID)
+	if p != nil {
+		return p
+	}
+	if c.AccountID != acctID {
+		return unauthorized("the certificate named in replaces belongs to another account")
+	}
+	leaf, err := x509.ParseCertificate(c.DER)
+	if err != nil {
+		return s.internalErr("parse replaced certificate", err)
+	}
+	if !sharesIdentifier(leaf, o.Identifiers) {
+		return malformed("the order shares no identifier with the certificate named in replaces")
+	}
+	if c.Replaced {
+		return prob(ProbAlreadyReplaced, http.StatusConflict, "the certificate named in replaces was already replaced")
+	}
+	if c.ReplacedBy != "" {
+		prev, err := s.st.GetOrder(ctx, c.ReplacedBy)
+		switch {
+		case errors.Is(err, ErrNotFound):
+		case err != nil:
+			return s.internalErr("get replacing order", err)
+		default:
+			st, err := s.orderStatus(ctx, prev)
+			if err != nil {
+				return s.internalErr("order status", err)
+			}
+			if st != StatusInvalid {
+				return prob(ProbAlreadyReplaced, http.StatusConflict,
+					"another order replacing this certificate is "+st+": "+s.url(pOrder+prev.ID))
+			}
+		}
+	}
+	c.ReplacedBy = o.ID
+	if err := s.st.UpdateCert(ctx, c); err != nil {
+		return s.internalErr("record replacing order", err)
+	}
+	return nil
+}
+
+// sharesIdentifier reports whether leaf names at least one of ids
+// (normalized as normalizeIdentifier does; a wildcard matches only the
+// same wildcard).
+func sharesIdentifier(leaf *x509.Certificate, ids []Identifier) bool {
+	for _, id := range ids {
+		switch id.Type {
+		case "dns":
+			for _, n := range leaf.DNSNames {
+				if strings.EqualFold(n, id.Value) {
+					return true
+				}
+			}
+		case "ip":
+			want, err := netip.ParseAddr(id.Value)
+			if err != nil {
+				continue
+			}
+			for _, ip := range leaf.IPAddresses {
+				if a, ok := netip.AddrFromSlice(ip); ok && a.Unmap() == want {
+					return true
+				}
+			}
+		}
+	}
+	return false
 }
 
 // newToken is a challenge token: 256 random bits, base64url (RFC 8555 §8.1

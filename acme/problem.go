@@ -44,6 +44,9 @@ type Problem struct {
 	Status      int         `json:"status,omitempty"`
 	Identifier  *Identifier `json:"identifier,omitempty"`
 	Subproblems []*Problem  `json:"subproblems,omitempty"`
+	// Algorithms lists the JWS algorithms the server accepts, in a
+	// badSignatureAlgorithm problem (RFC 8555 §6.2).
+	Algorithms []string `json:"algorithms,omitempty"`
 
 	retryAfter time.Duration
 }

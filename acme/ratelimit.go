@@ -1,6 +1,7 @@
 package acme
 
 import (
+	"math"
 	"sync"
 	"time"
 )
@@ -27,10 +28,11 @@ func newLimiter(now func() time.Time) *limiter {
 }
 
 // allow takes one token from key's bucket (rate per second, burst); a rate
-// <= 0 disables the limit.
-func (l *limiter) allow(key string, rate float64, burst int) bool {
+// <= 0 disables the limit. When the bucket holds less than a token it
+// takes none and returns how long until it holds one (for Retry-After).
+func (l *limiter) allow(key string, rate float64, burst int) (bool, time.Duration) {
 	if rate <= 0 {
-		return true
+		return true, 0
 	}
 	now := l.now()
 	l.mu.Lock()
@@ -50,10 +52,10 @@ func (l *limiter) allow(key string, rate float64, burst int) bool {
 		b.last = now
 	}
 	if b.tokens < 1 {
-		return false
+		return false, time.Duration(math.Ceil((1 - b.tokens) / rate * float64(time.Second)))
 	}
 	b.tokens--
-	return true
+	return true, 0
 }
 
 func (l *limiter) pruneLocked(now time.Time, rate float64, burst int) {

@@ -182,8 +182,8 @@ func (s *Server) routes() {
 }
 
 func (s *Server) handleDirectory(w http.ResponseWriter, r *http.Request) {
-	if !s.limit.allow("ip:"+s.clientIP(r), s.cfg.RateLimits.IPRate, s.cfg.RateLimits.IPBurst) {
-		s.rateLimited(w, "too many requests from your address")
+	if ok, wait := s.limit.allow("ip:"+s.clientIP(r), s.cfg.RateLimits.IPRate, s.cfg.RateLimits.IPBurst); !ok {
+		s.writeProblem(w, rateLimited("too many requests from your address", wait))
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")
@@ -191,8 +191,8 @@ func (s *Server) handleDirectory(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleNewNonce(w http.ResponseWriter, r *http.Request) {
-	if !s.limit.allow("ip:"+s.clientIP(r), s.cfg.RateLimits.IPRate, s.cfg.RateLimits.IPBurst) {
-		s.rateLimited(w, "too many requests from your address")
+	if ok, wait := s.limit.allow("ip:"+s.clientIP(r), s.cfg.RateLimits.IPRate, s.cfg.RateLimits.IPBurst); !ok {
+		s.writeProblem(w, rateLimited("too many requests from your address", wait))
 		return
 	}
 	if !s.setNonce(w) {
@@ -227,13 +227,15 @@ func (s *Server) clientIP(r *http.Request) string {
 	return h
 }
 
-// rateLimited answers 429 without a Replay-Nonce: minting nonces for
-// requests that are turned away would let one client flood the nonce
-// window (see nonce.go) and make every other client's nonces stale.
-func (s *Server) rateLimited(w http.ResponseWriter, detail string) {
-	p := prob(ProbRateLimited, 429, detail)
-	p.retryAfter = time.Second
-	s.writeProblem(w, p)
+// rateLimited is the 429 answer; Retry-After is wait (the limiter's time
+// until a token is available) rounded up to whole seconds. It goes out
+// without a Replay-Nonce: minting nonces for requests that are turned
+// away would let one client flood the nonce window (see nonce.go) and
+// make every other client's nonces stale.
+func rateLimited(detail string, wait time.Duration) *Problem {
+	p := prob(ProbRateLimited, http.StatusTooManyRequests, detail)
+	p.retryAfter = max(wait, time.Second)
+	return p
 }
 
 // request is an authenticated ACME POST.
@@ -283,10 +285,8 @@ func (s *Server) post(h postHandler) http.HandlerFunc {
 func (s *Server) authenticate(w http.ResponseWriter, r *http.Request, h postHandler) *Problem {
 	ip := s.clientIP(r)
 	rl := &s.cfg.RateLimits
-	if rl.IPRate > 0 && !s.limit.allow("ip:"+ip, rl.IPRate, rl.IPBurst) {
-		p := prob(ProbRateLimited, 429, "too many requests from your address")
-		p.retryAfter = time.Second
-		return p
+	if ok, wait := s.limit.allow("ip:"+ip, rl.IPRate, rl.IPBurst); !ok {
+		return rateLimited("too many requests from your address", wait)
 	}
 	ct := r.Header.Get("Content-Type")
 	if ct != "application/jose+json" {
@@ -346,12 +346,10 @@ func (s *Server) authenticate(w http.ResponseWriter, r *http.Request, h postHand
 			return unauthorized("JWS signature does not verify with the account key")
 		}
 		if acct.Status != StatusValid {
-			return unauthorized("account is " + acct.Status)
+			return inactiveAccount(acct)
 		}
-		if rl.AccountRate > 0 && !s.limit.allow("a:"+acct.ID, rl.AccountRate, rl.AccountBurst) {
-			p := prob(ProbRateLimited, 429, "too many requests for this account")
-			p.retryAfter = time.Second
-			return p
+		if ok, wait := s.limit.allow("a:"+acct.ID, rl.AccountRate, rl.AccountBurst); !ok {
+			return rateLimited("too many requests for this account", wait)
 		}
 		q.acct, q.key = acct, key
 	}

@@ -95,6 +95,11 @@ var (
 	ErrNotFound = errors.New("acme: not found")
 	// ErrConflict: a unique index (account key) is already taken.
 	ErrConflict = errors.New("acme: conflict")
+	// ErrEABBound: CreateAccount found the account's EAB key bound to
+	// another account (RFC 8555 §7.3.4: one key, one account).
+	ErrEABBound = errors.New("acme: EAB key already bound to an account")
+	// ErrEABRevoked: CreateAccount found the account's EAB key revoked.
+	ErrEABRevoked = errors.New("acme: EAB key revoked")
 )
 
 // Account is a stored ACME account (RFC 8555 §7.1.2).
@@ -161,7 +166,11 @@ type Cert struct {
 	NotBefore time.Time `json:"nb"`
 	NotAfter  time.Time `json:"na"`
 	Revoked   bool      `json:"rv,omitempty"`
-	Replaced  bool      `json:"rp,omitempty"` // an order named it in "replaces"
+	Replaced  bool      `json:"rp,omitempty"` // an order that named it in "replaces" became valid
+	// ReplacedBy is the last order created with this certificate in
+	// "replaces" (RFC 9773 §5); while that order is not invalid, no other
+	// order may name it.
+	ReplacedBy string `json:"rb,omitempty"`
 }
 
 // EAB is an external account binding key (RFC 8555 §7.3.4).
@@ -171,7 +180,7 @@ type EAB struct {
 	Label     string    `json:"l,omitempty"`
 	Created   time.Time `json:"cr"`
 	Revoked   bool      `json:"rv,omitempty"`
-	AccountID string    `json:"a,omitempty"` // last account bound with it
+	AccountID string    `json:"a,omitempty"` // the account bound with it; set once
 }
 
 // Work kinds the server records so that a restart resumes them.
@@ -185,7 +194,11 @@ const (
 // bbolt; methods must be safe for concurrent use.
 type Store interface {
 	// CreateAccount stores a new account and indexes its key thumbprint;
-	// ErrConflict if the thumbprint is taken.
+	// ErrConflict if the thumbprint is taken. If a.EABKeyID is set it
+	// claims that EAB key for a in the same transaction (EAB.AccountID):
+	// ErrNotFound if the key does not exist, ErrEABRevoked if it is
+	// revoked, ErrEABBound if another account holds it. Of concurrent
+	// calls naming one key, at most one succeeds.
 	CreateAccount(ctx context.Context, a *Account) error
 	GetAccount(ctx context.Context, id string) (*Account, error)
 	GetAccountByKey(ctx context.Context, thumb string) (*Account, error)
@@ -214,8 +227,10 @@ type Store interface {
 	// UpdateAuthz replaces an authorization and records or clears work as
 	// UpdateOrder does. A valid authz is indexed for reuse.
 	UpdateAuthz(ctx context.Context, a *Authz, work string, add bool) error
-	// FindValidAuthz returns the newest valid authorization of the account
-	// for the identifier (wildcard flag included), or ErrNotFound.
+	// FindValidAuthz returns, of the account's authorizations for the
+	// identifier (wildcard flag included) whose stored status is valid,
+	// the one that expires last, or ErrNotFound. Deactivating one of them
+	// leaves the others findable. The caller checks expiry.
 	FindValidAuthz(ctx context.Context, accountID string, id Identifier, wildcard bool) (*Authz, error)
 
 	// FinishOrder stores the certificate and the order (now valid) in one

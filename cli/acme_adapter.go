@@ -105,7 +105,9 @@ func withoutRoot(chain [][]byte) [][]byte {
 	return chain
 }
 
-// CheckNames applies the name policy before an order is created.
+// CheckNames applies the name policy before an order is created. The CA
+// reports only the first name it refuses; the ACME server then asks again
+// about each identifier alone, to list every refused one.
 func (a *acmeCA) CheckNames(profile string, ids []acme.Identifier) error {
 	if profile == "" {
 		profile = defaultACMEProfile

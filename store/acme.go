@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 
 	"github.com/hsmca/hsmca/acme"
@@ -20,7 +21,7 @@ var (
 	bOrder     = []byte("acme-order")         //
 	bAcctOrder = []byte("acme-account-order") // accountID 0 seq(8) -> order ID
 	bAuthz     = []byte("acme-authz")
-	bAuthzIdx  = []byte("acme-authz-valid") // accountID 0 type 0 value 0 w -> authz ID
+	bAuthzIdx  = []byte("acme-authz-valid") // accountID 0 type 0 value 0 w -> authz IDs (see indexAuthz)
 	bACert     = []byte("acme-cert")        // serial hex -> acme.Cert
 	bWork      = []byte("acme-work")        // kind+id -> empty
 	bMeta      = []byte("acme-meta")
@@ -202,18 +203,43 @@ func safeCall(fn func(*bolt.Tx) error, tx *bolt.Tx) (err error) {
 	return fn(tx)
 }
 
-// CreateAccount implements acme.Store.
+// CreateAccount implements acme.Store. The key is checked before the EAB
+// key, so that a request racing another with the same account key gets
+// ErrConflict (and then the account) rather than ErrEABBound.
 func (s *Store) CreateAccount(_ context.Context, a *acme.Account) error {
 	return s.batch(func(tx *bolt.Tx) error {
 		keys := tx.Bucket(bAcctKey)
 		if keys.Get([]byte(a.KeyThumb)) != nil {
 			return acme.ErrConflict
 		}
+		if a.EABKeyID != "" {
+			if err := claimEAB(tx, a.EABKeyID, a.ID); err != nil {
+				return err
+			}
+		}
 		if err := keys.Put([]byte(a.KeyThumb), []byte(a.ID)); err != nil {
 			return err
 		}
 		return putJSON(tx, bAcct, a.ID, a)
 	})
+}
+
+// claimEAB binds EAB key keyID to account accountID, in the account's
+// creation transaction; bbolt runs one write transaction at a time, so
+// of two accounts claiming one key the second sees the first's claim.
+func claimEAB(tx *bolt.Tx, keyID, accountID string) error {
+	var e acme.EAB
+	if err := getJSON(tx, bEAB, keyID, &e); err != nil {
+		return err
+	}
+	switch {
+	case e.Revoked:
+		return acme.ErrEABRevoked
+	case e.AccountID != "" && e.AccountID != accountID:
+		return acme.ErrEABBound
+	}
+	e.AccountID = accountID
+	return putJSON(tx, bEAB, keyID, &e)
 }
 
 // GetAccount implements acme.Store.
@@ -402,31 +428,97 @@ func (s *Store) UpdateAuthz(_ context.Context, a *acme.Authz, work string, add b
 		if err := putWork(tx, work, add); err != nil {
 			return err
 		}
-		idx := tx.Bucket(bAuthzIdx)
-		k := authzIdxKey(a.AccountID, a.Identifier, a.Wildcard)
-		if a.Status == acme.StatusValid {
-			if err := idx.Put(k, []byte(a.ID)); err != nil {
-				return err
-			}
-		} else if string(idx.Get(k)) == a.ID {
-			if err := idx.Delete(k); err != nil {
-				return err
-			}
+		if err := indexAuthz(tx, a); err != nil {
+			return err
 		}
 		return putJSON(tx, bAuthz, a.ID, a)
 	}, authzPut(a))
 }
 
+// authzIdxMax bounds the authorizations the reuse index keeps for one
+// (account, identifier); the oldest go first. An account holds more valid
+// ones for one name only if it validates it again and again without
+// reuse, and then the newest are the ones worth finding.
+const authzIdxMax = 8
+
+// indexAuthz updates the reuse index for a, which is about to be written:
+// the entry of a's account and identifier lists the IDs of the valid
+// authorizations, oldest first, separated by ",", so that deactivating
+// one leaves the others findable. A list of one ID is that ID alone, as
+// older stores and the pruner (which deletes an entry that names only the
+// authorization it deletes) read it. Each write drops from the list the
+// IDs whose authorization is gone (pruned) or no longer valid.
+func indexAuthz(tx *bolt.Tx, a *acme.Authz) error {
+	idx := tx.Bucket(bAuthzIdx)
+	k := authzIdxKey(a.AccountID, a.Identifier, a.Wildcard)
+	cur := idx.Get(k)
+	var keep []string
+	for _, id := range authzIdxIDs(cur) {
+		if id != a.ID && storedValid(tx, id) {
+			keep = append(keep, id)
+		}
+	}
+	if a.Status == acme.StatusValid {
+		keep = append(keep, a.ID)
+	}
+	if len(keep) > authzIdxMax {
+		keep = keep[len(keep)-authzIdxMax:]
+	}
+	v := strings.Join(keep, ",")
+	switch {
+	case v == string(cur):
+		return nil
+	case v == "":
+		return idx.Delete(k)
+	}
+	return idx.Put(k, []byte(v))
+}
+
+// authzIdxIDs splits a reuse index value into authorization IDs.
+func authzIdxIDs(v []byte) []string {
+	if len(v) == 0 {
+		return nil
+	}
+	return strings.Split(string(v), ",")
+}
+
+// storedValid reports whether authorization id is stored with status
+// valid (expiry aside); it decodes only the status.
+func storedValid(tx *bolt.Tx, id string) bool {
+	b := tx.Bucket(bAuthz).Get([]byte(id))
+	if b == nil {
+		return false
+	}
+	var st struct {
+		Status string `json:"s"`
+	}
+	return json.Unmarshal(b, &st) == nil && st.Status == acme.StatusValid
+}
+
 // FindValidAuthz implements acme.Store.
 func (s *Store) FindValidAuthz(_ context.Context, accountID string, id acme.Identifier, wildcard bool) (*acme.Authz, error) {
-	a := new(acme.Authz)
-	return a, s.view(func(tx *bolt.Tx) error {
-		v := tx.Bucket(bAuthzIdx).Get(authzIdxKey(accountID, id, wildcard))
-		if v == nil {
-			return acme.ErrNotFound
+	var best *acme.Authz
+	err := s.view(func(tx *bolt.Tx) error {
+		for _, zid := range authzIdxIDs(tx.Bucket(bAuthzIdx).Get(authzIdxKey(accountID, id, wildcard))) {
+			a := new(acme.Authz)
+			if err := getJSON(tx, bAuthz, zid, a); errors.Is(err, acme.ErrNotFound) {
+				continue // pruned; the next write of this entry drops it
+			} else if err != nil {
+				return err
+			}
+			if a.Status == acme.StatusValid && (best == nil || !a.Expires.Before(best.Expires)) {
+				best = a
+			}
 		}
-		return getJSON(tx, bAuthz, string(v), a)
+		return nil
 	})
+	if err != nil {
+		return nil, err
+	}
+	if best == nil {
+		return nil, acme.ErrNotFound
+	}
+	return best, nil
 }
 
 // FinishOrder implements acme.Store.

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/hsmca/hsmca/acme"
 	"github.com/hsmca/hsmca/store"
@@ -285,5 +286,116 @@ func TestACMEGroupCommit(t *testing.T) {
 		} else if i%4 != 0 && errs[i] != nil {
 			t.Errorf("g%d has its own key but failed: %v", i, errs[i])
 		}
+	}
+}
+
+// TestACMEFindValidAuthzAfterDeactivation: an account may hold several
+// valid authorizations for one identifier; deactivating the newest leaves
+// the older one findable, and the one found is the one that expires last.
+func TestACMEFindValidAuthzAfterDeactivation(t *testing.T) {
+	s, path := openStore(t)
+	ctx := context.Background()
+	id := acme.Identifier{Type: "dns", Value: "older.example.test"}
+	now := time.Now().UTC()
+	var zs []*acme.Authz
+	for i := range 3 {
+		z := &acme.Authz{ID: fmt.Sprintf("z%d", i), AccountID: "a1", Identifier: id, Status: acme.StatusPending,
+			Expires: now.Add(time.Duration(i+1) * time.Hour)}
+		if err := s.CreateOrder(ctx, &acme.Order{ID: "o" + z.ID, AccountID: "a1", Authzs: []string{z.ID}}, []*acme.Authz{z}); err != nil {
+			t.Fatal(err)
+		}
+		zs = append(zs, z)
+	}
+	update := func(z *acme.Authz, status string) {
+		t.Helper()
+		z.Status = status
+		if err := s.UpdateAuthz(ctx, z, "", false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	find := func(want string) {
+		t.Helper()
+		got, err := s.FindValidAuthz(ctx, "a1", id, false)
+		switch {
+		case want == "" && !errors.Is(err, acme.ErrNotFound):
+			t.Fatalf("FindValidAuthz: %+v, %v; want ErrNotFound", got, err)
+		case want != "" && (err != nil || got.ID != want):
+			t.Fatalf("FindValidAuthz: %+v, %v; want %s", got, err, want)
+		}
+	}
+	update(zs[0], acme.StatusValid)
+	update(zs[1], acme.StatusValid)
+	find("z1")
+	update(zs[1], acme.StatusDeactivated)
+	find("z0")
+	// Written again while valid, an authorization is listed once.
+	update(zs[0], acme.StatusValid)
+	update(zs[2], acme.StatusValid)
+	find("z2")
+	update(zs[2], acme.StatusDeactivated)
+	find("z0")
+	s.Close()
+	s2, err := store.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	s = s2
+	find("z0")
+	update(zs[0], acme.StatusDeactivated)
+	find("")
+}
+
+// TestACMECreateAccountClaimsEAB: an EAB key binds one account, claimed
+// in the account's own transaction; of concurrent creations naming one
+// key exactly one succeeds.
+func TestACMECreateAccountClaimsEAB(t *testing.T) {
+	s, _ := openStore(t)
+	ctx := context.Background()
+	kid, _, err := acme.CreateEAB(ctx, s, "team")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 16
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = s.CreateAccount(ctx, &acme.Account{ID: fmt.Sprintf("a%d", i), KeyThumb: fmt.Sprintf("k%d", i),
+				Status: acme.StatusValid, EABKeyID: kid})
+		}()
+	}
+	wg.Wait()
+	winner := ""
+	for i, err := range errs {
+		switch {
+		case err == nil && winner == "":
+			winner = fmt.Sprintf("a%d", i)
+		case err == nil:
+			t.Fatalf("both %s and a%d bound with one EAB key", winner, i)
+		case !errors.Is(err, acme.ErrEABBound):
+			t.Fatalf("a%d: %v; want ErrEABBound", i, err)
+		case func() bool { _, gerr := s.GetAccountByKey(ctx, fmt.Sprintf("k%d", i)); return gerr == nil }():
+			t.Fatalf("a%d was refused but its key is indexed", i)
+		}
+	}
+	if e, err := s.GetEAB(ctx, kid); err != nil || winner == "" || e.AccountID != winner {
+		t.Fatalf("EAB %+v, %v; bound account %q", e, err, winner)
+	}
+	// A revoked or unknown key binds nothing.
+	if err := s.CreateAccount(ctx, &acme.Account{ID: "r", KeyThumb: "kr", EABKeyID: "nope"}); !errors.Is(err, acme.ErrNotFound) {
+		t.Fatalf("unknown EAB key: %v", err)
+	}
+	kid2, _, _ := acme.CreateEAB(ctx, s, "revoked")
+	if err := acme.RevokeEAB(ctx, s, kid2); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.CreateAccount(ctx, &acme.Account{ID: "r", KeyThumb: "kr", EABKeyID: kid2}); !errors.Is(err, acme.ErrEABRevoked) {
+		t.Fatalf("revoked EAB key: %v", err)
+	}
+	if _, err := s.GetAccount(ctx, "r"); !errors.Is(err, acme.ErrNotFound) {
+		t.Fatalf("account stored although its EAB key was refused: %v", err)
 	}
 }

@@ -156,7 +156,7 @@ func cloneProblem(p *acme.Problem) *acme.Problem {
 	if p == nil {
 		return nil
 	}
-	q := &acme.Problem{Type: p.Type, Detail: p.Detail, Status: p.Status}
+	q := &acme.Problem{Type: p.Type, Detail: p.Detail, Status: p.Status, Algorithms: cloneSlice(p.Algorithms)}
 	if p.Identifier != nil {
 		id := *p.Identifier
 		q.Identifier = &id

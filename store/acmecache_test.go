@@ -18,9 +18,9 @@ import (
 
 func fullProblem() *acme.Problem {
 	return &acme.Problem{Type: "urn:ietf:params:acme:error:connection", Detail: "d", Status: 400,
-		Identifier: &acme.Identifier{Type: "dns", Value: "a.test"},
+		Identifier: &acme.Identifier{Type: "dns", Value: "a.test"}, Algorithms: []string{"ES256"},
 		Subproblems: []*acme.Problem{{Type: "t", Detail: "s", Status: 403,
-			Identifier: &acme.Identifier{Type: "ip", Value: "192.0.2.1"}}}}
+			Identifier: &acme.Identifier{Type: "ip", Value: "192.0.2.1"}, Algorithms: []string{"EdDSA"}}}}
 }
 
 // The clones must equal what a JSON round trip (the store's encoding)
@@ -36,7 +36,7 @@ func TestRecordCacheClones(t *testing.T) {
 		Wildcard: true, Status: "valid", Expires: now, Token: "tok",
 		Challenges: []*acme.Challenge{{Type: "http-01", Status: "invalid", Validated: now, Error: fullProblem(), Attempts: 2}}}
 	c := &acme.Cert{Serial: "ab", CASerial: "00ab", AccountID: "a1", OrderID: "o1", DER: []byte{3},
-		Chain: [][]byte{{4}, {5}}, NotBefore: now, NotAfter: now, Revoked: true, Replaced: true}
+		Chain: [][]byte{{4}, {5}}, NotBefore: now, NotAfter: now, Revoked: true, Replaced: true, ReplacedBy: "o2"}
 
 	for _, tc := range []struct {
 		name  string
