@@ -70,10 +70,10 @@ are removed.`,
 
 // reshare makes a new share set for p and writes it to ss.Out, returning
 // its generation. Where the backend deals the set in two steps
-// (hsm.StagedResharer: soft), the files are durable under their names
+// (hsm.StagedResharer: soft and pkcs11), the files are durable under their names
 // before the partition takes the set, and if they cannot all be written
 // the partition keeps its current shares and the files are removed.
-// Otherwise (pkcs11) the set is in force before the files are written.
+// Otherwise the set is in force before the files are written.
 func reshare(p hsm.Partition, ss shareSet) (int, error) {
 	sr, ok := p.(hsm.StagedResharer)
 	if !ok {
@@ -96,7 +96,11 @@ func reshare(p hsm.Partition, ss shareSet) (int, error) {
 		err = files.place()
 	}
 	if err == nil {
-		if err = pr.Commit(); err != nil {
+		if err = pr.Commit(); errors.Is(err, hsm.ErrReshareIncomplete) {
+			// Neither set may work now; the new files are kept.
+			return 0, withHint(err, fmt.Sprintf("keep the new share files in %s as well as the previous ones: the partition may need either to be recovered (see docs/hsm.md, Re-sharing)", ss.Out))
+		}
+		if err != nil {
 			err = fmt.Errorf("the partition did not take the new shares: %w", err)
 		}
 	}

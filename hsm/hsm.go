@@ -218,7 +218,9 @@ type PendingReshare interface {
 	// Commit puts the new set in force; the previous shares stop working.
 	// An error means nothing changed: the current shares still work and
 	// the new ones never will. Commit fails if the partition was sealed or
-	// re-shared since PrepareReshare.
+	// re-shared since PrepareReshare. The one exception wraps
+	// ErrReshareIncomplete: the change failed part way and could not be
+	// undone, and the caller must keep the new shares as well as the old.
 	Commit() error
 	// Discard forgets the pending set's secrets; after Commit it does
 	// nothing. Call it when the set will not be committed.
@@ -280,6 +282,9 @@ var (
 	ErrNotExportable   = errors.New("hsm: key is not exportable")
 	ErrUnsupported     = errors.New("hsm: not supported by this backend")
 	ErrModuleInUse     = errors.New("hsm: module is in use by another process")
+	// ErrReshareIncomplete: a re-share's Commit failed part way and could
+	// not be undone; keep both the previous and the new share files.
+	ErrReshareIncomplete = errors.New("hsm: re-share failed part way and could not be undone")
 )
 
 // ShareError reports a share that was refused, naming its index (1-based,

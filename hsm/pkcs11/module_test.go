@@ -490,6 +490,25 @@ func TestReshare(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A dealt set changes nothing until its Commit: the token keeps its
+	// PIN, and a discarded set can no longer be committed.
+	pr, err := p.PrepareReshare(4, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pin, _ := p.testPIN(); pin != oldPIN {
+		t.Fatal("PrepareReshare changed the token PIN")
+	}
+	if out, err := pkcs11Tool(tokReshare, "--login", "--pin", oldPIN, "--list-objects"); err != nil {
+		t.Fatalf("the PIN stopped working after PrepareReshare: %v\n%s", err, out)
+	}
+	pr.Discard()
+	if err := pr.Commit(); err == nil {
+		t.Fatal("a discarded re-share was committed")
+	}
+	if pin, _ := p.testPIN(); pin != oldPIN {
+		t.Fatal("a discarded re-share changed the token PIN")
+	}
 	fresh, err := p.Reshare(4, 3)
 	if err != nil {
 		t.Fatal(err)
@@ -504,6 +523,18 @@ func TestReshare(t *testing.T) {
 	if out, err := pkcs11Tool(tokReshare, "--login", "--pin", oldPIN, "--list-objects"); err == nil {
 		t.Fatalf("old PIN still logs in after reshare:\n%s", out)
 	}
+	// A set dealt before another re-share went in is refused.
+	stale, err := p.PrepareReshare(3, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stale.Discard()
+	if fresh, err = p.Reshare(4, 3); err != nil || fresh[0].Generation != 3 {
+		t.Fatalf("second reshare: %v", err)
+	}
+	if err := stale.Commit(); err == nil || !strings.Contains(err.Error(), "re-shared since") {
+		t.Fatalf("commit of a set dealt before another re-share: %v", err)
+	}
 	mod.Close()
 	m2, err := Open(dir, Options{})
 	if err != nil {
@@ -516,7 +547,7 @@ func TestReshare(t *testing.T) {
 		t.Fatalf("old share after reshare: %v", err)
 	}
 	st := activate(t, part, fresh[3], fresh[1], fresh[0])
-	if st.State != hsm.StateActive || st.Generation != 2 {
+	if st.State != hsm.StateActive || st.Generation != 3 {
 		t.Fatalf("after new shares: %+v", st)
 	}
 	s, _ := part.Signer(k.ID)

@@ -310,11 +310,31 @@ func (p *Partition) sealedErr() error {
 	return fmt.Errorf("%w: %s", hsm.ErrSealed, p.name)
 }
 
-// Reshare makes a new share set (n shares, threshold m) and, unlike the soft
-// backend, a new secret: it changes the token PIN to one derived from the
-// new secret, so the previous shares cannot even recompute the old PIN into
-// something that logs in. Requires active.
+// Reshare makes a new share set (n shares, threshold m) and puts it in
+// force at once: PrepareReshare, then Commit. It returns the new shares
+// exactly when they are in force; on an error the current shares still
+// work.
 func (p *Partition) Reshare(n, m int) ([]hsm.Share, error) {
+	pr, err := p.PrepareReshare(n, m)
+	if err != nil {
+		return nil, err
+	}
+	defer pr.Discard()
+	if err := pr.Commit(); err != nil {
+		return nil, err
+	}
+	return pr.Shares(), nil
+}
+
+var _ hsm.StagedResharer = (*Partition)(nil)
+
+// PrepareReshare deals a new share set (n shares, threshold m) with a new
+// secret and derives the token PIN it stands for, without changing
+// anything: the token keeps its PIN and the module its settings until the
+// returned set's Commit. Unlike the soft backend the secret itself is new,
+// so once committed the previous shares cannot even recompute a PIN that
+// logs in. Requires active.
+func (p *Partition) PrepareReshare(n, m int) (hsm.PendingReshare, error) {
 	o := hsm.InitOptions{Partition: p.name, Shares: n, Threshold: m, Policy: hsm.PolicyOnline}
 	if err := validateInit(&o); err != nil {
 		return nil, err
@@ -335,37 +355,98 @@ func (p *Partition) Reshare(n, m int) ([]hsm.Share, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := p.lib.setPINLoggedIn(p.slot, p.pin, newPIN); err != nil {
-		clear(newPIN)
-		return nil, err
-	}
-	if err := p.m.savePartition(next); err != nil {
-		if rerr := p.lib.setPINLoggedIn(p.slot, newPIN, p.pin); rerr != nil {
-			p.m.opts.Logger.Error("hsm/pkcs11: reshare: could not restore the previous PIN", "partition", p.name, "err", rerr)
-		}
-		clear(newPIN)
-		return nil, err
-	}
-	clear(p.pin)
-	p.pin = newPIN
-	p.cfg = next
-	// The token's PIN and the module's settings have moved to the new
-	// secret: from here on the new shares are returned with any error, and
-	// the caller must save them.
 	shares := make([]hsm.Share, n)
 	for i := range shares {
 		shares[i] = hsm.Share{Module: p.m.cfg.ModuleID, Partition: p.name, Generation: next.Generation,
 			Index: i + 1, Threshold: m, Value: dealing.Values[i]}
 	}
-	if err := p.coll.SetParams(p.params(next)); err != nil {
-		return shares, fmt.Errorf("hsm/pkcs11: reshare of %s: the token's PIN was changed, then: %w", p.name, err)
+	return &pendingReshare{p: p, base: p.cfg.Generation, next: next, pin: newPIN, shares: shares}, nil
+}
+
+// pendingReshare is a share set dealt by PrepareReshare; it implements
+// hsm.PendingReshare. Its fields are guarded by the partition's mu.
+type pendingReshare struct {
+	p      *Partition
+	base   int // the generation in force when it was dealt
+	next   partitionConfig
+	pin    []byte // the token PIN the new secret derives
+	shares []hsm.Share
+	done   bool
+}
+
+func (r *pendingReshare) Shares() []hsm.Share { return r.shares }
+
+func (r *pendingReshare) Discard() {
+	r.p.mu.Lock()
+	defer r.p.mu.Unlock()
+	if !r.done {
+		clear(r.pin)
+		r.done = true
 	}
-	if _, err := p.m.log.Append("reshare", p.name, map[string]string{
-		"generation": strconv.Itoa(next.Generation), "shares": strconv.Itoa(n), "threshold": strconv.Itoa(m),
-	}); err != nil {
-		return shares, fmt.Errorf("hsm/pkcs11: reshare of %s done but not audited: %w", p.name, err)
+}
+
+// Commit records the re-share in the audit log, changes the token's PIN to
+// the new one and stores the new settings; the previous shares stop
+// working. An error means nothing changed (the PIN is put back if the
+// settings could not be stored), except that the audit log then holds the
+// reshare record followed by a commit-failed record.
+func (r *pendingReshare) Commit() error {
+	p := r.p
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if r.done {
+		return errors.New("hsm/pkcs11: this re-share was committed or discarded already")
 	}
-	return shares, nil
+	if p.ctx == nil {
+		return p.sealedErr()
+	}
+	if p.cfg.Generation != r.base {
+		return fmt.Errorf("hsm/pkcs11: partition %s was re-shared since this re-share was dealt", p.name)
+	}
+	ev, err := p.m.log.Append("reshare", p.name, map[string]string{
+		"generation": strconv.Itoa(r.next.Generation), "shares": strconv.Itoa(r.next.Shares), "threshold": strconv.Itoa(r.next.Threshold),
+		"previous_generation": strconv.Itoa(r.base),
+	})
+	if err != nil {
+		return fmt.Errorf("hsm/pkcs11: reshare of %s not audited, so not done (the current shares still work): %w", p.name, err)
+	}
+	if err := r.commitLocked(); err != nil {
+		if _, aerr := p.m.log.Append("commit-failed", p.name, map[string]string{
+			"seq": strconv.FormatUint(ev.Seq, 10), "event": "reshare", "reason": err.Error(),
+		}); aerr != nil {
+			p.m.opts.Logger.Error("hsm/pkcs11: a re-share failed and the failure could not be recorded", "partition", p.name, "err", err, "audit_err", aerr)
+		}
+		return fmt.Errorf("hsm/pkcs11: reshare of %s (not done; the current shares still work): %w", p.name, err)
+	}
+	r.done = true
+	if err := p.coll.SetParams(p.params(r.next)); err != nil {
+		// Cannot happen for a fresh dealing; the new set is in force, so
+		// sealing is the safe way out: activation then uses the stored
+		// settings.
+		p.m.opts.Logger.Error("hsm/pkcs11: re-shared partition's quorum parameters refused; sealing", "partition", p.name, "err", err)
+		p.sealLocked("re-share parameters refused")
+	}
+	return nil
+}
+
+// commitLocked changes the token PIN and stores the new settings, putting
+// the previous PIN back if the settings cannot be stored. p.mu is held.
+func (r *pendingReshare) commitLocked() error {
+	p := r.p
+	if err := p.lib.setPINLoggedIn(p.slot, p.pin, r.pin); err != nil {
+		return err
+	}
+	if err := p.m.savePartition(r.next); err != nil {
+		if rerr := p.lib.setPINLoggedIn(p.slot, r.pin, p.pin); rerr != nil {
+			p.m.opts.Logger.Error("hsm/pkcs11: reshare: could not restore the previous PIN", "partition", p.name, "err", rerr)
+			return fmt.Errorf("%w: %w; and the previous PIN could not be put back (%v): the token answers to the new shares' PIN while the module's settings still name the previous set", hsm.ErrReshareIncomplete, err, rerr)
+		}
+		return err
+	}
+	clear(p.pin)
+	p.pin, r.pin = r.pin, nil
+	p.cfg = r.next
+	return nil
 }
 
 // TransportKey is not supported: keys on a PKCS#11 token are generated
