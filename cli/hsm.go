@@ -360,6 +360,8 @@ locally; only the share's text travels.`,
 		Example: `  hsmca hsm activate --module ./module --partition issuing \
       --share shares/share-1.txt --share shares/share-4.txt --share shares/share-5.txt
   hsmca hsm activate --socket /var/lib/hsmca/admin.sock --share my-share.txt
+  # one custodian checks an age-encrypted share: "share 1 of 3 accepted" means it
+  # is good; the exit status is 1 because one share is not a quorum
   hsmca hsm activate --module ./module --partition root --share alice.age --identity ~/alice.key`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
