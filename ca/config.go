@@ -88,8 +88,11 @@ type Profile struct {
 	// Backdate moves NotBefore into the past to absorb clock skew.
 	Backdate Duration `yaml:"backdate,omitempty"`
 	// KeyUsages: digitalSignature, keyEncipherment, keyAgreement,
-	// contentCommitment, dataEncipherment. keyEncipherment is only set for
-	// RSA subject keys (RFC 5280 §4.2.1.3 / BR 7.1.2.7.11).
+	// contentCommitment, dataEncipherment. Each certificate gets those its
+	// subject key can serve: keyEncipherment and dataEncipherment only for
+	// RSA keys (RFC 5280 §4.2.1.3, BR 7.1.2.7.11, RFC 5480 §3),
+	// keyAgreement only for ECDSA keys; an Ed25519 key gets only
+	// digitalSignature and contentCommitment (RFC 8410 §5).
 	KeyUsages []string `yaml:"key_usages,omitempty"`
 	// ExtKeyUsages: serverAuth, clientAuth, codeSigning, emailProtection,
 	// timeStamping, ocspSigning.
@@ -106,7 +109,9 @@ type Profile struct {
 	// to them if absent); otherwise it is copied as is.
 	KeepCN bool `yaml:"keep_cn,omitempty"`
 	// AllowNotBeforeNotAfter lets a request (ACME newOrder) choose its own
-	// validity window within Validity.
+	// validity window within Validity: NotAfter - NotBefore at most
+	// Validity, measured from the requested NotBefore, or from the time of
+	// issuance when only NotAfter is given (Backdate then still applies).
 	AllowNotBeforeNotAfter bool `yaml:"allow_not_before_not_after,omitempty"`
 	// Policy is this profile's name policy, checked on top of the CA's.
 	Policy NamePolicy `yaml:"policy,omitempty"`

@@ -1,6 +1,7 @@
 package ca
 
 import (
+	"crypto/ed25519"
 	"crypto/rsa"
 	"crypto/x509"
 	"errors"
@@ -21,6 +22,10 @@ type identifiers struct {
 	// CN need not be a SAN (not a TLS server profile): not SANs, but
 	// names all the same, so the name policy checks them too.
 	cn *identifiers
+	// subjectCN is the common name the subject carries ("" for none): in
+	// a TLS server profile the CN's name in the form its SAN has, else
+	// the CSR's CN (which, if it reads as a name, is in canonical form).
+	subjectCN string
 }
 
 func (ids identifiers) count() int {
@@ -41,8 +46,9 @@ func (ids identifiers) strings() []string {
 	return out
 }
 
-// matchNames checks that the DNS and IP identifiers are exactly names
-// (case-insensitive, IPs compared as addresses).
+// matchNames checks that the DNS and IP identifiers, with those of a kept
+// common name, are exactly names (case-insensitive, IPs compared as
+// addresses).
 func (ids identifiers) matchNames(names []string) error {
 	want := map[string]bool{}
 	for _, n := range names {
@@ -54,11 +60,22 @@ func (ids identifiers) matchNames(names []string) error {
 		return &ErrBadCSR{Rule: "CSR names email addresses or URIs, which the request does not"}
 	}
 	have := map[string]bool{}
-	for _, d := range ids.dns {
-		have[d] = true
+	add := func(from identifiers) {
+		for _, d := range from.dns {
+			have[d] = true
+		}
+		for _, ip := range from.ips {
+			have[ip.String()] = true
+		}
 	}
-	for _, ip := range ids.ips {
-		have[ip.String()] = true
+	add(ids)
+	if cn := ids.cn; cn != nil {
+		// A common name kept outside a server profile is not a SAN, but
+		// it names what it names: it must have been requested too.
+		if len(cn.emails) > 0 || len(cn.uris) > 0 {
+			return &ErrBadCSR{Rule: fmt.Sprintf("CSR's common name %q is an email address, which the request does not name", ids.subjectCN)}
+		}
+		add(*cn)
 	}
 	var missing, extra []string
 	for n := range want {
@@ -111,6 +128,28 @@ func parseCSR(der []byte, parsed *x509.CertificateRequest) (*x509.CertificateReq
 	return csr, nil
 }
 
+// CheckCSR runs the checks Issue makes on a CSR under profile before it
+// builds a certificate: the CSR parses, its signature verifies, its key
+// and names obey the profile's rules, and the names pass the CA's and the
+// profile's name policy. It signs and records nothing, so a caller can
+// refuse a bad CSR before it gathers an issuer's quorum. Errors:
+// ErrUnknownProfile, *ErrBadCSR, *ErrPolicy. Issue checks all this again.
+func (c *CA) CheckCSR(profile string, der []byte) error {
+	prof, ok := c.profiles[profile]
+	if !ok {
+		return fmt.Errorf("%w %q", ErrUnknownProfile, profile)
+	}
+	csr, err := ParseCSR(der)
+	if err != nil {
+		return err
+	}
+	ids, err := prof.checkCSR(csr)
+	if err != nil {
+		return err
+	}
+	return c.checkPolicy(prof, ids)
+}
+
 // checkCSRSignature checks a CSR's self-signature (proof of possession of
 // the key, RFC 2986 §3).
 func checkCSRSignature(csr *x509.CertificateRequest) error {
@@ -140,6 +179,11 @@ func (ps *profileState) checkCSR(csr *x509.CertificateRequest) (identifiers, err
 	if k, ok := csr.PublicKey.(*rsa.PublicKey); ok {
 		if err := checkRSAKey(k); err != nil {
 			return identifiers{}, &ErrBadCSR{Rule: "weak RSA key", Err: err}
+		}
+	}
+	if k, ok := csr.PublicKey.(ed25519.PublicKey); ok {
+		if err := checkEd25519Key(k); err != nil {
+			return identifiers{}, &ErrBadCSR{Rule: "unusable Ed25519 key", Err: err}
 		}
 	}
 	var ids identifiers
@@ -212,33 +256,47 @@ func (ps *profileState) checkCSR(csr *x509.CertificateRequest) (identifiers, err
 	if ps.server && cn != "" {
 		// A TLS server certificate's CN must be one of its names (BR
 		// 7.1.4.3); a CN that is not among the SANs is a name request.
+		// The subject carries the name as its SAN does (lower case; an
+		// IPv6 address as RFC 5952 writes it, a v4-mapped one as IPv4),
+		// or the CN would not be taken exactly from the SAN (BR 7.1.4.3).
 		if ip := net.ParseIP(cn); ip != nil {
+			if v4 := ip.To4(); v4 != nil {
+				ip = v4
+			}
 			if !seen["IP:"+ip.String()] {
 				if err := allow("ip", cn); err != nil {
 					return identifiers{}, err
 				}
-				if v4 := ip.To4(); v4 != nil {
-					ip = v4
-				}
 				ids.ips = append(ids.ips, ip)
 			}
+			ids.subjectCN = ip.String()
 		} else {
 			if err := checkDNSName(cn); err != nil {
 				return identifiers{}, &ErrBadCSR{Rule: fmt.Sprintf("common name %q is not a DNS name or IP address: %v", cn, err)}
 			}
-			if l := strings.ToLower(cn); !seen["DNS:"+l] {
+			l := strings.ToLower(cn)
+			if !seen["DNS:"+l] {
 				if err := allow("dns", l); err != nil {
 					return identifiers{}, err
 				}
 				ids.dns = append(ids.dns, l)
 			}
+			ids.subjectCN = l
 		}
 	}
-	if !ps.server && ps.p.KeepCN && len(cn) > 64 {
-		return identifiers{}, &ErrBadCSR{Rule: "common name longer than 64 characters"}
-	}
 	if !ps.server && ps.p.KeepCN && cn != "" {
-		ids.cn = cnNames(cn)
+		if len(cn) > 64 {
+			return identifiers{}, &ErrBadCSR{Rule: "common name longer than 64 characters"}
+		}
+		names, err := cnNames(cn)
+		if err != nil {
+			return identifiers{}, err
+		}
+		ids.cn = names
+		ids.subjectCN = cn
+	}
+	if !ps.p.KeepCN {
+		ids.subjectCN = ""
 	}
 	n := ids.count()
 	if n == 0 && !(ps.p.KeepCN && cn != "" && !ps.server) {
@@ -249,6 +307,11 @@ func (ps *profileState) checkCSR(csr *x509.CertificateRequest) (identifiers, err
 	}
 	return ids, nil
 }
+
+// errLooksLikeIP is checkDNSName's refusal of a dotted name whose last
+// label is a number: resolvers and inet_aton read "10.1" or "010.0.0.1" as
+// an address.
+var errLooksLikeIP = errors.New("looks like an IP address, not a DNS name")
 
 // checkDNSName accepts LDH host names (one label is fine: this is a private
 // PKI), optionally with a leading "*." wildcard label.
@@ -295,7 +358,7 @@ func checkDNSName(n string) error {
 			}
 		}
 		if allDigits {
-			return errors.New("looks like an IP address, not a DNS name")
+			return errLooksLikeIP
 		}
 	}
 	return nil
@@ -316,22 +379,45 @@ func checkEmail(e string) error {
 
 // cnNames returns the names a common name kept outside a server profile
 // carries, for the name policy: an IP address, an email address, or a DNS
-// name; nil for free text ("Jane Doe"), which names no host.
-func cnNames(cn string) *identifiers {
-	if ip := net.ParseIP(cn); ip != nil {
+// name; nil for free text ("Jane Doe", or a single word such as "payroll",
+// which cannot be told from free text).
+//
+// A CN is read the way a relying party or another tool might read it:
+// without surrounding space or trailing dots, and case-insensitively. If it
+// reads as a name, it must be written in that name's canonical form (lower
+// case, no trailing dot; an address as net.IP prints it; a mailbox with a
+// lower-case domain): "www.bank.example." would otherwise be free text to
+// the policy and www.bank.example to a client. Such a CN is refused with an
+// error that names the form to use.
+func cnNames(cn string) (*identifiers, error) {
+	t := strings.TrimRight(strings.TrimSpace(cn), ".")
+	var ids *identifiers
+	var canon, kind string
+	if ip := net.ParseIP(t); ip != nil {
 		if v4 := ip.To4(); v4 != nil {
 			ip = v4
 		}
-		return &identifiers{ips: []net.IP{ip}}
-	}
-	if strings.Contains(cn, "@") {
-		if checkEmail(cn) == nil {
-			return &identifiers{emails: []string{cn}}
+		canon, kind = ip.String(), "IP address"
+		ids = &identifiers{ips: []net.IP{ip}}
+	} else if at := strings.LastIndexByte(t, '@'); at >= 0 {
+		if checkEmail(t) != nil {
+			return nil, nil
 		}
-		return nil
+		canon, kind = t[:at+1]+strings.ToLower(t[at+1:]), "email address"
+		ids = &identifiers{emails: []string{canon}}
+	} else if err := checkDNSName(t); err == nil && (strings.Contains(t, ".") || t != strings.TrimSpace(cn)) {
+		// One label is a name only when written as one ("payroll.").
+		canon, kind = strings.ToLower(t), "DNS name"
+		ids = &identifiers{dns: []string{canon}}
+	} else if errors.Is(err, errLooksLikeIP) {
+		// "010.0.0.1" or "10.1": an address to inet_aton, none to the
+		// policy.
+		return nil, &ErrBadCSR{Rule: fmt.Sprintf("common name %q reads as an IP address but is not one in canonical form; write the address as Go's net.IP prints it", cn)}
+	} else {
+		return nil, nil
 	}
-	if checkDNSName(cn) == nil && strings.Contains(cn, ".") {
-		return &identifiers{dns: []string{strings.ToLower(cn)}}
+	if cn != canon {
+		return nil, &ErrBadCSR{Rule: fmt.Sprintf("common name %q reads as the %s %s but is not written in its canonical form; use %q", cn, kind, canon, canon)}
 	}
-	return nil
+	return ids, nil
 }

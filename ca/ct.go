@@ -19,6 +19,21 @@ var (
 	maxSCTLength = 1<<16 - 1
 )
 
+// IssueSignatures is how many signatures of the issuer key one issuance
+// under profile takes: two with Certificate Transparency (the
+// precertificate, then the final certificate; RFC 6962 §3.1), else one.
+// A per-operation partition must be activated for that many.
+func (c *CA) IssueSignatures(profile string) (int, error) {
+	prof, ok := c.profiles[profile]
+	if !ok {
+		return 0, fmt.Errorf("%w %q", ErrUnknownProfile, profile)
+	}
+	if prof.p.CT.Mode != CTOff {
+		return 2, nil
+	}
+	return 1, nil
+}
+
 // issueWithCT issues through an RFC 6962 precertificate: lint, record and
 // sign the precertificate, get SCTs for it, then lint and sign the final
 // certificate, which is the same TBSCertificate with the poison extension

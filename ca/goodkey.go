@@ -1,8 +1,10 @@
 package ca
 
 import (
+	"crypto/ed25519"
 	"crypto/rsa"
 	"errors"
+	"fmt"
 	"math/big"
 	"sync"
 )
@@ -125,4 +127,101 @@ func squaresMod(m uint64) []bool {
 		t[i*i%m] = true
 	}
 	return t
+}
+
+// Checks on an Ed25519 subject key (RFC 8032 §5.1.3). Go's ed25519.Verify
+// accepts any encoding that decodes to a curve point, including the eight
+// points of small order: for those, signatures exist that verify for every
+// message (for the identity point, R = identity and S = 0), so a
+// certificate for such a key is a certificate anyone can sign for. A CSR's
+// self-signature proves nothing about them either. An honest key is a
+// multiple of the base point, canonically encoded, and never of small
+// order; the checks refuse anything else:
+//
+//   - the encoding must be canonical: y below p, and no sign bit on a
+//     point with x = 0;
+//   - it must decode to a point on the curve;
+//   - that point times the cofactor 8 must not be the identity.
+//
+// filippo.io/edwards25519 would do this; it is not a direct dependency, and
+// a check run once per CSR does not need constant time, so it is done here
+// with math/big in affine coordinates.
+
+var (
+	ed25519P = new(big.Int).Sub(new(big.Int).Lsh(big.NewInt(1), 255), big.NewInt(19))
+	// ed25519D is -121665/121666 mod p.
+	ed25519D = func() *big.Int {
+		d := new(big.Int).ModInverse(big.NewInt(121666), ed25519P)
+		d.Mul(d, big.NewInt(-121665))
+		return d.Mod(d, ed25519P)
+	}()
+)
+
+// checkEd25519Key returns nil or the reason k must not be certified.
+func checkEd25519Key(k ed25519.PublicKey) error {
+	if len(k) != ed25519.PublicKeySize {
+		return fmt.Errorf("Ed25519 public key is %d bytes, not %d", len(k), ed25519.PublicKeySize)
+	}
+	p := ed25519P
+	le := make([]byte, len(k))
+	for i := range k {
+		le[len(k)-1-i] = k[i]
+	}
+	sign := le[0] >> 7
+	le[0] &= 0x7f
+	y := new(big.Int).SetBytes(le)
+	if y.Cmp(p) >= 0 {
+		return errors.New("Ed25519 public key is not canonically encoded (y ≥ p)")
+	}
+	// x² = (y² - 1) / (d·y² + 1); the denominator is never 0 (d is not a
+	// square).
+	y2 := new(big.Int).Mul(y, y)
+	y2.Mod(y2, p)
+	u := new(big.Int).Sub(y2, big.NewInt(1))
+	v := new(big.Int).Mul(ed25519D, y2)
+	v.Add(v, big.NewInt(1))
+	v.ModInverse(v.Mod(v, p), p)
+	x2 := u.Mul(u, v)
+	x2.Mod(x2, p)
+	x := new(big.Int).ModSqrt(x2, p)
+	if x == nil {
+		return errors.New("Ed25519 public key is not a point on the curve")
+	}
+	if x.Sign() == 0 && sign == 1 {
+		return errors.New("Ed25519 public key is not canonically encoded (negative zero)")
+	}
+	if uint(x.Bit(0)) != uint(sign) {
+		x.Sub(p, x)
+	}
+	for range 3 {
+		x, y = edwardsDouble(x, y)
+	}
+	if x.Sign() == 0 && y.Cmp(big.NewInt(1)) == 0 {
+		return errors.New("Ed25519 public key is a point of small order: signatures that verify for any message exist")
+	}
+	return nil
+}
+
+// edwardsDouble returns 2·(x, y) on edwards25519 (a = -1), by the complete
+// addition law: x3 = 2xy / (1 + d·x²y²), y3 = (y² + x²) / (1 - d·x²y²).
+func edwardsDouble(x, y *big.Int) (*big.Int, *big.Int) {
+	p := ed25519P
+	xy := new(big.Int).Mul(x, y)
+	xy.Mod(xy, p)
+	dxy2 := new(big.Int).Mul(xy, xy)
+	dxy2.Mul(dxy2, ed25519D)
+	dxy2.Mod(dxy2, p)
+	one := big.NewInt(1)
+	den1 := new(big.Int).Add(one, dxy2)
+	den1.ModInverse(den1.Mod(den1, p), p)
+	den2 := new(big.Int).Sub(one, dxy2)
+	den2.ModInverse(den2.Mod(den2, p), p)
+	x3 := new(big.Int).Lsh(xy, 1)
+	x3.Mul(x3, den1)
+	x3.Mod(x3, p)
+	y3 := new(big.Int).Mul(y, y)
+	y3.Add(y3, new(big.Int).Mul(x, x))
+	y3.Mul(y3, den2)
+	y3.Mod(y3, p)
+	return x3, y3
 }

@@ -234,7 +234,11 @@ func (c *CA) CheckNames(profile string, dnsNames []string, ips []net.IP) error {
 	return c.checkPolicy(prof, ids)
 }
 
-// validity computes the certificate's window.
+// validity computes the certificate's window: by default from now -
+// Backdate to now + Validity. A requested window (AllowNotBeforeNotAfter)
+// is at most Validity long, from the requested notBefore, or from now when
+// only notAfter is requested; it may start no earlier than the default
+// and must end in the future.
 func (c *CA) validity(prof *profileState, iss *issuerState, reqNB, reqNA time.Time) (time.Time, time.Time, error) {
 	now := c.clock().UTC().Truncate(time.Second)
 	back := prof.p.Backdate.D()
@@ -245,11 +249,14 @@ func (c *CA) validity(prof *profileState, iss *issuerState, reqNB, reqNA time.Ti
 		if !prof.p.AllowNotBeforeNotAfter {
 			return time.Time{}, time.Time{}, fmt.Errorf("%w: profile %s does not allow choosing notBefore/notAfter", ErrBadRequest, prof.name)
 		}
+		// from is where the requested validity is counted from.
+		from := now
 		if !reqNB.IsZero() {
 			nb = reqNB.UTC().Truncate(time.Second)
 			if nb.Before(now.Add(-back)) {
 				return time.Time{}, time.Time{}, fmt.Errorf("%w: notBefore %s is further in the past than the profile's backdate", ErrBadRequest, nb.Format(time.RFC3339))
 			}
+			from = nb
 			if reqNA.IsZero() {
 				na = nb.Add(val).Add(-time.Second)
 			}
@@ -260,8 +267,11 @@ func (c *CA) validity(prof *profileState, iss *issuerState, reqNB, reqNA time.Ti
 		if !na.After(nb) {
 			return time.Time{}, time.Time{}, fmt.Errorf("%w: notAfter is not after notBefore", ErrBadRequest)
 		}
-		if na.Sub(nb) > val+back {
-			return time.Time{}, time.Time{}, fmt.Errorf("%w: requested validity %v exceeds the profile's %v", ErrBadRequest, na.Sub(nb), val)
+		if !na.After(now) {
+			return time.Time{}, time.Time{}, fmt.Errorf("%w: requested notAfter %s is in the past (now %s)", ErrBadRequest, na.Format(time.RFC3339), now.Format(time.RFC3339))
+		}
+		if na.Sub(from) > val {
+			return time.Time{}, time.Time{}, fmt.Errorf("%w: requested validity %v (from %s to %s) exceeds the profile's %v", ErrBadRequest, na.Sub(from), from.Format(time.RFC3339), na.Format(time.RFC3339), val)
 		}
 		if na.After(iss.Cert.NotAfter) {
 			return time.Time{}, time.Time{}, fmt.Errorf("%w: notAfter %s is after the issuer's %s", ErrBadRequest, na.Format(time.RFC3339), iss.Cert.NotAfter.UTC().Format(time.RFC3339))
@@ -282,7 +292,7 @@ func (c *CA) validity(prof *profileState, iss *issuerState, reqNB, reqNA time.Ti
 }
 
 // template builds the certificate template. Only what the CA vouches for
-// goes in: the subject is the CN alone (if kept), the names are the
+// goes in: the subject is the checked CN alone (if kept), the names are the
 // checked identifiers, the extensions come from the profile.
 func (c *CA) template(prof *profileState, iss *issuerState, csr *x509.CertificateRequest, ids identifiers, nb, na time.Time) *x509.Certificate {
 	t := &x509.Certificate{
@@ -299,8 +309,8 @@ func (c *CA) template(prof *profileState, iss *issuerState, csr *x509.Certificat
 		// SignatureAlgorithm stays unset: Go picks it from the issuer key
 		// (the issuer certificate's own algorithm is its parent's).
 	}
-	if prof.p.KeepCN && csr.Subject.CommonName != "" {
-		t.Subject = pkix.Name{CommonName: csr.Subject.CommonName}
+	if ids.subjectCN != "" {
+		t.Subject = pkix.Name{CommonName: ids.subjectCN}
 	}
 	if u := c.cfg.URLs.CRLURL(iss.Name); u != "" {
 		t.CRLDistributionPoints = []string{u}

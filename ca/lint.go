@@ -6,6 +6,7 @@ import (
 	"reflect"
 	"slices"
 	"sort"
+	"time"
 
 	zrsa "github.com/zmap/zcrypto/rsa"
 	zx509 "github.com/zmap/zcrypto/x509"
@@ -135,7 +136,7 @@ func (c *CA) LintNames(profile string) ([]string, error) {
 // throwaway key, returning every finding at warning level or above.
 func (c *CA) lint(ps *profileState, iss *issuerState, zc *zx509.Certificate, ids identifiers) []LintResult {
 	out := ps.linters.run(zc)
-	out = append(out, ownChecks(ps, iss, zc, ids)...)
+	out = append(out, ownChecks(ps, iss, zc, ids, c.clock())...)
 	sort.Slice(out, func(i, j int) bool { return out[i].Lint < out[j].Lint })
 	return out
 }
@@ -266,8 +267,9 @@ func (cl *certLinter) execute(c *zx509.Certificate, f *certFacts) (res *lint.Lin
 
 // ownChecks are the checks zlint cannot make because they need the
 // request, the profile or the issuer. They read the linted copy as zcrypto
-// parsed it for zlint, so the encoded certificate is parsed only once.
-func ownChecks(ps *profileState, iss *issuerState, cert *zx509.Certificate, ids identifiers) []LintResult {
+// parsed it for zlint, so the encoded certificate is parsed only once; now
+// is the time of issuance.
+func ownChecks(ps *profileState, iss *issuerState, cert *zx509.Certificate, ids identifiers, now time.Time) []LintResult {
 	var out []LintResult
 	bad := func(name, format string, args ...any) {
 		out = append(out, LintResult{Lint: name, Status: "error", Details: fmt.Sprintf(format, args...)})
@@ -276,8 +278,13 @@ func ownChecks(ps *profileState, iss *issuerState, cert *zx509.Certificate, ids 
 		bad("hsmca_validity_within_issuer", "validity %s..%s is outside the issuer's %s..%s",
 			cert.NotBefore, cert.NotAfter, iss.Cert.NotBefore, iss.Cert.NotAfter)
 	}
-	if max := ps.p.Validity.D() + ps.p.Backdate.D(); cert.NotAfter.Sub(cert.NotBefore) > max {
-		bad("hsmca_validity_within_profile", "validity %v exceeds the profile's %v", cert.NotAfter.Sub(cert.NotBefore), max)
+	// At most Validity from the time of issuance on, plus the part of the
+	// window before it, up to Backdate: a window that starts later (a
+	// requested notBefore) gets no backdate on top of Validity.
+	back := min(max(now.Sub(cert.NotBefore), 0), ps.p.Backdate.D())
+	if limit := ps.p.Validity.D() + back; cert.NotAfter.Sub(cert.NotBefore) > limit {
+		bad("hsmca_validity_within_profile", "validity %v exceeds the profile's %v (validity %v, backdate %v of up to %v)",
+			cert.NotAfter.Sub(cert.NotBefore), limit, ps.p.Validity.D(), back, ps.p.Backdate.D())
 	}
 	if kt, err := zKeyType(cert.PublicKey); err != nil || !ps.keyTypes[kt] {
 		bad("hsmca_key_type_allowed", "subject key type %s is not allowed by profile %s", kt, ps.name)

@@ -84,6 +84,11 @@ func TestOwnChecks(t *testing.T) {
 		manyNames[i] = "n" + big.NewInt(int64(i)).String() + ".svc.corp"
 	}
 	now := time.Now().Truncate(time.Second)
+	long := func() *x509.Certificate {
+		long := *iss
+		long.NotAfter = now.Add(400 * 24 * time.Hour)
+		return &long
+	}()
 	cases := []struct {
 		name   string
 		mut    func(*x509.Certificate)
@@ -97,11 +102,16 @@ func TestOwnChecks(t *testing.T) {
 		{name: "longer than profile", mut: func(c *x509.Certificate) {
 			c.NotBefore = iss.NotBefore
 			c.NotAfter = c.NotBefore.Add(91*24*time.Hour + 2*time.Hour)
-		}, parent: func() *x509.Certificate {
-			long := *iss
-			long.NotAfter = now.Add(400 * 24 * time.Hour)
-			return &long
-		}(), want: "hsmca_validity_within_profile"},
+		}, parent: long, want: "hsmca_validity_within_profile"},
+		{name: "backdated default window", mut: func(c *x509.Certificate) {
+			c.NotBefore = now.Add(-time.Hour)
+			c.NotAfter = now.Add(90*24*time.Hour - time.Second)
+		}, parent: long, want: ""},
+		{name: "requested window plus backdate", mut: func(c *x509.Certificate) {
+			// A window that starts after issuance gets no backdate.
+			c.NotBefore = now.Add(time.Minute)
+			c.NotAfter = c.NotBefore.Add(90*24*time.Hour + 30*time.Minute)
+		}, parent: long, want: "hsmca_validity_within_profile"},
 		{name: "key type", pub: edKey.Public(), want: "hsmca_key_type_allowed"},
 		{name: "ca", mut: func(c *x509.Certificate) { c.IsCA = true; c.KeyUsage |= x509.KeyUsageCertSign }, want: "hsmca_not_ca"},
 		{name: "issuer name", parent: &otherName, want: "hsmca_issuer_name"},
@@ -142,11 +152,11 @@ func TestOwnChecks(t *testing.T) {
 				t.Fatal(err)
 			}
 			st := st
-			if tc.name == "longer than profile" {
+			if tc.parent == long {
 				st = &issuerState{Issuer: Issuer{Name: "t", Cert: parent}}
 			}
 			var got []string
-			for _, r := range ownChecks(server, st, zc, want) {
+			for _, r := range ownChecks(server, st, zc, want, now) {
 				got = append(got, r.Lint)
 			}
 			switch {

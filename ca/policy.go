@@ -1,6 +1,7 @@
 package ca
 
 import (
+	"crypto/ecdsa"
 	"crypto/rsa"
 	"crypto/x509"
 	"errors"
@@ -215,11 +216,16 @@ func (ps *profileState) extKeyUsages() []x509.ExtKeyUsage {
 	return out
 }
 
-// keyUsage maps the profile's key usages for a subject key: keyEncipherment
-// only makes sense (and is only allowed by the BRs) for RSA keys, so it is
-// dropped for others.
+// keyUsage maps the profile's key usages for a subject key. The usages
+// that depend on what the key can do are set only for keys that can:
+// keyEncipherment and dataEncipherment for RSA (BR 7.1.2.7.11; RFC 5480 §3
+// forbids them for EC keys), keyAgreement for ECDSA (ECDH, RFC 5480 §3).
+// An Ed25519 key only signs: RFC 8410 §5 allows digitalSignature and
+// nonRepudiation (contentCommitment) in an end-entity certificate, nothing
+// else.
 func (ps *profileState) keyUsage(pub any) x509.KeyUsage {
 	_, isRSA := pub.(*rsa.PublicKey)
+	_, isEC := pub.(*ecdsa.PublicKey)
 	var ku x509.KeyUsage
 	for _, k := range ps.p.KeyUsages {
 		switch k {
@@ -230,13 +236,15 @@ func (ps *profileState) keyUsage(pub any) x509.KeyUsage {
 				ku |= x509.KeyUsageKeyEncipherment
 			}
 		case "keyAgreement":
-			if !isRSA {
+			if isEC {
 				ku |= x509.KeyUsageKeyAgreement
 			}
 		case "contentCommitment":
 			ku |= x509.KeyUsageContentCommitment
 		case "dataEncipherment":
-			ku |= x509.KeyUsageDataEncipherment
+			if isRSA {
+				ku |= x509.KeyUsageDataEncipherment
+			}
 		}
 	}
 	return ku

@@ -59,8 +59,15 @@ func (l *localCA) Close() {
 }
 
 // activateIssuer gathers the quorum of the partition holding issuer's key
-// (empty: the default issuer).
+// (empty: the default issuer) for one signature.
 func (l *localCA) activateIssuer(e *env, issuer string, q quorumFlags) error {
+	return l.activateIssuerFor(e, issuer, q, 1)
+}
+
+// activateIssuerFor is activateIssuer for an operation that takes
+// signatures signatures of the issuer key (a CT issuance takes two): a
+// per-operation partition is activated for that many.
+func (l *localCA) activateIssuerFor(e *env, issuer string, q quorumFlags, signatures int) error {
 	ic, err := l.issuerConfig(issuer)
 	if err != nil {
 		return err
@@ -74,7 +81,7 @@ func (l *localCA) activateIssuer(e *env, issuer string, q quorumFlags) error {
 		return err
 	}
 	if st.Policy == hsm.PolicyPerOperation {
-		if err := p.SetOperationSignatures(1); err != nil {
+		if err := p.SetOperationSignatures(signatures); err != nil {
 			return err
 		}
 	}
@@ -133,10 +140,16 @@ func newCertIssueCmd(e *env) *cobra.Command {
 		Use:   "issue --csr FILE --profile NAME",
 		Short: "Issue a certificate for a CSR (lint-then-sign through the module)",
 		Long: `Issues a certificate for a PKCS #10 CSR (PEM or DER) under a profile of the
-CA config. The CSR is checked (signature, key type and size, names), the
-certificate is linted before the module signs it, and it is stored before it
-is printed. The issuing partition's quorum is gathered from --share files or
-prompts. Output: the certificate followed by its issuer chain, PEM.`,
+CA config. The CSR is checked (signature, key type and size, names, name
+policy) and --out is checked (it must not exist; its directory must take new
+files) before the issuing partition's quorum is gathered from --share files
+or prompts, so a bad request costs no custodian time. The certificate is
+linted before the module signs it, and it is stored before it is printed.
+A per-operation partition is activated for the signatures the profile takes
+(two with Certificate Transparency: precertificate and certificate).
+Output: the certificate followed by its issuer chain, PEM. If writing --out
+fails after all, the certificate (issued and stored) is printed on standard
+output instead and the command fails.`,
 		Example: `  hsmca cert issue --config ca.yaml --csr web.csr --profile server --out web.pem \
       --share shares/issuing/share-1.txt --share shares/issuing/share-2.txt --share shares/issuing/share-3.txt`,
 		Args: cobra.NoArgs,
@@ -147,6 +160,13 @@ prompts. Output: the certificate followed by its issuer chain, PEM.`,
 			csr, err := readCSR(csrPath)
 			if err != nil {
 				return err
+			}
+			if out != "" {
+				// Refuse now what writeNewFile would refuse after the
+				// certificate is signed and stored.
+				if err := checkNewFile(out); err != nil {
+					return err
+				}
 			}
 			if t.remote() {
 				c, err := t.issue(csr, profile, issuer)
@@ -163,7 +183,16 @@ prompts. Output: the certificate followed by its issuer chain, PEM.`,
 			if _, ok := l.ca.Profiles()[profile]; !ok {
 				return withHint(usagef("unknown profile %q", profile), "the config's profiles are "+profileNames(l.ca))
 			}
-			if err := l.activateIssuer(e, issuer, q); err != nil {
+			// A bad CSR is refused before any custodian is asked for a
+			// share and before the module records an activation.
+			if err := l.ca.CheckCSR(profile, csr); err != nil {
+				return issueError(err)
+			}
+			sigs, err := l.ca.IssueSignatures(profile)
+			if err != nil {
+				return err
+			}
+			if err := l.activateIssuerFor(e, issuer, q, sigs); err != nil {
 				return err
 			}
 			c, err := l.ca.Issue(context.Background(), ca.IssueRequest{CSR: csr, Profile: profile, Issuer: issuer})
@@ -256,10 +285,26 @@ func chainPEM(c *ca.Certificate) []byte {
 	return b
 }
 
+// printIssued writes an issued certificate to out (or stdout) as PEM, or
+// its record as JSON. The certificate is signed and stored already: if out
+// cannot be written (checkNewFile ran before, but the file system may
+// have changed since), it goes to stdout so that it is not lost, and the
+// error says so.
 func printIssued(e *env, c *ca.Certificate, out string, asJSON bool) error {
 	if out != "" {
 		if err := writeNewFile(out, chainPEM(c)); err != nil {
-			return err
+			var perr error
+			if asJSON {
+				perr = writeJSON(e.stdout, toCertJSON(c, true))
+			} else {
+				_, perr = e.stdout.Write(chainPEM(c))
+			}
+			shown := "printed on standard output instead"
+			if perr != nil {
+				shown = "not printed either (" + perr.Error() + ")"
+			}
+			return withHint(fmt.Errorf("certificate %s was issued and stored, but could not be written to %s (%w); it is %s", c.Serial, out, err, shown),
+				"do not issue it again: `hsmca cert show "+c.Serial+"` prints it from the store")
 		}
 		fmt.Fprintf(e.stderr, "issued serial %s (%s, %s), written to %s\n", c.Serial, c.Profile, strings.Join(c.Names, ", "), out)
 	}

@@ -71,7 +71,7 @@ func writeNewFile(path string, data []byte) error {
 	}
 	if err := os.Link(tmp, path); err != nil {
 		if errors.Is(err, os.ErrExist) {
-			return withHint(fmt.Errorf("%s already exists; refusing to overwrite it", path), "choose another output path or move the existing file away")
+			return outputExists(path)
 		}
 		return fmt.Errorf("write %s: %w", path, err)
 	}
@@ -81,6 +81,37 @@ func writeNewFile(path string, data []byte) error {
 	if err := syncDir(dir); err != nil {
 		os.Remove(path)
 		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
+}
+
+// outputExists is the refusal to overwrite path.
+func outputExists(path string) error {
+	return withHint(fmt.Errorf("%s already exists; refusing to overwrite it", path), "choose another output path or move the existing file away")
+}
+
+// checkNewFile checks, before a command does what it cannot undo (gather a
+// quorum, sign, store), that writeNewFile(path) can succeed: path does not
+// exist, and its directory exists and takes new files (a file is created
+// in it and removed). writeNewFile checks again when it writes.
+func checkNewFile(path string) error {
+	if _, err := os.Lstat(path); err == nil {
+		return outputExists(path)
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("cannot write %s: %w", path, err)
+	}
+	dir, base := filepath.Split(path)
+	if dir == "" {
+		dir = "."
+	}
+	f, err := os.CreateTemp(dir, "."+base+".check-*")
+	if err != nil {
+		return withHint(fmt.Errorf("cannot write %s: %w", path, err), "--out must name a new file in an existing, writable directory")
+	}
+	name := f.Name()
+	f.Close()
+	if err := os.Remove(name); err != nil {
+		return fmt.Errorf("cannot write %s: %w", path, err)
 	}
 	return nil
 }
