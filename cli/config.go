@@ -2,7 +2,9 @@ package cli
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 
@@ -76,7 +78,8 @@ type ServerConfig struct {
 	// file. The server re-reads them on every request.
 	CRLFiles    map[string]string `yaml:"crl_files,omitempty"`
 	IssuerFiles map[string]string `yaml:"issuer_files,omitempty"`
-	// Limits of every listener. Zero values: read_header_timeout 10s,
+	// Limits of every listener (negative values are an error; so is a
+	// negative crl_interval). Zero values: read_header_timeout 10s,
 	// read_timeout 30s, write_timeout 60s, idle_timeout 120s,
 	// max_header_bytes 64 KiB, max_body_bytes 64 KiB (admin API and OCSP
 	// POST; ACME has its own acme.max_body_bytes).
@@ -119,13 +122,22 @@ func LoadConfig(path string) (*Config, error) {
 }
 
 // DecodeConfig strictly decodes a config document (unknown fields are an
-// error) and fills defaults. It does not validate.
+// error; so is a second YAML document after "---", which would otherwise
+// be ignored) and fills defaults. It does not validate.
 func DecodeConfig(b []byte) (*Config, error) {
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
 	var cfg Config
 	if err := dec.Decode(&cfg); err != nil {
 		return nil, fmt.Errorf("config: %w", err)
+	}
+	var more yaml.Node
+	if err := dec.Decode(&more); !errors.Is(err, io.EOF) {
+		if err != nil {
+			return nil, fmt.Errorf("config: after the first document: %w", err)
+		}
+		return nil, withHint(fmt.Errorf("config: a second YAML document (after \"---\", line %d) is not allowed", more.Line),
+			"the configuration is one document: merge the sections into it or delete what follows the ---")
 	}
 	cfg.setDefaults()
 	return &cfg, nil
@@ -169,6 +181,31 @@ func (c *Config) Validate() error {
 	case "debug", "info", "warn", "error":
 	default:
 		return fmt.Errorf("config: server.log_level: %q is not debug, info, warn or error", c.Server.LogLevel)
+	}
+	return c.Server.validateLimits()
+}
+
+// validateLimits refuses negative durations and sizes in the server
+// section: zero takes the default, and a negative value would switch a
+// timeout or the CRL schedule off instead.
+func (sc ServerConfig) validateLimits() error {
+	for _, d := range []struct {
+		name string
+		v    ca.Duration
+	}{
+		{"crl_interval", sc.CRLInterval}, {"read_header_timeout", sc.ReadHeaderTimeout},
+		{"read_timeout", sc.ReadTimeout}, {"write_timeout", sc.WriteTimeout},
+		{"idle_timeout", sc.IdleTimeout}, {"retry_after", sc.RetryAfter},
+	} {
+		if d.v < 0 {
+			return fmt.Errorf("config: server.%s: %v is negative; leave it out (or 0) for the default", d.name, d.v.D())
+		}
+	}
+	if sc.MaxHeaderBytes < 0 {
+		return fmt.Errorf("config: server.max_header_bytes: %d is negative; leave it out (or 0) for the default", sc.MaxHeaderBytes)
+	}
+	if sc.MaxBodyBytes < 0 {
+		return fmt.Errorf("config: server.max_body_bytes: %d is negative; leave it out (or 0) for the default", sc.MaxBodyBytes)
 	}
 	return nil
 }

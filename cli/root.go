@@ -9,7 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"strings"
+	"regexp"
 
 	"github.com/spf13/cobra"
 )
@@ -68,6 +68,9 @@ func newRoot(e *env) *cobra.Command {
   hsmca hsm init --module ./module --partition issuing --shares 5 --threshold 3 --out ./shares
   hsmca ceremony run root.yaml --share shares/share-1.txt --share shares/share-2.txt`,
 	}
+	// Flag parsing errors (unknown flag, bad value, missing argument) are
+	// usage errors, whichever command they come from.
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	root.SetIn(e.stdin)
 	root.SetOut(e.stdout)
 	root.SetErr(e.stderr)
@@ -129,13 +132,15 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	return ExitFail
 }
 
-// isCobraUsage recognises cobra's own flag and argument errors.
+// cobraUsage matches the messages of cobra's own argument and flag
+// errors (args.go, command.go, flag_groups.go), which cobra returns
+// unwrapped, so each is matched from the start of the message. Flag
+// parsing errors reach root's FlagErrorFunc and are marked there.
+var cobraUsage = regexp.MustCompile(`^(unknown command "|invalid argument ".*" for "|requires at least \d+ arg|accepts (at most |between )?\d+ |required flag\(s\) "|if any flags in the group \[|at least one of the flags in the group \[|unknown flag: |unknown shorthand flag: |flag needs an argument: |bad flag syntax: )`)
+
+// isCobraUsage recognises cobra's own flag and argument errors, and
+// nothing else: a runtime error that merely contains "invalid argument"
+// (EINVAL) is a failure, not bad usage.
 func isCobraUsage(err error) bool {
-	msg := err.Error()
-	for _, p := range []string{"unknown flag", "unknown command", "unknown shorthand", "flag needs an argument", "invalid argument", "accepts ", "requires at least", "required flag"} {
-		if strings.Contains(msg, p) {
-			return true
-		}
-	}
-	return false
+	return cobraUsage.MatchString(err.Error())
 }

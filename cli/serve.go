@@ -186,7 +186,8 @@ and OCSP keep serving what was signed last.
 
 Listeners: HTTPS (server.https_addr) with ACME under /acme/ and the admin API
 under /admin/ (mutual TLS with an operator certificate); plain HTTP
-(server.http_addr) with /crl/NAME.crl, /ocsp, /aia/NAME.crt, /healthz and
+(server.http_addr) with CRLs, OCSP and issuer certificates at the paths of
+ca.urls (/crl/NAME.crl, /ocsp, /aia/NAME.crt without them), /healthz and
 /metrics; the admin unix socket (server.admin_socket, mode 0600).
 
 The server's own TLS key (server.tls_key) is a plain 0600 file, outside the
@@ -199,8 +200,9 @@ ct.mode to embed (or --ct-mode best-effort), without editing the config.
 Signals: SIGTERM or SIGINT stop accepting, finish requests in flight, seal and
 close the store; SIGHUP re-reads the config's profiles and name policy, the
 operator CA (server.operator_ca, applied to the next admin request even on an
-open connection) and the TLS certificate (listeners, ACME settings and issuers
-need a restart); a failed reload keeps the running configuration.
+open connection) and the TLS certificate (server.tls_cert and tls_key, new
+file names included; listeners, ACME settings and issuers need a restart); a
+failed reload keeps the running configuration.
 
 --pprof-addr serves Go's profiles on a loopback address only: a loopback IP,
 or a name whose every address is loopback.`,
@@ -372,8 +374,11 @@ func startServe(e *env, cfg *Config, configPath string, f serveFlags) (_ *runnin
 	if scfg.OperatorRoots, err = operatorRoots(cfg); err != nil {
 		return nil, err
 	}
-	// reload loads every part of the new configuration before it changes
-	// anything, so that a failure keeps the running one whole.
+	// reload loads every part of the new configuration; what it changes
+	// outside the server (the CA the ACME adapter uses, the CT metrics) is
+	// left to Commit, which the server calls only once it has also loaded
+	// the TLS files the new configuration names, so that a failure keeps
+	// the running configuration whole.
 	reload := func() (server.Reloaded, error) {
 		ncfg, err := LoadConfig(configPath)
 		if err != nil {
@@ -390,6 +395,9 @@ func startServe(e *env, cfg *Config, configPath string, f serveFlags) (_ *runnin
 		if err != nil {
 			return server.Reloaded{}, err
 		}
+		if ncfg.Server.TLSCert == "" || ncfg.Server.TLSKey == "" {
+			return server.Reloaded{}, errors.New("config: server.tls_cert and server.tls_key are required")
+		}
 		// The new CA's CT metrics replace the old ones in /metrics only
 		// if it starts.
 		staged := &stagedRegisterer{}
@@ -397,11 +405,17 @@ func startServe(e *env, cfg *Config, configPath string, f serveFlags) (_ *runnin
 		if err != nil {
 			return server.Reloaded{}, err
 		}
-		if err := staged.commit(reg); err != nil {
-			return server.Reloaded{}, fmt.Errorf("metrics: %w", err)
-		}
-		cur.Store(nc)
-		return server.Reloaded{CA: nc, OperatorRoots: roots}, nil
+		return server.Reloaded{
+			CA: nc, OperatorRoots: roots,
+			TLSCertFile: ncfg.Path(ncfg.Server.TLSCert), TLSKeyFile: ncfg.Path(ncfg.Server.TLSKey),
+			Commit: func() error {
+				if err := staged.commit(reg); err != nil {
+					return fmt.Errorf("metrics: %w", err)
+				}
+				cur.Store(nc)
+				return nil
+			},
+		}, nil
 	}
 	r.srv, err = server.New(scfg, server.Deps{
 		CA: c, ACME: r.acme.Handler(), Quorum: r.quorum, Store: r.st, Logger: log,

@@ -3,8 +3,10 @@ package server
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"crypto/x509"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -32,14 +34,75 @@ func routeName(r *http.Request) string {
 	return r.Pattern
 }
 
-// publicRoutes registers CRL, OCSP, AIA, /healthz and /metrics on mux.
+// publicRoutes registers CRL, AIA, /healthz and /metrics on mux. OCSP is
+// not a mux route: publicFirst sends requests to it before the mux cleans
+// their path.
 func (s *Server) publicRoutes(mux *http.ServeMux) {
-	mux.HandleFunc("GET "+s.cfg.CRLPath+"/{file}", s.handleCRL)
-	mux.HandleFunc("GET "+s.cfg.AIAPath+"/{file}", s.handleAIA)
-	mux.HandleFunc(s.cfg.OCSPPath, s.handleOCSP)
-	mux.HandleFunc(s.cfg.OCSPPath+"/", s.handleOCSP)
+	if s.cfg.CRLPath == s.cfg.AIAPath {
+		// One directory for both (ca.urls with the same base): the file's
+		// extension picks the endpoint.
+		mux.HandleFunc("GET "+s.cfg.CRLPath+"/{file}", func(w http.ResponseWriter, r *http.Request) {
+			if strings.HasSuffix(r.PathValue("file"), ".crt") {
+				s.handleAIA(w, r)
+				return
+			}
+			s.handleCRL(w, r)
+		})
+	} else {
+		mux.HandleFunc("GET "+s.cfg.CRLPath+"/{file}", s.handleCRL)
+		mux.HandleFunc("GET "+s.cfg.AIAPath+"/{file}", s.handleAIA)
+	}
 	mux.HandleFunc("GET /healthz", s.handleHealth)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.d.Gatherer, promhttp.HandlerOpts{}))
+}
+
+// publicFirst serves OCSP requests itself and passes the rest to mux. It
+// looks at the path as sent: an OCSP GET request is base64 in the path
+// (RFC 6960 appendix A.1), where "//" is common, and the mux would answer
+// such a path with a redirect to its cleaned form, a different request.
+func (s *Server) publicFirst(mux *http.ServeMux) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if s.isOCSP(r) {
+			// The route label of the metrics.
+			r.Pattern = s.ocspRoute(r)
+			s.handleOCSP(w, r)
+			return
+		}
+		mux.ServeHTTP(w, r)
+	})
+}
+
+// isOCSP reports whether r is for the OCSP responder: its path is the OCSP
+// path or below it, and is not one of the fixed routes or a CRL or AIA
+// file (base64 never holds the '.' of NAME.crl or NAME.crt), which take
+// precedence when OCSP shares their path or sits at the root.
+func (s *Server) isOCSP(r *http.Request) bool {
+	p := r.URL.EscapedPath()
+	if !strings.HasPrefix(p, "/") {
+		return false
+	}
+	if s.cfg.OCSPPath != "" && !under(p, s.cfg.OCSPPath) {
+		return false
+	}
+	rest := strings.TrimPrefix(p, s.cfg.OCSPPath)
+	if strings.Contains(rest, ".") {
+		return false
+	}
+	for _, f := range []string{"/healthz", "/metrics", "/admin", strings.TrimRight(s.cfg.ACMEPrefix, "/")} {
+		if f != "" && under(p, f) {
+			return false
+		}
+	}
+	return true
+}
+
+// ocspRoute is the metrics route label of an OCSP request: the OCSP path
+// itself, or the tree below it.
+func (s *Server) ocspRoute(r *http.Request) string {
+	if r.URL.EscapedPath() == s.cfg.OCSPPath {
+		return s.cfg.OCSPPath
+	}
+	return s.cfg.OCSPPath + "/"
 }
 
 func notFound(w http.ResponseWriter, r *http.Request) {
@@ -50,7 +113,7 @@ func notFound(w http.ResponseWriter, r *http.Request) {
 func (s *Server) publicHandler() http.Handler {
 	mux := http.NewServeMux()
 	s.publicRoutes(mux)
-	return mux
+	return s.publicFirst(mux)
 }
 
 // httpsHandler serves ACME, the admin API (mutual TLS) and the public
@@ -62,7 +125,7 @@ func (s *Server) httpsHandler() http.Handler {
 		mux.Handle(s.cfg.ACMEPrefix, s.d.ACME)
 	}
 	mux.Handle("/admin/", s.requireOperator(s.adminHandler()))
-	return mux
+	return s.publicFirst(mux)
 }
 
 // ---- /healthz ----
@@ -85,18 +148,18 @@ func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
 
 // ---- CRLs ----
 
-// crlMeta caches the update times of the last CRL served per issuer, so
-// that a large CRL is parsed once per new CRL, not once per request.
+// crlMeta caches the nextUpdate and ETag of the last CRL served per
+// issuer, so that a large CRL is parsed once per new CRL, not once per
+// request.
 type crlMeta struct {
 	mu sync.Mutex
 	m  map[string]crlTimes
 }
 
 type crlTimes struct {
-	der              []byte
-	this, next       time.Time
-	number           string
-	lastModifiedHTTP string
+	der  []byte
+	next time.Time
+	etag string
 }
 
 func (c *crlMeta) times(issuer string, der []byte) (crlTimes, error) {
@@ -109,9 +172,14 @@ func (c *crlMeta) times(issuer string, der []byte) (crlTimes, error) {
 	if err != nil {
 		return crlTimes{}, err
 	}
-	t := crlTimes{der: der, this: rl.ThisUpdate, next: rl.NextUpdate}
+	t := crlTimes{der: der, next: rl.NextUpdate}
+	// Every CRL of an issuer has a new CRL number (RFC 5280 §5.2.3); a
+	// file without one is named by its digest.
 	if rl.Number != nil {
-		t.number = rl.Number.String()
+		t.etag = `"` + rl.Number.String() + `"`
+	} else {
+		sum := sha256.Sum256(der)
+		t.etag = `"` + hex.EncodeToString(sum[:16]) + `"`
 	}
 	if c.m == nil {
 		c.m = map[string]crlTimes{}
@@ -157,15 +225,17 @@ func (s *Server) handleCRL(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.Header().Set("Content-Type", "application/pkix-crl")
-	setCacheHeaders(w, s.now(), t.this, t.next)
-	if t.number != "" {
-		w.Header().Set("ETag", `"`+t.number+`"`)
-	}
-	http.ServeContent(w, r, "", t.this, bytes.NewReader(der))
+	// Revalidation goes by the ETag alone. thisUpdate is no Last-Modified:
+	// two CRLs can share it (to the second), and a client or cache that
+	// asks If-Modified-Since would be told 304 for the newer one, the one
+	// that takes a certificate off hold, say.
+	setCacheHeaders(w, s.now(), time.Time{}, t.next)
+	w.Header().Set("ETag", t.etag)
+	http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(der))
 }
 
 // setCacheHeaders lets caches keep a CRL or OCSP response until its
-// nextUpdate (RFC 5019 §6.2).
+// nextUpdate (RFC 5019 §6.2); a non-zero this becomes Last-Modified.
 func setCacheHeaders(w http.ResponseWriter, now, this, next time.Time) {
 	h := w.Header()
 	if !next.IsZero() {
@@ -230,8 +300,10 @@ func (s *Server) handleAIA(w http.ResponseWriter, r *http.Request) {
 
 const ocspContentType = "application/ocsp-response"
 
-// handleOCSP answers RFC 6960 requests: POST with application/ocsp-request
-// (§A.1.1) or GET <OCSPPath>/<base64 of the DER request> (RFC 5019 §5).
+// handleOCSP answers RFC 6960 requests: POST to <OCSPPath> with
+// application/ocsp-request, or GET <OCSPPath>/<URL-encoded base64 of the
+// DER request> (appendix A.1, RFC 5019 §5); <OCSPPath> is "/" when the
+// OCSP URL has no path.
 // Malformed requests get the malformedRequest status (HTTP 400); CertIDs of
 // foreign issuers unauthorized; while sealed, a response signed earlier is
 // served until its nextUpdate, else tryLater (HTTP 503).
@@ -239,8 +311,11 @@ func (s *Server) handleOCSP(w http.ResponseWriter, r *http.Request) {
 	var reqDER []byte
 	switch r.Method {
 	case http.MethodGet, http.MethodHead:
+		// The path as sent, not cleaned; base64 of DER starts with "M", so
+		// the slashes before it (one, or two after a URL that ends in
+		// "/") are not part of it.
 		enc := strings.TrimPrefix(r.URL.EscapedPath(), s.cfg.OCSPPath)
-		enc = strings.TrimPrefix(enc, "/")
+		enc = strings.TrimLeft(enc, "/")
 		if enc == "" {
 			s.writeOCSPError(w, http.StatusBadRequest, ocsp.MalformedRequestErrorResponse)
 			return
@@ -251,7 +326,7 @@ func (s *Server) handleOCSP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	case http.MethodPost:
-		if r.URL.Path != s.cfg.OCSPPath && r.URL.Path != s.cfg.OCSPPath+"/" {
+		if p := r.URL.EscapedPath(); p != s.cfg.OCSPPath && p != s.cfg.OCSPPath+"/" {
 			notFound(w, r)
 			return
 		}

@@ -23,19 +23,24 @@ package server
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/binary"
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -44,7 +49,8 @@ import (
 )
 
 // Config configures the listeners. Zero durations and sizes take the
-// defaults given on each field.
+// defaults given on each field; negative ones are an error (except
+// CRLInterval, where negative disables the schedule).
 type Config struct {
 	// HTTPSAddr serves ACME and the admin API over TLS; "" disables it.
 	HTTPSAddr string
@@ -66,8 +72,12 @@ type Config struct {
 	// been issued with (default "operator").
 	OperatorProfile string
 	// CRLPath, OCSPPath and AIAPath are the URL paths of the CRL, OCSP and
-	// issuer-certificate endpoints. Defaults: the paths of the CA's
-	// URLs (ca.URLs), else /crl, /ocsp, /aia.
+	// issuer-certificate endpoints. Defaults: the paths of the CA's URLs
+	// (ca.URLs), so that what certificates name is what is served; a URL
+	// without a path (http://ocsp.example) puts its endpoint at the root.
+	// Without a URL: /crl, /ocsp, /aia. They may share a path (file names
+	// end in .crl and .crt; an OCSP GET request never holds a '.'); none
+	// may be /healthz, /metrics or lie under /admin or the ACME prefix.
 	CRLPath, OCSPPath, AIAPath string
 	// CRLFiles and IssuerFiles serve extra CRLs and certificates (PEM or
 	// DER files) under CRLPath/<name>.crl and AIAPath/<name>.crt for CAs
@@ -126,10 +136,11 @@ type Deps struct {
 	// Metrics: a private set; nil Gatherer: prometheus.DefaultGatherer.
 	Metrics  *Metrics
 	Gatherer prometheus.Gatherer
-	// Reload rebuilds the CA (profiles, policy, with the same signers) and
-	// the operator roots from the configuration; the server swaps them in
-	// atomically. It must fail without side effects when any part of the
-	// new configuration cannot be loaded. nil: Reload only re-reads the
+	// Reload rebuilds the CA (profiles, policy, with the same signers), the
+	// operator roots and the TLS file names from the configuration; the
+	// server loads the TLS certificate, then swaps them in atomically. It
+	// must have no side effects of its own: what it must change outside
+	// the server goes into Reloaded.Commit. nil: Reload only re-reads the
 	// TLS certificate.
 	Reload func() (Reloaded, error)
 	// Clock; nil is time.Now.
@@ -146,6 +157,14 @@ type Reloaded struct {
 	// OperatorRoots replace Config.OperatorRoots; nil means the new CA's
 	// issuer certificates and the certificates above them.
 	OperatorRoots []*x509.Certificate
+	// TLSCertFile and TLSKeyFile, if set, replace Config.TLSCertFile and
+	// TLSKeyFile (absolute, or relative to the working directory). A pair
+	// that does not load fails the reload and keeps the running one.
+	TLSCertFile, TLSKeyFile string
+	// Commit, if set, is called once the server has accepted the reload
+	// (the TLS certificate loaded), before it swaps anything in; an error
+	// fails the reload. It is where the caller applies its own changes.
+	Commit func() error
 }
 
 // Server is a running CA's set of listeners. Create it with New, then
@@ -203,7 +222,12 @@ func New(cfg Config, d Deps) (*Server, error) {
 	if cfg.HTTPSAddr != "" && (cfg.TLSCertFile == "" || cfg.TLSKeyFile == "") {
 		return nil, errors.New("server: the HTTPS listener needs a TLS certificate and key file")
 	}
-	setDefaults(&cfg, d.CA.Config().URLs)
+	if err := checkLimits(cfg); err != nil {
+		return nil, err
+	}
+	if err := setDefaults(&cfg, d.CA.Config().URLs); err != nil {
+		return nil, err
+	}
 	s := &Server{
 		cfg:        cfg,
 		d:          d,
@@ -233,7 +257,7 @@ func New(cfg Config, d Deps) (*Server, error) {
 	}
 	s.gen.Store(&generation{ca: d.CA, ops: operatorPool(cfg.OperatorRoots, d.CA)})
 	if cfg.HTTPSAddr != "" {
-		c, err := s.readTLSCert()
+		c, err := loadTLSCert(cfg.TLSCertFile, cfg.TLSKeyFile)
 		if err != nil {
 			return nil, err
 		}
@@ -242,7 +266,31 @@ func New(cfg Config, d Deps) (*Server, error) {
 	return s, nil
 }
 
-func setDefaults(cfg *Config, u ca.URLs) {
+// checkLimits refuses negative timeouts and sizes: a negative
+// ReadHeaderTimeout, say, would switch the timeout off instead of taking
+// the default.
+func checkLimits(cfg Config) error {
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{
+		{"ReadHeaderTimeout", cfg.ReadHeaderTimeout}, {"ReadTimeout", cfg.ReadTimeout},
+		{"WriteTimeout", cfg.WriteTimeout}, {"IdleTimeout", cfg.IdleTimeout}, {"RetryAfter", cfg.RetryAfter},
+	} {
+		if d.v < 0 {
+			return fmt.Errorf("server: %s %v: must not be negative (0 takes the default)", d.name, d.v)
+		}
+	}
+	if cfg.MaxHeaderBytes < 0 {
+		return fmt.Errorf("server: MaxHeaderBytes %d: must not be negative (0 takes the default)", cfg.MaxHeaderBytes)
+	}
+	if cfg.MaxBodyBytes < 0 {
+		return fmt.Errorf("server: MaxBodyBytes %d: must not be negative (0 takes the default)", cfg.MaxBodyBytes)
+	}
+	return nil
+}
+
+func setDefaults(cfg *Config, u ca.URLs) error {
 	def := func(d *time.Duration, v time.Duration) {
 		if *d == 0 {
 			*d = v
@@ -266,31 +314,70 @@ func setDefaults(cfg *Config, u ca.URLs) {
 	if cfg.ACMEPrefix == "" {
 		cfg.ACMEPrefix = "/acme/"
 	}
-	cfg.CRLPath = endpointPath(cfg.CRLPath, u.CRLBase, "/crl")
-	cfg.AIAPath = endpointPath(cfg.AIAPath, u.AIABase, "/aia")
-	cfg.OCSPPath = endpointPath(cfg.OCSPPath, u.OCSP, "/ocsp")
+	var err error
+	if cfg.CRLPath, err = endpointPath("CRL (ca.urls.crl_base)", cfg.CRLPath, u.CRLBase, "/crl"); err != nil {
+		return err
+	}
+	if cfg.AIAPath, err = endpointPath("AIA (ca.urls.aia_base)", cfg.AIAPath, u.AIABase, "/aia"); err != nil {
+		return err
+	}
+	if cfg.OCSPPath, err = endpointPath("OCSP (ca.urls.ocsp)", cfg.OCSPPath, u.OCSP, "/ocsp"); err != nil {
+		return err
+	}
+	return checkEndpoints(cfg)
 }
 
 // endpointPath picks the configured path, else the path of the CA's URL,
-// else def; without a trailing slash.
-func endpointPath(configured, caURL, def string) string {
+// else def. The result has no trailing slash; "" is the root (a URL
+// without a path, such as http://ocsp.example.internal).
+func endpointPath(what, configured, caURL, def string) (string, error) {
 	p := configured
 	if p == "" && caURL != "" {
-		if i := strings.Index(caURL, "://"); i >= 0 {
-			rest := caURL[i+3:]
-			if j := strings.IndexByte(rest, '/'); j >= 0 {
-				p = rest[j:]
-			}
+		u, err := url.Parse(caURL)
+		if err != nil {
+			return "", fmt.Errorf("server: %s URL %q: %w", what, caURL, err)
+		}
+		if u.RawQuery != "" || u.Fragment != "" || u.Opaque != "" {
+			return "", fmt.Errorf("server: %s URL %q: a query or fragment cannot be served; give a plain http(s) URL", what, caURL)
+		}
+		p = u.Path
+		if p == "" {
+			p = "/"
 		}
 	}
-	p = strings.TrimRight(p, "/")
 	if p == "" {
 		p = def
 	}
-	if !strings.HasPrefix(p, "/") {
+	if strings.ContainsAny(p, "{}?# \t\n") {
+		return "", fmt.Errorf("server: %s path %q: cannot be served", what, p)
+	}
+	p = strings.TrimRight(p, "/")
+	if p != "" && !strings.HasPrefix(p, "/") {
 		p = "/" + p
 	}
-	return p
+	return p, nil
+}
+
+// under reports whether the URL path p is base or below it; base "" is
+// the root, under which every path lies.
+func under(p, base string) bool {
+	return p == base || strings.HasPrefix(p, base+"/")
+}
+
+// checkEndpoints refuses CRL, AIA or OCSP paths that are, or lie under, a
+// fixed route: requests there would not reach the endpoint. Endpoints may
+// share a path, the root included: CRL and AIA file names end in .crl and
+// .crt, and an OCSP GET request (base64) never holds a '.'.
+func checkEndpoints(cfg *Config) error {
+	fixed := []string{"/healthz", "/metrics", "/admin", strings.TrimRight(cfg.ACMEPrefix, "/")}
+	for _, ep := range []struct{ name, p string }{{"CRL", cfg.CRLPath}, {"AIA", cfg.AIAPath}, {"OCSP", cfg.OCSPPath}} {
+		for _, f := range fixed {
+			if ep.p != "" && f != "" && under(ep.p, f) {
+				return fmt.Errorf("server: the %s path %s lies on the route %s; give it another path in ca.urls", ep.name, ep.p, f)
+			}
+		}
+	}
+	return nil
 }
 
 // CA returns the CA currently served (Reload swaps it).
@@ -306,11 +393,11 @@ type generation struct {
 // operatorRoots is the current operator pool (nil: no admin over HTTPS).
 func (s *Server) operatorRoots() *x509.CertPool { return s.gen.Load().ops }
 
-func (s *Server) readTLSCert() (*tls.Certificate, error) {
-	c, err := tls.LoadX509KeyPair(s.cfg.TLSCertFile, s.cfg.TLSKeyFile)
+func loadTLSCert(certFile, keyFile string) (*tls.Certificate, error) {
+	c, err := tls.LoadX509KeyPair(certFile, keyFile)
 	if err != nil {
 		// tls errors name the file's problem, never the key.
-		return nil, fmt.Errorf("server: TLS certificate %s: %w", s.cfg.TLSCertFile, err)
+		return nil, fmt.Errorf("server: TLS certificate %s (key %s): %w", certFile, keyFile, err)
 	}
 	return &c, nil
 }
@@ -482,33 +569,52 @@ func (s *Server) Shutdown(ctx context.Context) error {
 
 // Reload re-reads what can change without a restart: the CA's profiles and
 // policy and the operator roots (Deps.Reload builds a new CA with the same
-// signers), and the TLS certificate. The CA and the operator roots are
-// swapped in together, in one atomic store; requests in flight finish on
-// the old CA. Reloads run one at a time, so of two overlapping reloads
-// the one that started last decides what is in force. The new operator roots apply to
-// the next handshake and to the next admin request on a connection already
-// open, so a root removed from the configuration is refused at once. On
-// error nothing changes.
+// signers), and the TLS certificate, from the files the new configuration
+// names. The CA and the operator roots are swapped in together, in one
+// atomic store; requests in flight finish on the old CA. Reloads run one
+// at a time, so of two overlapping reloads the one that started last
+// decides what is in force. The new operator roots apply to the next
+// handshake and to the next admin request on a connection already open,
+// so a root removed from the configuration is refused at once. On error
+// nothing changes, the TLS certificate included.
 func (s *Server) Reload() error {
 	s.reloadMu.Lock()
 	defer s.reloadMu.Unlock()
-	var cert *tls.Certificate
-	if s.cfg.HTTPSAddr != "" {
-		var err error
-		if cert, err = s.readTLSCert(); err != nil {
-			return fmt.Errorf("server: reload: %w", err)
-		}
-	}
+	var next *Reloaded
 	if s.d.Reload != nil {
-		next, err := s.d.Reload()
+		n, err := s.d.Reload()
 		if err != nil {
 			return fmt.Errorf("server: reload: %w", err)
 		}
-		if next.CA == nil {
+		if n.CA == nil {
 			return errors.New("server: reload: no CA was rebuilt")
+		}
+		next = &n
+	}
+	certFile, keyFile := s.cfg.TLSCertFile, s.cfg.TLSKeyFile
+	if next != nil && (next.TLSCertFile != "" || next.TLSKeyFile != "") {
+		if next.TLSCertFile == "" || next.TLSKeyFile == "" {
+			return errors.New("server: reload: the TLS certificate and key files must both be named")
+		}
+		certFile, keyFile = next.TLSCertFile, next.TLSKeyFile
+	}
+	var cert *tls.Certificate
+	if s.cfg.HTTPSAddr != "" {
+		var err error
+		if cert, err = loadTLSCert(certFile, keyFile); err != nil {
+			return fmt.Errorf("server: reload: %w", err)
+		}
+	}
+	if next != nil {
+		if next.Commit != nil {
+			if err := next.Commit(); err != nil {
+				return fmt.Errorf("server: reload: %w", err)
+			}
 		}
 		s.gen.Store(&generation{ca: next.CA, ops: operatorPool(next.OperatorRoots, next.CA)})
 	}
+	// Only Reload (under reloadMu) and New read the file names.
+	s.cfg.TLSCertFile, s.cfg.TLSKeyFile = certFile, keyFile
 	if cert != nil {
 		s.tlsCert.Store(cert)
 	}
@@ -516,11 +622,22 @@ func (s *Server) Reload() error {
 	return nil
 }
 
+// maxSocketPath is the longest path a unix socket can be bound at
+// (sockaddr_un's sun_path, less its terminating NUL).
+var maxSocketPath = len(syscall.RawSockaddrUnix{}.Path) - 1
+
 // listenSocket creates the admin unix socket with mode 0600. The socket is
 // made in a private directory next to path, chmod-ed, then renamed into
-// place, so it is never reachable with looser permissions. A stale socket
-// (no server answers) is removed; a live one is an error.
+// place, so it is never reachable with looser permissions. The directory's
+// name is short (DIR/.sXXXX/s), so that the socket is made at a path no
+// longer than path itself for any name of eight bytes or more. A stale
+// socket (no server answers) is removed; a live one is an error.
 func listenSocket(path string) (net.Listener, error) {
+	dir := filepath.Dir(path)
+	// The temporary path has the length of dir/.sXXXX/s whatever XXXX is.
+	if n := max(len(path), len(filepath.Join(dir, ".s0000", "s"))); n > maxSocketPath {
+		return nil, fmt.Errorf("server: admin socket %s: the path is too long for a unix socket (%d bytes needed, at most %d); choose a shorter server.admin_socket", path, n, maxSocketPath)
+	}
 	if fi, err := os.Lstat(path); err == nil {
 		// Only a socket is ever removed: a mistyped admin_socket must not
 		// delete the store or a share file that happens to be there.
@@ -536,12 +653,12 @@ func listenSocket(path string) (net.Listener, error) {
 			return nil, fmt.Errorf("server: remove stale admin socket: %w", err)
 		}
 	}
-	dir, err := os.MkdirTemp(filepath.Dir(path), ".sock-")
+	priv, err := mkdirShort(dir)
 	if err != nil {
 		return nil, fmt.Errorf("server: admin socket: %w", err)
 	}
-	defer os.RemoveAll(dir)
-	tmp := filepath.Join(dir, "s")
+	defer os.RemoveAll(priv)
+	tmp := filepath.Join(priv, "s")
 	ln, err := net.Listen("unix", tmp)
 	if err != nil {
 		return nil, fmt.Errorf("server: admin socket: %w", err)
@@ -557,6 +674,26 @@ func listenSocket(path string) (net.Listener, error) {
 		return nil, fmt.Errorf("server: admin socket: %w", err)
 	}
 	return ln, nil
+}
+
+// mkdirShort makes a new private (0700) directory in dir named .s and
+// four random hex digits, like os.MkdirTemp but with a short name.
+func mkdirShort(dir string) (string, error) {
+	var b [2]byte
+	for range 1000 {
+		if _, err := rand.Read(b[:]); err != nil {
+			return "", err
+		}
+		p := filepath.Join(dir, fmt.Sprintf(".s%04x", binary.BigEndian.Uint16(b[:])))
+		err := os.Mkdir(p, 0o700)
+		if err == nil {
+			return p, nil
+		}
+		if !errors.Is(err, fs.ErrExist) {
+			return "", err
+		}
+	}
+	return "", fmt.Errorf("no free temporary directory name in %s", dir)
 }
 
 // quorumStatus asks the partition and updates the gauges.
@@ -603,7 +740,9 @@ func (s *Server) crlLoop() {
 }
 
 // generateCRLs makes a fresh CRL for issuer ("" every issuer) and logs the
-// outcome; it returns what it made.
+// outcome; it returns what it made. An issuer whose CRL fails (its
+// partition sealed, say) does not keep the others from theirs: the error
+// returned joins every issuer's.
 func (s *Server) generateCRLs(ctx context.Context, issuer string) ([]CRLEntry, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -615,7 +754,10 @@ func (s *Server) generateCRLs(ctx context.Context, issuer string) ([]CRLEntry, e
 		}
 		names = []string{issuer}
 	}
-	var out []CRLEntry
+	var (
+		out  []CRLEntry
+		errs []error
+	)
 	for _, name := range names {
 		der, err := c.GenerateCRL(ctx, name)
 		if err != nil {
@@ -624,7 +766,8 @@ func (s *Server) generateCRLs(ctx context.Context, issuer string) ([]CRLEntry, e
 			} else {
 				s.log.Error("server: CRL generation failed", "issuer", name, "err", err)
 			}
-			return out, err
+			errs = append(errs, fmt.Errorf("server: CRL of %s: %w", name, err))
+			continue
 		}
 		e := CRLEntry{Issuer: name, URL: c.Config().URLs.CRLURL(name),
 			PEM: string(pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: der}))}
@@ -635,5 +778,5 @@ func (s *Server) generateCRLs(ctx context.Context, issuer string) ([]CRLEntry, e
 		}
 		out = append(out, e)
 	}
-	return out, nil
+	return out, errors.Join(errs...)
 }

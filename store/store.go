@@ -78,7 +78,16 @@ func (s *Store) Close() error {
 	return err
 }
 
-// Ping reports whether the store answers (for /healthz).
+// Ping reports whether the store answers and takes writes (for
+// /healthz): it fails once the CA record log has failed (the store then
+// refuses every CA write until reopened) or is closed, and when bbolt
+// does not answer a read.
 func (s *Store) Ping() error {
+	s.calog.mu.Lock()
+	err := s.calog.usable()
+	s.calog.mu.Unlock()
+	if err != nil {
+		return err
+	}
 	return s.db.View(func(tx *bolt.Tx) error { return nil })
 }
