@@ -400,7 +400,8 @@ func newCertUnrevokeCmd(e *env) *cobra.Command {
 		Long: `Releases a certificate that was revoked with the reason certificateHold
 (RFC 5280 §5.3.1): it is valid again, the next CRL leaves it out and OCSP
 answers good. Only a hold can be undone; a certificate revoked for any other
-reason, or not revoked, is refused (exit 2) and nothing changes.
+reason, or not revoked, is refused (exit 1, as a second revocation is) and
+nothing changes; an unknown serial is a usage error (exit 2).
 
 With --socket or --server the running CA publishes new CRLs at once; on a
 stopped CA (--config) the next 'crl generate' leaves it out.`,
@@ -428,7 +429,7 @@ stopped CA (--config) the next 'crl generate' leaves it out.`,
 					case errors.Is(err, ca.ErrUnknownSerial):
 						return usageError{withHint(err, "list serials with `hsmca cert list`")}
 					case errors.Is(err, ca.ErrNotOnHold):
-						return usageError{err}
+						return withHint(err, "see its status with `hsmca cert show "+serial+"`")
 					}
 					return err
 				}

@@ -81,7 +81,7 @@ func TestCertUnrevokeLocal(t *testing.T) {
 		return c["status"].(string)
 	}
 	before := status()
-	mustFail(t, dir, 2, []string{"not on hold"}, "cert", "unrevoke", serial, "--config", cfg)
+	mustFail(t, dir, 1, []string{"not on hold"}, "cert", "unrevoke", serial, "--config", cfg)
 	mustRun(t, dir, "cert", "revoke", serial, "--reason", "certificateHold", "--config", cfg)
 	if s := status(); s != "revoked" {
 		t.Fatalf("after hold: %s", s)
@@ -110,7 +110,7 @@ func TestCertUnrevokeLocal(t *testing.T) {
 		t.Fatalf("CRL after unrevoke: number %s with %d entries; on hold: number %s with %d", released.Number, released.Entries, onHold.Number, onHold.Entries)
 	}
 	mustRun(t, dir, "cert", "revoke", serial, "--reason", "superseded", "--config", cfg)
-	mustFail(t, dir, 2, []string{"not on hold"}, "cert", "unrevoke", serial, "--config", cfg)
+	mustFail(t, dir, 1, []string{"not on hold"}, "cert", "unrevoke", serial, "--config", cfg)
 	if s := status(); s != "revoked" {
 		t.Fatalf("a refused unrevoke changed the status to %s", s)
 	}
