@@ -62,8 +62,8 @@ func TestCertListRefused(t *testing.T) {
 }
 
 // TestCertUnrevokeLocal: `cert unrevoke` on a stopped CA releases a
-// certificate from certificateHold only; anything else exits 2 and
-// changes nothing.
+// certificate from certificateHold only; anything else is refused (exit 1,
+// as over the admin API) and changes nothing.
 func TestCertUnrevokeLocal(t *testing.T) {
 	dir, _, _ := stoppedQuickstart(t)
 	cfg := filepath.Join(dir, "ca.yaml")
