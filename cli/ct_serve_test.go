@@ -126,6 +126,11 @@ func TestCTFlagOverride(t *testing.T) {
 				if err == nil || !strings.Contains(err.Error(), tc.wantErr) || !errors.As(err, &ue) {
 					t.Fatalf("err = %v, want a usage error containing %q", err, tc.wantErr)
 				}
+				// docs/serve.md: every refusal comes with a hint.
+				var he hintError
+				if !errors.As(err, &he) || he.hint == "" {
+					t.Fatalf("err = %v has no hint", err)
+				}
 				return
 			}
 			if err != nil {

@@ -92,7 +92,8 @@ func (f *serveFlags) ctOverride() (ctOverride, error) {
 	case ca.CTEmbed, ca.CTBestEffort:
 		o.mode = ca.CTMode(f.ctMode)
 	default:
-		return ctOverride{}, usagef("ct: --ct-mode %q: want embed or best-effort", f.ctMode)
+		return ctOverride{}, usageError{withHint(fmt.Errorf("ct: --ct-mode %q: want embed or best-effort", f.ctMode),
+			"embed: no certificate without the SCTs the profile needs; best-effort: issue anyway and report the logs that failed")}
 	}
 	keys := make([]string, len(f.ctLogKeys))
 	for i, k := range f.ctLogKeys {
@@ -102,14 +103,14 @@ func (f *serveFlags) ctOverride() (ctOverride, error) {
 		}
 		abs, err := filepath.Abs(k)
 		if err != nil {
-			return ctOverride{}, usagef("ct: --ct-log-key %s: %w", k, err)
+			return ctOverride{}, usageError{withHint(fmt.Errorf("ct: --ct-log-key %s: %w", k, err), ctKeyHint)}
 		}
 		fi, err := os.Stat(abs)
 		if err != nil {
-			return ctOverride{}, usagef("ct: --ct-log-key: %w", err)
+			return ctOverride{}, usageError{withHint(fmt.Errorf("ct: --ct-log-key: %w", err), ctKeyHint)}
 		}
 		if !fi.Mode().IsRegular() {
-			return ctOverride{}, usagef("ct: --ct-log-key %s: not a regular file", k)
+			return ctOverride{}, usageError{withHint(fmt.Errorf("ct: --ct-log-key %s: not a regular file", k), ctKeyHint)}
 		}
 		keys[i] = abs
 	}
@@ -120,6 +121,9 @@ func (f *serveFlags) ctOverride() (ctOverride, error) {
 	o.logs = logs
 	return o, nil
 }
+
+// ctKeyHint is the hint of a --ct-log-key that cannot be read.
+const ctKeyHint = "--ct-log-key names the log's public key file (PEM or DER), as the log operator publishes it"
 
 // apply adds the override's logs to cfg.CT and sets the server profile's CT
 // mode, keeping everything else the config says about that profile.
