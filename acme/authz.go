@@ -194,15 +194,27 @@ const inlineWait = 3 * time.Second
 // run here). If that write fails the challenge stays pending and the client
 // gets serverInternal, so that it answers the challenge again rather than
 // wait. The caller has claimed a.ID in s.validating.
+//
+// The inline attempt is bounded by inlineWait and tied to the request, so
+// its failure counts as an attempt only if neither cut it short: it ran
+// with the whole ValidationTimeout (or ended before inlineWait) and the
+// client did not go away. An attempt cut short is run again by the pool,
+// under the server's context and with the whole timeout, as the first.
 func (s *Server) validateInline(ctx context.Context, a *Authz, c *Challenge, thumb string) (*Challenge, *Problem) {
 	defer s.validating.Delete(a.ID)
-	ran := false
+	done := 0         // attempts made that count: 1 if the inline one failed in full
+	var last *Problem // its problem
 	if s.val.tryAcquire() {
 		wait := min(s.cfg.ValidationTimeout, inlineWait)
-		p, err := s.val.attempt(ctx, a, c.Type, thumb, wait)
+		ictx, cancel := context.WithTimeout(ctx, wait)
+		p, err := s.val.attempt(ictx, a, c.Type, thumb, s.cfg.ValidationTimeout)
+		cut := ctx.Err() != nil || (wait < s.cfg.ValidationTimeout && ictx.Err() != nil)
+		cancel()
 		s.val.release()
-		ran = err == nil
-		if ran && (p == nil || s.cfg.ValidationRetries == 0) {
+		if err == nil && p != nil && !cut {
+			done, last = 1, p
+		}
+		if err == nil && (p == nil || done > s.cfg.ValidationRetries) {
 			cur, err := s.val.settle(a.ID, c.Type, p, StatusPending)
 			if cur != nil {
 				*a = *cur
@@ -225,7 +237,12 @@ func (s *Server) validateInline(ctx context.Context, a *Authz, c *Challenge, thu
 	cc := findChallenge(cur, c.Type)
 	queued := false
 	if cc.Status == StatusPending && s.authzStatus(cur) == StatusPending {
-		cc.Status = StatusProcessing
+		cc.Status, cc.Attempts = StatusProcessing, done
+		if last != nil {
+			id := cur.Identifier
+			last.Identifier = &id
+			cc.Error = last // RFC 8555 §8.2: the error of each failed attempt
+		}
 		if err := s.st.UpdateAuthz(s.ctx, cur, WorkValidate+cur.ID+"/"+cc.Type, true); err != nil {
 			unlock()
 			return nil, s.internalErr("update authz", err)
@@ -234,11 +251,7 @@ func (s *Server) validateInline(ctx context.Context, a *Authz, c *Challenge, thu
 	}
 	unlock()
 	if queued {
-		next := 1
-		if !ran {
-			next = 0
-		}
-		s.val.enqueue(cur.ID, cc.Type, next)
+		s.val.enqueue(cur.ID, cc.Type, done)
 	}
 	*a = *cur
 	return cc, nil

@@ -56,11 +56,13 @@ type Config struct {
 	TLSALPN01Port int `yaml:"tlsalpn01_port"`
 	// Resolver is the DNS server ("HOST:PORT") used for every validation
 	// lookup; only it is asked (neither /etc/hosts nor the search list of
-	// /etc/resolv.conf applies). Empty: the system resolver.
+	// /etc/resolv.conf applies). Empty: the system resolver, asked for
+	// absolute names so that its search list never applies.
 	Resolver string `yaml:"resolver"`
 	// ValidationTimeout bounds one validation attempt (default 10s);
 	// ValidationRetries is how many more attempts follow a failed one
-	// (default 2) and ValidationRetryDelay the pause between them (1s).
+	// (default 2; the count is stored, so a restart grants none) and
+	// ValidationRetryDelay the pause between them (1s).
 	ValidationTimeout    time.Duration `yaml:"validation_timeout"`
 	ValidationRetries    int           `yaml:"validation_retries"`
 	ValidationRetryDelay time.Duration `yaml:"validation_retry_delay"`

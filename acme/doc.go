@@ -26,8 +26,10 @@
 // while the client waits (bounded) if one of the validation pool's slots
 // is free; success costs one write. Otherwise the challenge is stored as
 // processing with a work record and the attempts run on the pool, each
-// with a timeout, a bounded number of times: no more attempts run at once
-// than the pool has workers. The http-01 and tls-alpn-01 ports and the DNS
+// with a timeout, a bounded number of times (the count is stored with
+// each failure, so a restart does not renew it; an inline attempt that
+// its bound or the client's disconnect cut short does not count): no
+// more attempts run at once than the pool has workers. The http-01 and tls-alpn-01 ports and the DNS
 // resolver are configurable so tests validate on loopback. Finalize starts
 // issuance and waits briefly: a fast CA yields the valid order in the same
 // answer (one durable write); otherwise the order is stored as processing,

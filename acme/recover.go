@@ -8,7 +8,9 @@ import (
 )
 
 // recover settles the work a previous run left: validations in flight are
-// queued again; orders that were processing become invalid with a problem
+// queued again, each resuming from the count of attempts its challenge
+// has stored (validator.run; one whose attempts are used up becomes
+// invalid with its last attempt's problem); orders that were processing become invalid with a problem
 // that tells the client to order again. Failing them is deterministic and
 // safe: the CA records every serial it may have signed, and the client's
 // authorizations are reused so the new order is cheap. (Retrying would

@@ -25,6 +25,9 @@ type flakyStore struct {
 	finishCommitted atomic.Int32
 	leftValid       atomic.Int32
 	invalidOrder    atomic.Int32 // UpdateOrder storing an invalid order
+	// UpdateAuthz recording a failed attempt of the pool (a processing
+	// challenge with 2 or more attempts made)
+	failedAttempt atomic.Int32
 }
 
 func failNext(n *atomic.Int32) bool {
@@ -42,6 +45,11 @@ func failNext(n *atomic.Int32) bool {
 func (f *flakyStore) UpdateAuthz(ctx context.Context, a *hacme.Authz, work string, add bool) error {
 	if a.Status == hacme.StatusValid && failNext(&f.validAuthz) {
 		return errInjected
+	}
+	for _, c := range a.Challenges {
+		if c.Status == hacme.StatusProcessing && c.Attempts >= 2 && failNext(&f.failedAttempt) {
+			return errInjected
+		}
 	}
 	return f.Store.UpdateAuthz(ctx, a, work, add)
 }
@@ -131,6 +139,50 @@ func TestValidationStoreErrors(t *testing.T) {
 				if c.Type == "http-01" && tc.wantProb != "" && (c.Error == nil || c.Error.Type != tc.wantProb) {
 					t.Fatalf("challenge error %+v, want %s", c.Error, tc.wantProb)
 				}
+			}
+			if w, err := e.st.ListWork(t.Context(), hacme.WorkValidate); err != nil || len(w) != 0 {
+				t.Fatalf("validation work left: %v %v", w, err)
+			}
+		})
+	}
+}
+
+// A store error while the pool records a failed attempt (the count that
+// a restart resumes from) is retried like any other outcome: the next
+// attempt follows once the count is stored, so the budget holds; if the
+// store keeps failing the challenge ends invalid with serverInternal.
+func TestValidationFailedAttemptStoreErrors(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		fails    int32 // writes of a failed attempt that fail
+		attempts int32
+		wantProb string
+	}{
+		{"store recovers", 2, 3, hacme.ProbUnauthorized},
+		{"store keeps failing", -1, 2, hacme.ProbServerInternal},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			f := &flakyStore{}
+			f.failedAttempt.Store(tc.fails)
+			tgt := &scriptedTarget{answer: func(int32, *http.Request) (int, error) { return http.StatusNotFound, nil }}
+			e := newEnvWrap(t, func(c *hacme.Config) { c.ValidationRetries = 2 },
+				hacme.Options{HTTPClient: &http.Client{Transport: tgt}},
+				func(st hacme.Store) hacme.Store { f.Store = st; return f })
+			a := newRaw(t, e)
+			a.register()
+			authz := startHTTP01(t, e, a, tgt, "flaky-attempt.example.test", nil)
+			got := waitSettled(t, a, authz)
+			if got.Status != "invalid" {
+				t.Fatalf("authorization %s, want invalid", got.Status)
+			}
+			for _, c := range got.Challenges {
+				if c.Type == "http-01" && (c.Error == nil || c.Error.Type != tc.wantProb) {
+					t.Fatalf("challenge error %+v, want %s", c.Error, tc.wantProb)
+				}
+			}
+			if n := tgt.n.Load(); n != tc.attempts {
+				t.Fatalf("%d attempts, want %d", n, tc.attempts)
 			}
 			if w, err := e.st.ListWork(t.Context(), hacme.WorkValidate); err != nil || len(w) != 0 {
 				t.Fatalf("validation work left: %v %v", w, err)

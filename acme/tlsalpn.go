@@ -5,10 +5,14 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/asn1"
 	"net"
 	"net/netip"
 	"strconv"
+
+	"golang.org/x/crypto/cryptobyte"
+	cbasn1 "golang.org/x/crypto/cryptobyte/asn1"
 )
 
 // idPeACMEIdentifier is the acmeIdentifier extension (RFC 8737 §3).
@@ -59,25 +63,8 @@ func (v *validator) tlsALPN01At(ctx context.Context, id Identifier, sni, addr, k
 		return prob(ProbTLS, 400, "tls-alpn-01: no certificate")
 	}
 	c := cs.PeerCertificates[0]
-	// RFC 8737 §3 (RFC 8738 §6 for IPs): the subjectAltName holds the
-	// identifier being validated and no other entries, of any type.
-	if len(c.EmailAddresses) != 0 || len(c.URIs) != 0 {
+	if !sanIsExactly(c, id) {
 		return prob(ProbUnauthorized, 403, "tls-alpn-01: the certificate must name exactly "+id.Value)
-	}
-	switch id.Type {
-	case "dns":
-		if len(c.DNSNames) != 1 || c.DNSNames[0] != id.Value || len(c.IPAddresses) != 0 {
-			return prob(ProbUnauthorized, 403, "tls-alpn-01: the certificate must name exactly "+id.Value)
-		}
-	case "ip":
-		ok := len(c.IPAddresses) == 1 && len(c.DNSNames) == 0
-		if ok {
-			got, _ := netip.AddrFromSlice(c.IPAddresses[0])
-			ok = got.Unmap() == netip.MustParseAddr(id.Value)
-		}
-		if !ok {
-			return prob(ProbUnauthorized, 403, "tls-alpn-01: the certificate must name exactly "+id.Value)
-		}
 	}
 	sum := sha256.Sum256([]byte(keyAuth))
 	for _, e := range c.Extensions {
@@ -97,6 +84,50 @@ func (v *validator) tlsALPN01At(ctx context.Context, id Identifier, sni, addr, k
 		return nil
 	}
 	return prob(ProbUnauthorized, 403, "tls-alpn-01: the certificate has no acmeIdentifier extension")
+}
+
+// idCeSubjectAltName is the subjectAltName extension (RFC 5280 §4.2.1.6).
+var idCeSubjectAltName = asn1.ObjectIdentifier{2, 5, 29, 17}
+
+// GeneralName tags (RFC 5280 §4.2.1.6) of the two names an identifier
+// can be.
+const (
+	sanTagDNSName   = 2
+	sanTagIPAddress = 7
+)
+
+// sanIsExactly reports whether c's subjectAltName holds id and no other
+// entry (RFC 8737 §3; RFC 8738 §6 for IP identifiers). It reads the
+// extension itself rather than c's parsed fields: crypto/x509 parses only
+// some GeneralName types and skips the rest (otherName, x400Address,
+// directoryName, ediPartyName, registeredID), so an entry of those types
+// would go unseen.
+func sanIsExactly(c *x509.Certificate, id Identifier) bool {
+	var ext []byte
+	for _, e := range c.Extensions {
+		if e.Id.Equal(idCeSubjectAltName) {
+			if ext != nil {
+				return false
+			}
+			ext = e.Value
+		}
+	}
+	in := cryptobyte.String(ext)
+	var names, name cryptobyte.String
+	var tag cbasn1.Tag
+	if !in.ReadASN1(&names, cbasn1.SEQUENCE) || !in.Empty() ||
+		!names.ReadAnyASN1(&name, &tag) || !names.Empty() {
+		return false
+	}
+	switch id.Type {
+	case "dns":
+		return tag == cbasn1.Tag(sanTagDNSName).ContextSpecific() && string(name) == id.Value
+	case "ip":
+		got, ok := netip.AddrFromSlice(name)
+		want, err := netip.ParseAddr(id.Value)
+		return tag == cbasn1.Tag(sanTagIPAddress).ContextSpecific() && ok && err == nil && got.Unmap() == want
+	}
+	return false
 }
 
 // reverseName is the in-addr.arpa / ip6.arpa name of an address.

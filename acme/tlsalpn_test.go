@@ -102,3 +102,87 @@ func TestTLSALPN01TriesEachAddress(t *testing.T) {
 		})
 	}
 }
+
+// alpnCertSAN is alpnCert with the subjectAltName extension given as
+// names, encoded as is (so that it may hold GeneralName types that
+// crypto/x509 does not parse).
+func alpnCertSAN(t *testing.T, keyAuth string, names ...asn1.RawValue) *tls.Certificate {
+	t.Helper()
+	sum := sha256.Sum256([]byte(keyAuth))
+	val, _ := asn1.Marshal(sum[:])
+	san, err := asn1.Marshal(names)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tpl := &x509.Certificate{SerialNumber: big.NewInt(1), NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		ExtraExtensions: []pkix.Extension{
+			{Id: asn1.ObjectIdentifier{2, 5, 29, 17}, Value: san},
+			{Id: asn1.ObjectIdentifier{1, 3, 6, 1, 5, 5, 7, 1, 31}, Critical: true, Value: val}}}
+	der, err := x509.CreateCertificate(rand.Reader, tpl, tpl, &k.PublicKey, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &tls.Certificate{Certificate: [][]byte{der}, PrivateKey: k}
+}
+
+// RFC 8737 §3: the certificate's subjectAltName holds the identifier "and
+// no other entries". An extra entry of a type crypto/x509 does not parse
+// (registeredID, otherName) fails the validation like any other; the
+// identifier alone, encoded the same way, passes.
+func TestTLSALPN01ExtraSANEntry(t *testing.T) {
+	e := newEnv(t, func(c *hacme.Config) { c.ValidationRetries = -1 })
+	a := newRaw(t, e)
+	a.register()
+	oid, _ := asn1.Marshal(asn1.ObjectIdentifier{1, 2, 3, 4})
+	utf8, _ := asn1.Marshal("x")
+	explicit, _ := asn1.Marshal(asn1.RawValue{Class: asn1.ClassContextSpecific, Tag: 0, IsCompound: true, Bytes: utf8})
+	registeredID := asn1.RawValue{Class: asn1.ClassContextSpecific, Tag: 8, Bytes: oid[2:]}
+	otherName := asn1.RawValue{Class: asn1.ClassContextSpecific, Tag: 0, IsCompound: true, Bytes: append(append([]byte{}, oid...), explicit...)}
+	for _, tc := range []struct {
+		name  string
+		extra []asn1.RawValue
+		want  string
+	}{
+		{"identifier alone", nil, "valid"},
+		{"and a registeredID", []asn1.RawValue{registeredID}, "invalid"},
+		{"and an otherName", []asn1.RawValue{otherName}, "invalid"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			host := strings.ToLower(strings.ReplaceAll(tc.name, " ", "-")) + ".example.test"
+			e.dns.setA(host, net.IPv4(127, 0, 0, 1))
+			_, o := a.newOrder(host)
+			z := decode[authzResp](t, a.post(o.Authorizations[0], nil, signOpts{}))
+			for _, ch := range z.Challenges {
+				if ch.Type != "tls-alpn-01" {
+					continue
+				}
+				names := append([]asn1.RawValue{{Class: asn1.ClassContextSpecific, Tag: 2, Bytes: []byte(host)}}, tc.extra...)
+				e.chal.setCert(host, alpnCertSAN(t, a.keyAuth(ch.Token), names...))
+				if r := a.post(ch.URL, map[string]any{}, signOpts{}); r.code != 200 {
+					t.Fatalf("challenge: %d %s", r.code, r.body)
+				}
+			}
+			type authz struct {
+				Status     string
+				Challenges []struct {
+					Type  string
+					Error *struct{ Type, Detail string }
+				}
+			}
+			var got authz
+			waitFor(t, "authorization settled", func() bool {
+				got = decode[authz](t, a.post(o.Authorizations[0], nil, signOpts{}))
+				return got.Status == "valid" || got.Status == "invalid"
+			})
+			if got.Status != tc.want {
+				t.Fatalf("authorization %s, want %s (%+v)", got.Status, tc.want, got)
+			}
+			for _, c := range got.Challenges {
+				if tc.want == "invalid" && c.Type == "tls-alpn-01" && (c.Error == nil || !strings.Contains(c.Error.Detail, "must name exactly")) {
+					t.Fatalf("challenge error %+v, want the subjectAltName refused", c.Error)
+				}
+			}
+		})
+	}
+}

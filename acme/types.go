@@ -151,7 +151,11 @@ type Challenge struct {
 	Status    string    `json:"s"`
 	Validated time.Time `json:"v,omitzero"`
 	Error     *Problem  `json:"err,omitempty"`
-	Attempts  int       `json:"n,omitempty"`
+	// Attempts is how many validation attempts of the challenge have
+	// failed in full (an inline attempt cut short does not count),
+	// written with the processing state and with each failure, so that a
+	// restart resumes the count (1+ValidationRetries in all).
+	Attempts int `json:"n,omitempty"`
 }
 
 // Cert is an issued certificate as the ACME server keeps it: who owns it,

@@ -21,16 +21,38 @@ import (
 // Each job is one attempt; a failed attempt is retried after
 // ValidationRetryDelay up to ValidationRetries times, each attempt bounded by
 // ValidationTimeout. The work record in the store makes a restart re-queue
-// the validations that were in flight.
+// the validations that were in flight, and the challenge's stored count of
+// attempts made (Challenge.Attempts, written with each failure) makes it
+// resume with the attempts left rather than start over.
 type validator struct {
 	s        *Server
 	ch       chan valJob
 	slots    chan struct{} // one token per attempt running
 	wg       sync.WaitGroup
 	dialer   *net.Dialer
-	resolver *net.Resolver // the system resolver, when dns is nil
-	dns      *dnsClient    // Config.Resolver's client, when one is set
+	resolver sysResolver // the system resolver, when dns is nil
+	dns      *dnsClient  // Config.Resolver's client, when one is set
 	client   *http.Client
+}
+
+// sysResolver is what the validator asks of the system resolver
+// (*net.Resolver); tests substitute it.
+type sysResolver interface {
+	LookupNetIP(ctx context.Context, network, host string) ([]netip.Addr, error)
+	LookupTXT(ctx context.Context, name string) ([]string, error)
+}
+
+// absName is name made absolute (a trailing dot), as every name the
+// validator gives the system resolver must be: a relative name is also
+// tried with each domain of the search list of /etc/resolv.conf appended
+// (and first so when it has fewer dots than ndots, which with ndots:5 is
+// almost every name), so whoever controls a search domain could pass
+// validations for names that are not theirs.
+func absName(name string) string {
+	if strings.HasSuffix(name, ".") {
+		return name
+	}
+	return name + "."
 }
 
 type valJob struct {
@@ -169,30 +191,83 @@ func (v *validator) run(j valJob) {
 		if c == nil || c.Status != StatusProcessing {
 			return
 		}
-		select {
-		case v.slots <- struct{}{}:
-		case <-ctx.Done():
-			return
+		// The stored count of attempts made is the one that holds: a
+		// restart re-queues the job without it (recover.go), and a
+		// budget used up before the restart (or cut by a lower
+		// ValidationRetries) settles with the last attempt's problem.
+		j.attempt = c.Attempts
+		if j.attempt > s.cfg.ValidationRetries {
+			p := c.Error
+			if p == nil {
+				p = prob(ProbServerInternal, 500, "the validation attempts are used up; create a new order")
+			}
+			j.ran, j.res = true, p
+		} else {
+			select {
+			case v.slots <- struct{}{}:
+			case <-ctx.Done():
+				return
+			}
+			p, err := v.attempt(ctx, a, j.typ, "", s.cfg.ValidationTimeout)
+			v.release()
+			if ctx.Err() != nil {
+				return // shutting down; the work record re-queues it on start
+			}
+			if err != nil {
+				v.storeFailed(j, "get account", err)
+				return
+			}
+			j.ran, j.res = true, p
 		}
-		p, err := v.attempt(ctx, a, j.typ, "", s.cfg.ValidationTimeout)
-		v.release()
-		if ctx.Err() != nil {
-			return // shutting down; the work record re-queues it on start
-		}
+	}
+	if j.res != nil && j.attempt < s.cfg.ValidationRetries {
+		s.log.Debug("acme: validation attempt failed", "authz", j.authz, "type", j.typ, "attempt", j.attempt, "problem", j.res.Detail)
+		more, err := v.recordFailure(j.authz, j.typ, j.attempt+1, j.res)
 		if err != nil {
-			v.storeFailed(j, "get account", err)
+			if ctx.Err() == nil {
+				v.storeFailed(j, "store the failed attempt", err)
+			}
 			return
 		}
-		if p != nil && j.attempt < s.cfg.ValidationRetries {
-			s.log.Debug("acme: validation attempt failed", "authz", a.ID, "type", j.typ, "attempt", j.attempt, "problem", p.Detail)
+		if more {
 			v.enqueue(j.authz, j.typ, j.attempt+1)
-			return
 		}
-		j.ran, j.res = true, p
+		return
 	}
 	if _, err := v.settle(j.authz, j.typ, j.res, StatusProcessing); err != nil && ctx.Err() == nil {
 		v.storeFailed(j, "store the outcome", err)
 	}
+}
+
+// recordFailure stores that n attempts of a processing challenge have been
+// made, the last failing with p (the challenge's error, RFC 8555 §8.2),
+// before the next attempt is queued, so that a restart resumes the count
+// rather than grant a fresh set of attempts. It reports false if there is
+// nothing more to do: the challenge is no longer processing or the
+// authorization was pruned. An error is a store error: nothing was stored.
+func (v *validator) recordFailure(authzID, typ string, n int, p *Problem) (bool, error) {
+	s := v.s
+	unlock := s.lock(authzID)
+	defer unlock()
+	a, err := s.st.GetAuthz(s.ctx, authzID)
+	if errors.Is(err, ErrNotFound) {
+		return false, nil
+	} else if err != nil {
+		return false, err
+	}
+	c := findChallenge(a, typ)
+	if c == nil || c.Status != StatusProcessing {
+		return false, nil
+	}
+	id := a.Identifier
+	p.Identifier = &id
+	c.Attempts, c.Error = n, p
+	if err := s.st.UpdateAuthz(s.ctx, a, "", false); errors.Is(err, ErrNotFound) {
+		return false, nil
+	} else if err != nil {
+		return false, err
+	}
+	return true, nil
 }
 
 // storeFailed handles a store error met by job j: the job runs again after
@@ -270,7 +345,8 @@ func (v *validator) settle(authzID, typ string, p *Problem, from string) (*Authz
 		p = unauthorized("the authorization expired before its validation completed")
 	}
 	if p == nil {
-		c.Status, c.Validated = StatusValid, now
+		// A failed earlier attempt's problem goes: the challenge is valid.
+		c.Status, c.Validated, c.Error = StatusValid, now, nil
 		if a.Status == StatusPending {
 			a.Status = StatusValid
 			a.Expires = now.Add(s.cfg.AuthzLifetime)
@@ -362,7 +438,10 @@ func (v *validator) dialResolved(ctx context.Context, network, addr string) (net
 }
 
 // lookup returns the addresses to validate host at: the host itself if it
-// is an address, else its A and AAAA records from the configured resolver.
+// is an address, else its A and AAAA records from the configured resolver,
+// asked for the absolute name. Every host the validator connects to comes
+// through here: the identifier (http-01, tls-alpn-01) and the host of an
+// http-01 redirect (dialResolved).
 func (v *validator) lookup(ctx context.Context, host string) ([]netip.Addr, *Problem) {
 	if a, err := netip.ParseAddr(host); err == nil {
 		return []netip.Addr{a}, nil
@@ -372,7 +451,7 @@ func (v *validator) lookup(ctx context.Context, host string) ([]netip.Addr, *Pro
 	if v.dns != nil {
 		ips, err = v.dns.lookupIP(ctx, host)
 	} else {
-		ips, err = v.resolver.LookupNetIP(ctx, "ip", host)
+		ips, err = v.resolver.LookupNetIP(ctx, "ip", absName(host))
 	}
 	if err != nil || len(ips) == 0 {
 		return nil, prob(ProbDNS, 400, "no A or AAAA record found for "+host)
@@ -433,7 +512,7 @@ func (v *validator) dns01(ctx context.Context, a *Authz, keyAuth string) *Proble
 	if v.dns != nil {
 		txts, err = v.dns.lookupTXT(ctx, name)
 	} else {
-		txts, err = v.resolver.LookupTXT(ctx, name)
+		txts, err = v.resolver.LookupTXT(ctx, absName(name))
 	}
 	if err != nil {
 		return prob(ProbDNS, 400, "dns-01: no TXT record found at "+name)

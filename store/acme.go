@@ -444,22 +444,33 @@ const authzIdxMax = 8
 // indexAuthz updates the reuse index for a, which is about to be written:
 // the entry of a's account and identifier lists the IDs of the valid
 // authorizations, oldest first, separated by ",", so that deactivating
-// one leaves the others findable. A list of one ID is that ID alone, as
-// older stores and the pruner (which deletes an entry that names only the
-// authorization it deletes) read it. Each write drops from the list the
-// IDs whose authorization is gone (pruned) or no longer valid.
+// one leaves the others findable (a list of one ID is that ID alone, as
+// older stores wrote it).
 func indexAuthz(tx *bolt.Tx, a *acme.Authz) error {
+	add := ""
+	if a.Status == acme.StatusValid {
+		add = a.ID
+	}
+	return rewriteAuthzIdx(tx, authzIdxKey(a.AccountID, a.Identifier, a.Wildcard), a.ID, add)
+}
+
+// rewriteAuthzIdx rewrites the reuse index entry k: it keeps the listed
+// IDs other than drop whose authorization is still stored and valid, then
+// appends add (if not ""; add is drop or ""), keeps the newest authzIdxMax, and deletes the
+// entry when nothing is left. Both UpdateAuthz and the pruner (which
+// passes the authorization it deletes as drop) go through it, so an entry
+// never outlives the authorizations it names.
+func rewriteAuthzIdx(tx *bolt.Tx, k []byte, drop, add string) error {
 	idx := tx.Bucket(bAuthzIdx)
-	k := authzIdxKey(a.AccountID, a.Identifier, a.Wildcard)
 	cur := idx.Get(k)
 	var keep []string
 	for _, id := range authzIdxIDs(cur) {
-		if id != a.ID && storedValid(tx, id) {
+		if id != drop && storedValid(tx, id) {
 			keep = append(keep, id)
 		}
 	}
-	if a.Status == acme.StatusValid {
-		keep = append(keep, a.ID)
+	if add != "" {
+		keep = append(keep, add)
 	}
 	if len(keep) > authzIdxMax {
 		keep = keep[len(keep)-authzIdxMax:]

@@ -227,12 +227,10 @@ func dropAuthz(tx *bolt.Tx, p acme.PrunePolicy, id []byte) (cacheKey, bool, erro
 	if !p.PruneAuthz(a) {
 		return cacheKey{}, false, nil
 	}
-	idx := tx.Bucket(bAuthzIdx)
-	ik := authzIdxKey(a.AccountID, a.Identifier, a.Wildcard)
-	if string(idx.Get(ik)) == a.ID {
-		if err := idx.Delete(ik); err != nil {
-			return cacheKey{}, false, err
-		}
+	// The reuse index entry loses a's ID (and those of authorizations
+	// already gone); an entry left empty is deleted.
+	if err := rewriteAuthzIdx(tx, authzIdxKey(a.AccountID, a.Identifier, a.Wildcard), a.ID, ""); err != nil {
+		return cacheKey{}, false, err
 	}
 	for _, c := range a.Challenges {
 		if c == nil {
