@@ -116,11 +116,9 @@ func validDNSName(n string) bool {
 	if len(n) == 0 || len(n) > 253 || strings.HasSuffix(n, ".") {
 		return false
 	}
-	labels := strings.Split(n, ".")
-	if len(labels) < 2 {
-		return false
-	}
-	for _, l := range labels {
+	// One label is a name too: in a private PKI single-label hosts ("db")
+	// are legitimate; the CA's name policy decides which are allowed.
+	for _, l := range strings.Split(n, ".") {
 		if len(l) == 0 || len(l) > 63 || l[0] == '-' || l[len(l)-1] == '-' {
 			return false
 		}

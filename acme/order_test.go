@@ -65,3 +65,16 @@ func TestPolicyRefusalSubproblems(t *testing.T) {
 		})
 	}
 }
+
+// TestSingleLabelNewOrder: a private PKI has single-label hosts ("db"),
+// which the CA accepts (its name policy decides); newOrder must not refuse
+// them as malformed.
+func TestSingleLabelNewOrder(t *testing.T) {
+	e := newEnv(t, nil)
+	a := newRaw(t, e)
+	a.register()
+	r := a.post(e.base+"new-order", map[string]any{"identifiers": []map[string]string{{"type": "dns", "value": "db"}}}, signOpts{})
+	if r.code != http.StatusCreated {
+		t.Fatalf("new order for a single-label name: %d %s", r.code, r.body)
+	}
+}
