@@ -53,9 +53,19 @@ func (e *VerifyError) Error() string {
 // VerifyEmbedded checks every SCT embedded in cert (RFC 6962 section 3.3)
 // against the log it names, for the precertificate entry reconstructed from
 // cert and issuer (ct-go ctutil). It returns the SCTs that verified and, if
-// any did not (unknown log, malformed SCT, bad signature), a *VerifyError
-// naming each. A certificate without SCTs gives ErrNoSCTs.
+// any did not (unknown log, malformed SCT, bad signature, a timestamp in
+// the future), a *VerifyError naming each. A certificate without SCTs
+// gives ErrNoSCTs. It is VerifyEmbeddedAt at time.Now.
 func VerifyEmbedded(cert, issuer *x509.Certificate, logs []Log) ([]VerifiedSCT, error) {
+	return VerifyEmbeddedAt(cert, issuer, logs, time.Now())
+}
+
+// VerifyEmbeddedAt is VerifyEmbedded at the time now. An SCT dated more than
+// the Submitter's allowance for clock skew (a minute) after now fails, as it
+// does at submission: a log does not promise inclusion from the future
+// (RFC 6962 section 3.2: the timestamp is when the log saw the entry), and
+// browsers refuse such an SCT.
+func VerifyEmbeddedAt(cert, issuer *x509.Certificate, logs []Log, now time.Time) ([]VerifiedSCT, error) {
 	if cert == nil || issuer == nil {
 		return nil, errors.New("ct: certificate and issuer are required")
 	}
@@ -109,6 +119,11 @@ func VerifyEmbedded(cert, issuer *x509.Certificate, logs []Log) ([]VerifiedSCT, 
 		f.LogName = l.Name
 		if err := ctutil.VerifySCT(l.PublicKey, chain, sct, true); err != nil {
 			f.Err = fmt.Errorf("signature does not verify: %v", err)
+			failed = append(failed, f)
+			continue
+		}
+		if f.Timestamp.After(now.Add(maxFutureSCT)) {
+			f.Err = fmt.Errorf("timestamp %s is in the future (now %s)", f.Timestamp.UTC().Format(time.RFC3339), now.UTC().Format(time.RFC3339))
 			failed = append(failed, f)
 			continue
 		}

@@ -3,6 +3,9 @@ package ct
 import (
 	"bytes"
 	"context"
+	"crypto"
+	"crypto/rand"
+	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/asn1"
@@ -13,6 +16,10 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	ctgo "github.com/google/certificate-transparency-go"
+	cttls "github.com/google/certificate-transparency-go/tls"
 
 	"github.com/hsmca/hsmca/ct/cttest"
 )
@@ -268,4 +275,80 @@ func TestFixtures(t *testing.T) {
 	if err != nil || len(got) != 2 || got[0].LogName != "logA" || got[1].LogName != "logB" {
 		t.Fatalf("fixture: %+v, %v", got, err)
 	}
+}
+
+// signedSCTAt returns an SCT from log f for the precertificate of iss,
+// correctly signed, with the timestamp ts.
+func signedSCTAt(t *testing.T, f *cttest.FakeLog, iss *issued, ts time.Time) []byte {
+	t.Helper()
+	entry, _, err := precertEntry(iss.chain())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ms := uint64(ts.UnixMilli())
+	sct := ctgo.SignedCertificateTimestamp{SCTVersion: ctgo.V1, LogID: ctgo.LogID{KeyID: f.ID}, Timestamp: ms}
+	leaf := *entry
+	te := *entry.TimestampedEntry
+	te.Timestamp = ms
+	leaf.TimestampedEntry = &te
+	input, err := ctgo.SerializeSCTSignatureInput(sct, ctgo.LogEntry{Leaf: leaf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := sha256.Sum256(input)
+	sig, err := f.Key.Sign(rand.Reader, d[:], crypto.SHA256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sct.Signature = ctgo.DigitallySigned{Algorithm: cttls.SignatureAndHashAlgorithm{Hash: cttls.SHA256, Signature: cttls.ECDSA}, Signature: sig}
+	raw, err := cttls.Marshal(sct)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return raw
+}
+
+// An embedded SCT dated after now, beyond the allowance the Submitter
+// gives a log's clock, is a failure, however well it is signed.
+func TestVerifyEmbeddedFutureSCT(t *testing.T) {
+	pki := newTestPKI(t)
+	f := cttest.NewFakeLog(t, cttest.OK)
+	pub, id, err := ParsePublicKey([]byte(f.PublicKeyPEM()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := []Log{{Name: "fake", ID: id, PublicKey: pub}}
+	now := time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
+	tests := []struct {
+		name   string
+		offset time.Duration
+		ok     bool
+	}{
+		{"an hour ago", -time.Hour, true},
+		{"now", 0, true},
+		{"within the allowance", maxFutureSCT - time.Second, true},
+		{"just beyond the allowance", maxFutureSCT + time.Second, false},
+		{"a year ahead", 365 * 24 * time.Hour, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			iss := pki.precert(t, leafTemplate(t, "future.example.test"))
+			final := iss.final(t, [][]byte{signedSCTAt(t, f, iss, now.Add(tc.offset))})
+			got, err := VerifyEmbeddedAt(final, pki.inter, logs, now)
+			var ve *VerifyError
+			switch {
+			case tc.ok && (err != nil || len(got) != 1):
+				t.Fatalf("VerifyEmbeddedAt = %+v, %v", got, err)
+			case !tc.ok && (!errors.As(err, &ve) || len(ve.Failures) != 1 || len(got) != 0 || !strings.Contains(err.Error(), "in the future")):
+				t.Fatalf("SCT %v after now: VerifyEmbeddedAt = %+v, %v", tc.offset, got, err)
+			}
+		})
+	}
+	t.Run("VerifyEmbedded uses the current time", func(t *testing.T) {
+		iss := pki.precert(t, leafTemplate(t, "future.example.test"))
+		final := iss.final(t, [][]byte{signedSCTAt(t, f, iss, time.Now().Add(365*24*time.Hour))})
+		if got, err := VerifyEmbedded(final, pki.inter, logs); err == nil {
+			t.Fatalf("SCT a year ahead verified: %+v", got)
+		}
+	})
 }

@@ -63,9 +63,16 @@
 //
 // # Crashes and what Open does
 //
+// Open writes nothing to a log that exists (it only creates the buckets
+// of a new one); the first append of the process (Append, BeginSign,
+// Recover) creates the segment, or upgrades an older one, before it
+// writes. So `hsmca hsm audit verify` and `list` leave a
+// module's files as they found them.
+//
 // Records written after the last signed head (a crash between a write and
-// the next flush) are checked link by link when the log is opened and
-// covered by a new signed head at the next flush. The records end at a
+// the next flush) are checked link by link when the log is opened, counted
+// by Head, Events and Verify as checked, and covered by a new signed head
+// at the first flush after the process's first append. The records end at a
 // zero frame header (the space allocated ahead of them). If the segment
 // ends in a torn record (a frame cut short or damaged, or bytes other than
 // zeros after the end: a power loss that kept some of the unsynced pages,
@@ -82,6 +89,27 @@
 // at Open. Space is always allocated at least a frame header beyond the
 // last record, so that a kill -9 never leaves a record ending too close to
 // the end of the file to read its end.
+//
+// # What is cut off the end
+//
+// The segment's header holds a random segment ID, which the database
+// records in the transaction of the first database record after the
+// segment is created (see segment.go); a module's first database record
+// (init, activation) comes before its first signature. A segment that is
+// missing, cut inside its header or carries another ID, once the database
+// records one (or holds a head written since segments exist), is lost
+// evidence: Open never creates one in its place, Verify reports it, every
+// append fails. A log written before segment IDs opens as before, and its
+// next database record gives the segment an ID and stores it.
+//
+// Each database record is committed with a database head that counts it,
+// so database records without that head, or after it, are records cut off
+// the end with it, whatever head a segment slot still holds. What the log
+// cannot tell from a crash is a slot head removed (zeroed or damaged: a
+// torn slot write looks the same) with the records only it covered, or the
+// whole module rolled back to an older copy: that is found only against a
+// head kept outside the module (VerifyExtends, `hsmca hsm audit verify
+// --known-head`).
 //
 // # The audit key
 //
@@ -102,6 +130,7 @@ package audit
 
 import (
 	"crypto/ed25519"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
@@ -112,7 +141,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -130,6 +158,8 @@ var (
 	recordsBucket = []byte("audit")
 	headBucket    = []byte("audit-head")
 	headKey       = []byte("head")
+	// segmentKey, in headBucket, records the segment's ID (segmentMarker).
+	segmentKey = []byte("segment")
 )
 
 const (
@@ -153,12 +183,14 @@ type Options struct {
 	Context string
 	// Clock stamps records; defaults to time.Now.
 	Clock func() time.Time
+	// Rand makes the segment's ID; defaults to crypto/rand.Reader.
+	Rand io.Reader
 	// Logger receives write, sync and commit failures; defaults to
 	// discarding.
 	Logger *slog.Logger
 	// Segment is the path of the signature segment file; defaults to
 	// SegmentFile in the database's directory. It is created with mode
-	// 0600.
+	// 0600, by the first append (see Open).
 	Segment string
 	// FlushInterval is the shortest time between two syncs of the
 	// segment; default DefaultFlushInterval.
@@ -177,6 +209,7 @@ type Log struct {
 	pub         ed25519.PublicKey
 	ctx         string
 	clock       func() time.Time
+	rand        io.Reader
 	logger      *slog.Logger
 	segPath     string
 	hdrLen      int64
@@ -192,20 +225,30 @@ type Log struct {
 	syncedOff int64  // segment bytes known to be synced
 	slotNext  int    // the head slot the next flush writes
 	slotDirty bool   // a head slot was written since the last sync
+	// markerKnown: the database records segID (segmentKey); otherwise the
+	// next database record stores it.
+	markerKnown bool
 
 	// mu guards the chain's position and the segment's write end.
 	// Signers hold it for one hash, one encoding and one copy.
 	mu      sync.Mutex
-	seq     uint64   // last record, written or committed
-	prev    [32]byte // hash of record seq
-	frame   []byte   // scratch for BeginSign's frame
-	seg     *os.File
-	w       *segWriter
-	off     int64     // end of the last complete record written to the segment
-	lastRec int64     // offset of the segment's last written record (0: none)
-	broken  error     // sticky: a failed write or commit, or a log that does not verify
-	torn    *tornTail // a damaged segment end found by Open, not yet cut
+	seq     uint64     // last record, written or committed
+	prev    [32]byte   // hash of record seq
+	frame   []byte     // scratch for BeginSign's frame
+	seg     *os.File   // nil while the segment does not exist yet (or is missing)
+	w       *segWriter // nil until the first append readies the segment (prepareLocked)
+	off     int64      // end of the last complete record written to the segment
+	lastRec int64      // offset of the segment's last written record (0: none)
+	broken  error      // sticky: a failed write or commit, or a log that does not verify
+	torn    *tornTail  // a damaged segment end found by Open, not yet cut
 	closed  bool
+
+	// What Open found, for prepareLocked and the readers.
+	segID    [segIDLen]byte
+	segFresh bool            // the segment is to be created (none yet, or cut short while being created)
+	segStale bool            // its header is to be rewritten (v2 magic, or no ID yet)
+	segErr   *hsm.AuditError // the segment is missing, replaced or not this log's
+	openTail *storedHead     // records after the signed head, checked link by link, not yet covered by one
 
 	written   atomic.Uint64 // seq, for Wait
 	synced    atomic.Uint64 // records up to here are synced or committed
@@ -250,11 +293,17 @@ type storedHead struct {
 	SegmentLast int64  `json:"segment_last,omitempty"` // offset of the last of them
 }
 
-// Open attaches to the log in db and its segment file (creating the
-// buckets and the file) and starts the flusher. If the stored records do
-// not match the signed head, Open still succeeds, so that Verify can report
-// where, but every append fails. See the package doc for what Open does
-// after a crash.
+// Open attaches to the log in db and its segment file and starts the
+// flusher. Open writes nothing to a log that exists (it creates the
+// buckets of a new one): it reads the log, and the first append (Append,
+// BeginSign, Recover) creates the segment, or upgrades an older one,
+// before it writes. So a process that only reads the log (`hsmca hsm
+// audit verify`, `list`) leaves it as it was.
+//
+// If the stored records do not match the signed head, or the segment is
+// missing, replaced or cut short while the database records that it
+// exists, Open still succeeds, so that Verify can report where, but every
+// append fails. See the package doc for what Open does after a crash.
 func Open(db *bolt.DB, key ed25519.PrivateKey, opts Options) (*Log, error) {
 	if db == nil || len(key) != ed25519.PrivateKeySize {
 		return nil, errors.New("audit: need a database and an Ed25519 private key")
@@ -271,6 +320,7 @@ func Open(db *bolt.DB, key ed25519.PrivateKey, opts Options) (*Log, error) {
 		pub:         key.Public().(ed25519.PublicKey),
 		ctx:         opts.Context,
 		clock:       opts.Clock,
+		rand:        opts.Rand,
 		logger:      opts.Logger,
 		segPath:     opts.Segment,
 		interval:    opts.FlushInterval,
@@ -284,6 +334,9 @@ func Open(db *bolt.DB, key ed25519.PrivateKey, opts Options) (*Log, error) {
 	if l.clock == nil {
 		l.clock = time.Now
 	}
+	if l.rand == nil {
+		l.rand = rand.Reader
+	}
 	if l.logger == nil {
 		l.logger = slog.New(slog.DiscardHandler)
 	}
@@ -296,14 +349,8 @@ func Open(db *bolt.DB, key ed25519.PrivateKey, opts Options) (*Log, error) {
 	if l.maxUnsynced == 0 {
 		l.maxUnsynced = DefaultMaxUnsynced
 	}
-	err := db.Update(func(tx *bolt.Tx) error {
-		if _, err := tx.CreateBucketIfNotExists(recordsBucket); err != nil {
-			return err
-		}
-		_, err := tx.CreateBucketIfNotExists(headBucket)
-		return err
-	})
-	if err != nil {
+	l.hdrLen = segHeaderLen
+	if err := createBuckets(db); err != nil {
 		return nil, fmt.Errorf("audit: create buckets: %w", err)
 	}
 	size, err := l.openSegment()
@@ -311,20 +358,22 @@ func Open(db *bolt.DB, key ed25519.PrivateKey, opts Options) (*Log, error) {
 		return nil, err
 	}
 	if err := l.loadTail(size); err != nil {
-		l.seg.Close()
+		l.closeSegment()
 		return nil, err
 	}
 	if l.seq > l.headSeq {
 		// Records after the head may be only in the page cache (a kill
 		// -9 keeps them there); sync them before counting them as synced,
 		// or a power loss before the first flush could take them and
-		// MaxUnsynced new ones.
+		// MaxUnsynced new ones. The first flush after the next append
+		// covers them with a signed head; until then the readers take
+		// them as Open checked them.
 		if err := l.seg.Sync(); err != nil {
-			l.seg.Close()
+			l.closeSegment()
 			return nil, fmt.Errorf("audit: sync the records after the head: %w", err)
 		}
+		l.openTail = &storedHead{Count: l.seq, Hash: hex.EncodeToString(l.prev[:]), Segment: l.off, SegmentLast: l.lastRec}
 	}
-	l.w = newSegWriter(l.seg, size)
 	l.aio = newAIOSyncer()
 	l.written.Store(l.seq)
 	l.synced.Store(l.seq)
@@ -333,230 +382,27 @@ func Open(db *bolt.DB, key ed25519.PrivateKey, opts Options) (*Log, error) {
 		l.failed.Store(true)
 	}
 	go l.flusher()
-	if l.seq > l.headSeq {
-		l.kickFlusher() // cover the records found after the head
-	}
 	return l, nil
 }
 
-// openSegment opens or creates the segment and checks its header. It
-// returns the file's size.
-func (l *Log) openSegment() (int64, error) {
-	f, err := os.OpenFile(l.segPath, os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		return 0, fmt.Errorf("audit: open segment: %w", err)
-	}
-	l.seg = f
-	l.hdrLen = segHeaderLen
-	hdr := segHeader(l.ctx)
-	st, err := f.Stat()
-	if err != nil {
-		f.Close()
-		return 0, fmt.Errorf("audit: open segment: %w", err)
-	}
-	size := st.Size()
-	got := make([]byte, min(size, int64(len(hdr))))
-	if _, err := f.ReadAt(got, 0); err != nil {
-		f.Close()
-		return 0, fmt.Errorf("audit: read segment header: %w", err)
-	}
-	switch {
-	case size >= segHeaderLen && string(got) == string(hdr):
-		return size, nil
-	case size >= segHeaderLen && string(got) == string(segHeaderMagic(segMagicV2, l.ctx)):
-		// v2 differs only in not allocating space ahead of the records.
-		_, err := f.WriteAt(hdr, 0)
-		if err == nil {
-			err = f.Sync()
-		}
-		if err != nil {
-			f.Close()
-			return 0, fmt.Errorf("audit: upgrade segment header: %w", err)
-		}
-		return size, nil
-	case size < segHeaderLen && string(got) == string(hdr[:len(got)]):
-		// New, or a crash while it was being created: (re)write the header
-		// and empty head slots.
-		full := make([]byte, segHeaderLen)
-		copy(full, hdr)
-		if err := f.Truncate(0); err == nil {
-			_, err = f.WriteAt(full, 0)
-		}
-		if err == nil {
-			err = f.Sync()
-		}
-		if err == nil {
-			err = syncDir(filepath.Dir(l.segPath))
-		}
-		if err != nil {
-			f.Close()
-			return 0, fmt.Errorf("audit: create segment: %w", err)
-		}
-		return segHeaderLen, nil
-	}
-	reason := "the audit segment's header does not name this module (another module's segment, or not a segment)"
-	if strings.HasPrefix(string(got), "hsmca audit segment v1\x00") {
-		reason = "the audit segment has format v1 (a development build, before the head slots); this build reads v2 and v3 only: recreate the module"
-	}
-	l.broken = &hsm.AuditError{Seq: 0, Reason: reason}
-	return size, nil
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
-}
-
-// loadTail positions the chain after the last stored record: it checks the
-// last record the signed head covers and then reads the segment records
-// written after it (see the package doc).
-func (l *Log) loadTail(size int64) error {
-	if l.broken != nil {
-		return nil
-	}
-	l.slotNext = nextSlot(l.seg)
-	var head *storedHead
-	err := l.db.View(func(tx *bolt.Tx) error {
-		h, herr := l.loadHead(tx, l.seg, l.pub)
-		k, v := tx.Bucket(recordsBucket).Cursor().Last()
-		if herr != nil {
-			l.broken = herr
-			return nil
-		}
-		if h == nil {
-			if k != nil {
-				l.broken = &hsm.AuditError{Seq: 1, Reason: "records present but no signed head"}
-			}
-			return nil
-		}
-		head = h
-		if k == nil {
-			return nil
-		}
-		if len(k) != 8 {
-			l.broken = &hsm.AuditError{Seq: h.Count, Reason: "malformed record key"}
-			return nil
-		}
-		switch last := binary.BigEndian.Uint64(k); {
-		case last > h.Count:
-			l.broken = &hsm.AuditError{Seq: h.Count + 1, Reason: "records after the signed head"}
-		case last == h.Count:
-			var ev hsm.AuditEvent
-			if json.Unmarshal(v, &ev) != nil {
-				l.broken = &hsm.AuditError{Seq: last, Reason: "last record unreadable"}
-				return nil
-			}
-			hash, err := recordHash(&ev)
-			if err != nil || hex.EncodeToString(hash[:]) != ev.Hash || ev.Seq != h.Count || ev.Hash != h.Hash {
-				l.broken = &hsm.AuditError{Seq: last, Reason: "last record does not match the signed head"}
-			}
-		}
+// createBuckets creates the log's buckets in a database that lacks them,
+// and writes nothing to one that has them.
+func createBuckets(db *bolt.DB) error {
+	missing := false
+	err := db.View(func(tx *bolt.Tx) error {
+		missing = tx.Bucket(recordsBucket) == nil || tx.Bucket(headBucket) == nil
 		return nil
 	})
-	if err != nil {
-		return fmt.Errorf("audit: read head: %w", err)
-	}
-	if l.broken != nil {
-		return nil
-	}
-	start := l.hdrLen
-	if head != nil {
-		if head.Segment > start {
-			start = head.Segment
-		}
-		prev, err := hex.DecodeString(head.Hash)
-		if err != nil || len(prev) != 32 {
-			l.broken = &hsm.AuditError{Seq: head.Count, Reason: "signed head hash malformed"}
-			return nil
-		}
-		l.seq, l.headSeq = head.Count, head.Count
-		copy(l.prev[:], prev)
-		l.lastRec = head.SegmentLast
-		if err := l.checkSegmentHead(head, start, size); err != nil {
-			l.broken = err
-			return nil
-		}
-	}
-	l.off, l.syncedOff = start, start
-	return l.readTail(start, size)
-}
-
-// checkSegmentHead checks, when the head's last record is in the segment,
-// that it is there and has the head's hash.
-func (l *Log) checkSegmentHead(head *storedHead, start, size int64) error {
-	if size < start {
-		return &hsm.AuditError{Seq: head.Count, Reason: fmt.Sprintf("the audit segment is shorter (%d bytes) than the signed head says (%d): truncated", size, start)}
-	}
-	inDB := false
-	err := l.db.View(func(tx *bolt.Tx) error {
-		inDB = tx.Bucket(recordsBucket).Get(seqKey(head.Count)) != nil
-		return nil
-	})
-	if err != nil || inDB || head.Count == 0 {
+	if err != nil || !missing {
 		return err
 	}
-	if head.SegmentLast < l.hdrLen || head.SegmentLast >= start {
-		return &hsm.AuditError{Seq: head.Count, Reason: "last record missing"}
-	}
-	var rec signRecord
-	ok, err := newSegReader(l.seg, head.SegmentLast, start).next(&rec)
-	if err != nil || !ok || rec.seq != head.Count || hex.EncodeToString(rec.hash[:]) != head.Hash {
-		return &hsm.AuditError{Seq: head.Count, Reason: "last record does not match the signed head"}
-	}
-	return nil
-}
-
-// readTail reads the segment records after the head, [start, size): each
-// must follow the chain. A frame that cannot be read, or bytes other than
-// zeros after the last record, end the tail there (torn).
-func (l *Log) readTail(start, size int64) error {
-	sr := newSegReader(l.seg, start, size)
-	sr.zeroEnds = true
-	var rec signRecord
-	for {
-		ok, err := sr.next(&rec)
-		var ferr *frameError
-		switch {
-		case errors.As(err, &ferr):
-			l.torn = &tornTail{seq: l.seq + 1, off: sr.off, size: size - sr.off, reason: ferr.reason}
-			return nil
-		case err != nil:
+	return db.Update(func(tx *bolt.Tx) error {
+		if _, err := tx.CreateBucketIfNotExists(recordsBucket); err != nil {
 			return err
-		case !ok:
-			return l.checkZeros(sr.off, size)
 		}
-		want := signHash(rec.seq, rec.time, rec.partition, rec.key, rec.hashName, rec.digest, &l.prev)
-		if rec.seq != l.seq+1 || want != rec.hash {
-			l.broken = &hsm.AuditError{Seq: l.seq + 1, Reason: "record after the signed head does not follow the chain (altered)"}
-			return nil
-		}
-		l.seq, l.prev, l.lastRec = rec.seq, rec.hash, l.off
-		l.off = sr.off
-	}
-}
-
-// checkZeros checks that the segment holds only zeros in [off, size), the
-// space allocated after the last record; anything else is a torn end.
-func (l *Log) checkZeros(off, size int64) error {
-	buf := make([]byte, 64<<10)
-	for at := off; at < size; {
-		n, err := l.seg.ReadAt(buf[:min(int64(len(buf)), size-at)], at)
-		for _, c := range buf[:n] {
-			if c != 0 {
-				l.torn = &tornTail{seq: l.seq + 1, off: off, size: size - off, reason: "bytes after the end of the records (a write cut short)"}
-				return nil
-			}
-		}
-		if err != nil && n == 0 {
-			return fmt.Errorf("audit: read segment: %w", err)
-		}
-		at += int64(n)
-	}
-	return nil
+		_, err := tx.CreateBucketIfNotExists(headBucket)
+		return err
+	})
 }
 
 // PublicKey returns the audit key that signs the head.
@@ -589,6 +435,12 @@ func (l *Log) appendLocked(now time.Time, typ, partition string, fields map[stri
 	if l.broken != nil {
 		return hsm.AuditEvent{}, fmt.Errorf("audit: log refuses appends: %w", l.broken)
 	}
+	if err := l.prepareLocked(); err != nil {
+		err = fmt.Errorf("audit: %w", err)
+		l.logger.Error("audit segment cannot be prepared; module refuses further audited operations", "err", err)
+		l.failLocked(err)
+		return hsm.AuditEvent{}, err
+	}
 	// The signature records before this one must not be lost to a power
 	// failure that this record survives: that would leave a gap.
 	if l.off > l.syncedOff {
@@ -617,11 +469,22 @@ func (l *Log) appendLocked(now time.Time, typ, partition string, fields map[stri
 	if err != nil {
 		return hsm.AuditEvent{}, err
 	}
+	var mv []byte // the segment's ID, with the first record after it got one
+	if !l.markerKnown {
+		if mv, err = json.Marshal(segmentMarker{ID: hex.EncodeToString(l.segID[:])}); err != nil {
+			return hsm.AuditEvent{}, err
+		}
+	}
 	err = l.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(recordsBucket)
 		b.FillPercent = 1.0 // keys only ever grow: pack pages
 		if err := b.Put(seqKey(ev.Seq), raw); err != nil {
 			return err
+		}
+		if mv != nil {
+			if err := tx.Bucket(headBucket).Put(segmentKey, mv); err != nil {
+				return err
+			}
 		}
 		return tx.Bucket(headBucket).Put(headKey, hv)
 	})
@@ -631,19 +494,32 @@ func (l *Log) appendLocked(now time.Time, typ, partition string, fields map[stri
 		l.failLocked(err)
 		return hsm.AuditEvent{}, err
 	}
-	l.seq, l.prev, l.headSeq = ev.Seq, h, ev.Seq
+	l.seq, l.prev, l.headSeq, l.markerKnown = ev.Seq, h, ev.Seq, true
 	l.written.Store(ev.Seq)
 	l.markSynced(ev.Seq)
 	return ev, nil
 }
 
-// Recover cuts off a torn segment end found by Open, after recording an
-// "audit-recover" event that names the lost record, its offset and size.
-// Appends do it by themselves; Recover is for tools that want it done
-// first. It does nothing when there is no torn end.
+// Recover readies the segment for writing (see Open) and cuts off a torn
+// segment end found by Open, after recording an "audit-recover" event that
+// names the lost record, its offset and size. Appends do it by themselves;
+// Recover is for tools that want it done first. On a log that refuses
+// appends, or with nothing torn, it cuts nothing.
 func (l *Log) Recover() error {
 	l.flushMu.Lock()
 	defer l.flushMu.Unlock()
+	l.mu.Lock()
+	var err error
+	if !l.closed && l.broken == nil {
+		if err = l.prepareLocked(); err != nil {
+			err = fmt.Errorf("audit: %w", err)
+			l.failLocked(err)
+		}
+	}
+	l.mu.Unlock()
+	if err != nil {
+		return err
+	}
 	return l.recoverLocked()
 }
 
@@ -711,12 +587,18 @@ func (l *Log) Close() error {
 	}
 	l.flushMu.Unlock()
 	l.mu.Lock()
-	werr := l.w.close()
-	if st, err := l.seg.Stat(); err == nil && st.Size() > l.off && ferr == nil && l.broken == nil && l.torn == nil {
-		// Give back the space allocated ahead of the records.
-		werr = errors.Join(werr, l.w.truncate(l.off))
+	var cerr error
+	if l.w != nil { // this process wrote to the segment
+		werr := l.w.close()
+		if st, err := l.seg.Stat(); err == nil && st.Size() > l.off && ferr == nil && l.broken == nil && l.torn == nil {
+			// Give back the space allocated ahead of the records.
+			werr = errors.Join(werr, l.w.truncate(l.off))
+		}
+		cerr = werr
 	}
-	cerr := errors.Join(werr, l.seg.Close())
+	if l.seg != nil {
+		cerr = errors.Join(cerr, l.seg.Close())
+	}
 	l.mu.Unlock()
 	l.wakeWaiters()
 	if wasBroken {
@@ -788,10 +670,29 @@ func readHead(tx *bolt.Tx) (*storedHead, error) {
 // (stored with each database record) or one of the segment's slots
 // (stored by flushes), whichever counts more records. Every head present
 // must verify with pub, and two heads of the same count must agree.
+//
+// Each database record is committed in one transaction with a database
+// head that counts it, so records without a database head, or after it,
+// are records cut off with the head that counted them (a head in a slot
+// does not make up for it). A slot that does not read back (bad CRC)
+// counts as torn and is passed over: a crash can leave one. So a slot
+// head removed with the records it alone covers looks like a crash; what
+// finds that is a head an auditor kept (VerifyExtends).
 func (l *Log) loadHead(tx *bolt.Tx, ra io.ReaderAt, pub ed25519.PublicKey) (*storedHead, error) {
 	best, err := readHead(tx)
 	if err != nil {
 		return nil, err
+	}
+	if k, _ := tx.Bucket(recordsBucket).Cursor().Last(); k != nil {
+		if len(k) != 8 {
+			return nil, &hsm.AuditError{Seq: 0, Reason: "malformed record key"}
+		}
+		switch last := binary.BigEndian.Uint64(k); {
+		case best == nil:
+			return nil, &hsm.AuditError{Seq: last + 1, Reason: fmt.Sprintf("the database holds records up to %d but not the signed head stored with them: removed, with the records after it (truncated)", last)}
+		case best.Count < last:
+			return nil, &hsm.AuditError{Seq: best.Count + 1, Reason: fmt.Sprintf("records after the signed head (head counts %d, the database holds record %d)", best.Count, last)}
+		}
 	}
 	if best != nil {
 		if err := l.checkHeadSig(best, pub); err != nil {

@@ -62,8 +62,12 @@ func (e *env) crash(t testing.TB) {
 	l.mu.Unlock()
 	close(l.stop)
 	<-l.done
-	l.w.close()
-	l.seg.Close()
+	if l.w != nil {
+		l.w.close()
+	}
+	if l.seg != nil {
+		l.seg.Close()
+	}
 	e.db.Close()
 }
 
@@ -778,14 +782,17 @@ func TestVerifyExtends(t *testing.T) {
 	if h, err := e.log.VerifyExtends(known); err != nil || h.Count != 8 {
 		t.Fatalf("extends: %+v, %v", h, err)
 	}
-	// Rewrite the whole log with the file's own key: Verify passes, the
-	// known head does not.
+	// Rewrite the whole log with the file's own key (the segment and the
+	// database's record of it too): Verify passes, the known head does not.
 	e.log.Close()
 	err = e.db.Update(func(tx *bolt.Tx) error {
 		if err := tx.DeleteBucket(recordsBucket); err != nil {
 			return err
 		}
 		if _, err := tx.CreateBucket(recordsBucket); err != nil {
+			return err
+		}
+		if err := tx.Bucket(headBucket).Delete(segmentKey); err != nil {
 			return err
 		}
 		return tx.Bucket(headBucket).Delete(headKey)

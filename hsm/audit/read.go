@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 
 	"github.com/hsmca/hsmca/hsm"
 	bolt "go.etcd.io/bbolt"
@@ -24,7 +25,7 @@ func (l *Log) Head() (hsm.AuditHead, error) {
 	defer closeSeg()
 	out := hsm.AuditHead{PublicKey: base64.StdEncoding.EncodeToString(l.pub), Hash: hex.EncodeToString(make([]byte, 32))}
 	err = l.db.View(func(tx *bolt.Tx) error {
-		h, err := l.loadHead(tx, ra, l.pub)
+		h, err := l.readingHead(tx, ra, l.pub)
 		if err != nil || h == nil {
 			return err
 		}
@@ -35,6 +36,25 @@ func (l *Log) Head() (hsm.AuditHead, error) {
 		return hsm.AuditHead{}, fmt.Errorf("audit: read head: %w", err)
 	}
 	return out, nil
+}
+
+// readingHead is loadHead for the readers. In a process that has not
+// written to the log, the records Open found after the signed head (a
+// crash before the flush that would have covered them) have no signed head
+// yet: they count as Open checked them, each following the one before
+// from the signed head on (Verify checks them again).
+func (l *Log) readingHead(tx *bolt.Tx, ra io.ReaderAt, pub ed25519.PublicKey) (*storedHead, error) {
+	h, err := l.loadHead(tx, ra, pub)
+	if err != nil {
+		return nil, err
+	}
+	l.mu.Lock()
+	t := l.openTail
+	l.mu.Unlock()
+	if t != nil && (h == nil || t.Count > h.Count) {
+		return t, nil
+	}
+	return h, nil
 }
 
 // segmentEnd is where the segment records covered by head end.
@@ -58,7 +78,7 @@ func (l *Log) Events(from uint64, limit int) ([]hsm.AuditEvent, error) {
 	defer closeSeg()
 	var out []hsm.AuditEvent
 	err = l.db.View(func(tx *bolt.Tx) error {
-		head, err := l.loadHead(tx, ra, l.pub)
+		head, err := l.readingHead(tx, ra, l.pub)
 		if err != nil || head == nil {
 			return err
 		}
@@ -118,19 +138,21 @@ func (l *Log) Verify() (hsm.AuditHead, error) { return l.VerifyWithKey(l.pub) }
 
 // VerifyWithKey is Verify against a pinned audit public key (the one an
 // auditor recorded at module creation). It reports the first problem as an
-// *hsm.AuditError: a record altered, missing, moved or unreadable, a head
-// that does not match or verify, records cut off the end, and last a torn
-// segment end left by a crash (see the package doc).
+// *hsm.AuditError: first a segment that is not this log's, missing or
+// replaced (see Open); then a record altered, missing, moved or
+// unreadable, a head that does not match or verify, records cut off the
+// end, and last a torn segment end left by a crash (see the package doc).
+//
+// Records cut off the end together with the newest head in the segment's
+// head slots, which a torn slot write can also explain, are found only
+// against a head kept from before (VerifyExtends).
 func (l *Log) VerifyWithKey(pub ed25519.PublicKey) (hsm.AuditHead, error) {
 	if len(pub) != ed25519.PublicKeySize {
 		return hsm.AuditHead{}, errors.New("audit: pinned public key has the wrong size")
 	}
 	_ = l.Sync()
-	l.mu.Lock()
-	broken := l.broken
-	l.mu.Unlock()
-	if aerr := (*hsm.AuditError)(nil); errors.As(broken, &aerr) && aerr.Seq == 0 {
-		return hsm.AuditHead{}, aerr // the segment is not this log's
+	if l.segErr != nil { // set by Open only
+		return hsm.AuditHead{}, l.segErr
 	}
 	ra, closeSeg, err := l.openSegmentForReading()
 	if err != nil {
@@ -139,7 +161,7 @@ func (l *Log) VerifyWithKey(pub ed25519.PublicKey) (hsm.AuditHead, error) {
 	defer closeSeg()
 	out := hsm.AuditHead{PublicKey: base64.StdEncoding.EncodeToString(pub)}
 	err = l.db.View(func(tx *bolt.Tx) error {
-		head, err := l.loadHead(tx, ra, pub)
+		head, err := l.readingHead(tx, ra, pub)
 		if err != nil {
 			return err
 		}
@@ -256,32 +278,43 @@ func segmentError(seq uint64, err error) error {
 	return &hsm.AuditError{Seq: seq, Reason: fmt.Sprintf("record unreadable at segment offset %d: %s", ferr.off, ferr.reason)}
 }
 
-// VerifyExtends verifies the log as Verify does and also that it extends a
-// head recorded earlier (one printed by a previous verify or quoted in a
-// ceremony transcript): the log holds at least known.Count records and
-// record known.Count still has hash known.Hash. This catches a log that was
-// rewritten and re-signed with the file-resident audit key. If
-// known.PublicKey is set, it must be the log's audit key.
-func (l *Log) VerifyExtends(known hsm.AuditHead) (hsm.AuditHead, error) {
-	if known.PublicKey != "" && known.PublicKey != base64.StdEncoding.EncodeToString(l.pub) {
-		return hsm.AuditHead{}, &hsm.AuditError{Seq: 0, Reason: "the audit key is not the one pinned"}
+// ErrNotExtended is wrapped, with the *hsm.AuditError that says where,
+// by VerifyExtends when the log does not extend a known head.
+var ErrNotExtended = errors.New("audit: the log does not extend a known head")
+
+// VerifyExtends verifies the log as Verify does and also that it extends
+// each head recorded earlier (one printed by a previous verify or `hsm
+// status`, or quoted in a ceremony transcript): the log holds at least
+// known.Count records and record known.Count still has hash known.Hash.
+// This catches a log that was rewritten and re-signed with the
+// file-resident audit key, and records cut off the end with the newest
+// head. If known.PublicKey is set, it must be the log's audit key. When
+// the log verifies but does not extend a known head, the error wraps
+// ErrNotExtended and an *hsm.AuditError naming the first such head.
+func (l *Log) VerifyExtends(known ...hsm.AuditHead) (hsm.AuditHead, error) {
+	for _, k := range known {
+		if k.PublicKey != "" && k.PublicKey != base64.StdEncoding.EncodeToString(l.pub) {
+			return hsm.AuditHead{}, fmt.Errorf("%w: %w", ErrNotExtended, &hsm.AuditError{Seq: 0, Reason: "the audit key is not the one pinned"})
+		}
 	}
 	h, err := l.Verify()
 	if err != nil {
 		return hsm.AuditHead{}, err
 	}
-	if known.Count == 0 {
-		return h, nil
-	}
-	if known.Count > h.Count {
-		return hsm.AuditHead{}, &hsm.AuditError{Seq: h.Count + 1, Reason: fmt.Sprintf("record missing: a known head counts %d records, the log holds %d (truncated)", known.Count, h.Count)}
-	}
-	evs, err := l.Events(known.Count, 1)
-	if err != nil {
-		return hsm.AuditHead{}, err
-	}
-	if len(evs) != 1 || evs[0].Hash != known.Hash {
-		return hsm.AuditHead{}, &hsm.AuditError{Seq: known.Count, Reason: "record does not match the known head (log rewritten)"}
+	for _, k := range known {
+		if k.Count == 0 {
+			continue
+		}
+		if k.Count > h.Count {
+			return hsm.AuditHead{}, fmt.Errorf("%w: %w", ErrNotExtended, &hsm.AuditError{Seq: h.Count + 1, Reason: fmt.Sprintf("record missing: a known head counts %d records, the log holds %d (truncated)", k.Count, h.Count)})
+		}
+		evs, err := l.Events(k.Count, 1)
+		if err != nil {
+			return hsm.AuditHead{}, err
+		}
+		if len(evs) != 1 || evs[0].Hash != k.Hash {
+			return hsm.AuditHead{}, fmt.Errorf("%w: %w", ErrNotExtended, &hsm.AuditError{Seq: k.Count, Reason: fmt.Sprintf("record does not match the known head %d:%s (log rewritten)", k.Count, k.Hash)})
+		}
 	}
 	return h, nil
 }

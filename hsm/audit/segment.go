@@ -18,7 +18,8 @@ import (
 // The segment file holds the signature records, in sequence order, and the
 // two slots of the signed head that the flusher keeps. Layout:
 //
-//	0:     segMagic | u8 len(context) | context, zero-padded to 512 bytes
+//	0:     segMagic | u8 len(context) | context, zero-padded to 480 bytes
+//	480:   segment ID (16 random bytes; zeros in segments made before IDs)
 //	512:   head slot 0 (256 bytes)
 //	768:   head slot 1 (256 bytes)
 //	1024:  frames, one per record, in sequence order, then zeros to the end
@@ -43,6 +44,12 @@ import (
 // file, no space allocated ahead) is the same but for the magic, and Open
 // upgrades it in place.
 //
+// The segment ID ties the file to the module database: the database
+// records it with the first database record after the segment is created
+// (see Open), so a segment that is missing, re-created or replaced by
+// another file is found. Segments made before IDs get one, and the
+// database its record, at the next database record.
+//
 // The slots alternate, so a torn slot write leaves the other one. A slot is
 // written after the sync that made its records durable and becomes durable
 // itself with the next sync, so a head never outlives the records it
@@ -55,6 +62,8 @@ const (
 
 const (
 	segHeaderLen   = 1024
+	segIDOffset    = 480
+	segIDLen       = 16
 	slotOffset     = 512
 	slotLen        = 256
 	frameHeaderLen = 8

@@ -156,7 +156,11 @@ func TestRecordEndingNearAllocationNotTorn(t *testing.T) {
 			base := frameLen("p")
 			for i := 0; ; i++ {
 				e.log.mu.Lock()
-				size, off := e.log.w.size, e.log.off
+				var size int64 // 0 until the first write readies the segment
+				if e.log.w != nil {
+					size = e.log.w.size
+				}
+				off := e.log.off
 				e.log.mu.Unlock()
 				// Pad the partition name so that the record ends gap
 				// bytes before the allocation's end, once that fits.

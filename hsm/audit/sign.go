@@ -32,7 +32,7 @@ func (l *Log) BeginSign(partition, key, hashName string, digest []byte) (Ticket,
 	now := l.clock().UnixNano()
 	for range 2 {
 		l.lockForSign()
-		if l.torn != nil || l.closed || l.broken != nil {
+		if l.w == nil || l.torn != nil || l.closed || l.broken != nil {
 			err := l.signBlockedLocked()
 			l.mu.Unlock()
 			if err != nil {
@@ -94,7 +94,8 @@ func (l *Log) lockForSign() {
 const signLockTries = 4
 
 // signBlockedLocked says why BeginSign cannot write now; nil means only a
-// torn end is in the way (Recover it). Called with mu held.
+// segment not yet ready or a torn end is in the way (Recover does both).
+// Called with mu held.
 func (l *Log) signBlockedLocked() error {
 	switch {
 	case l.closed:
@@ -300,12 +301,14 @@ func (l *Log) syncLocked() error {
 // take. Called with flushMu held.
 func (l *Log) flushLocked() error {
 	l.mu.Lock()
-	seq, prev, off, last, broken, seg := l.seq, l.prev, l.off, l.lastRec, l.broken, l.seg
+	seq, prev, off, last, broken, seg, ready := l.seq, l.prev, l.off, l.lastRec, l.broken, l.seg, l.w != nil
 	l.mu.Unlock()
 	if broken != nil {
 		return broken
 	}
-	if seq <= l.headSeq {
+	if seq <= l.headSeq || !ready {
+		// Nothing new, or records Open found after the head in a process
+		// that has not written (a reader): the first append covers them.
 		return nil
 	}
 	if off > l.syncedOff || l.slotDirty {

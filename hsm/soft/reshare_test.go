@@ -22,7 +22,10 @@ func TestOldSharesAndOldBackupDoNotOpenKeysMadeAfterReshare(t *testing.T) {
 	old := f.init(t, "issuing", 3, 2, hsm.PolicyOnline)
 	f.m.Close()
 	backup := filepath.Join(t.TempDir(), "backup")
+	// A backup holds the module's audit segment too (a module.db without
+	// it is refused as a truncated log).
 	copyFile(t, filepath.Join(f.dir, FileName), filepath.Join(backup, FileName))
+	copyFile(t, filepath.Join(f.dir, AuditFileName), filepath.Join(backup, AuditFileName))
 	f.open(t)
 
 	p := f.part(t, "issuing")
