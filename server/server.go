@@ -35,6 +35,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"path"
 	"os"
 	"path/filepath"
 	"strings"
@@ -355,6 +356,11 @@ func endpointPath(what, configured, caURL, def string) (string, error) {
 	if p != "" && !strings.HasPrefix(p, "/") {
 		p = "/" + p
 	}
+	if p != "" && path.Clean(p) != p {
+		// The mux refuses patterns with "//", "." or ".." segments, and a
+		// client would not send such a path as written.
+		return "", fmt.Errorf("server: %s path %q is not clean; write it as %q", what, p, path.Clean(p))
+	}
 	return p, nil
 }
 
@@ -365,12 +371,20 @@ func under(p, base string) bool {
 }
 
 // checkEndpoints refuses CRL, AIA or OCSP paths that are, or lie under, a
-// fixed route: requests there would not reach the endpoint. Endpoints may
+// fixed route, and one at the root when ACME is at the root: requests
+// there would not reach the endpoint. Endpoints may
 // share a path, the root included: CRL and AIA file names end in .crl and
 // .crt, and an OCSP GET request (base64) never holds a '.'.
 func checkEndpoints(cfg *Config) error {
-	fixed := []string{"/healthz", "/metrics", "/admin", strings.TrimRight(cfg.ACMEPrefix, "/")}
+	acme := strings.TrimRight(cfg.ACMEPrefix, "/")
+	fixed := []string{"/healthz", "/metrics", "/admin", acme}
 	for _, ep := range []struct{ name, p string }{{"CRL", cfg.CRLPath}, {"AIA", cfg.AIAPath}, {"OCSP", cfg.OCSPPath}} {
+		if acme == "" && ep.p == "" {
+			// ACME at the root takes every path the fixed routes and the
+			// other endpoints do not: one at the root too would take
+			// ACME's requests.
+			return fmt.Errorf("server: ACME is served at the root, and so is the %s URL; give the %s URL (ca.urls) a path", ep.name, ep.name)
+		}
 		for _, f := range fixed {
 			if ep.p != "" && f != "" && under(ep.p, f) {
 				return fmt.Errorf("server: the %s path %s lies on the route %s; give it another path in ca.urls", ep.name, ep.p, f)
