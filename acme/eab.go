@@ -61,15 +61,10 @@ func ListEAB(ctx context.Context, st Store) ([]EABInfo, error) {
 // RevokeEAB revokes a key: no new account can bind with it. Accounts
 // already bound stay valid.
 func RevokeEAB(ctx context.Context, st Store, keyID string) error {
-	e, err := st.GetEAB(ctx, keyID)
+	err := st.RevokeEAB(ctx, keyID)
 	if errors.Is(err, ErrNotFound) {
 		return fmt.Errorf("acme: no EAB key %q: %w", keyID, ErrNotFound)
 	} else if err != nil {
-		return fmt.Errorf("acme: get EAB key: %w", err)
-	}
-	e.Revoked = true
-	e.Key = nil
-	if err := st.PutEAB(ctx, e); err != nil {
 		return fmt.Errorf("acme: revoke EAB key: %w", err)
 	}
 	return nil

@@ -252,6 +252,10 @@ type Store interface {
 	PutMeta(ctx context.Context, key string, val []byte) error
 
 	PutEAB(ctx context.Context, e *EAB) error
+	// RevokeEAB marks an EAB key revoked and forgets its HMAC key in one
+	// transaction, keeping the account it is bound to (ErrNotFound if
+	// there is no such key): a binding made at the same time is not lost.
+	RevokeEAB(ctx context.Context, keyID string) error
 	GetEAB(ctx context.Context, keyID string) (*EAB, error)
 	ListEAB(ctx context.Context) ([]*EAB, error)
 }

@@ -621,6 +621,20 @@ func (s *Store) PutEAB(_ context.Context, e *acme.EAB) error {
 	return s.batch(func(tx *bolt.Tx) error { return putJSON(tx, bEAB, e.KeyID, e) })
 }
 
+// RevokeEAB implements acme.Store: read, mark and write in one
+// transaction, so that an account creation claiming the key meanwhile
+// (claimEAB) keeps its AccountID.
+func (s *Store) RevokeEAB(_ context.Context, keyID string) error {
+	return s.batch(func(tx *bolt.Tx) error {
+		var e acme.EAB
+		if err := getJSON(tx, bEAB, keyID, &e); err != nil {
+			return err
+		}
+		e.Revoked, e.Key = true, nil
+		return putJSON(tx, bEAB, keyID, &e)
+	})
+}
+
 // GetEAB implements acme.Store.
 func (s *Store) GetEAB(_ context.Context, keyID string) (*acme.EAB, error) {
 	e := new(acme.EAB)

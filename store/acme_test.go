@@ -399,3 +399,43 @@ func TestACMECreateAccountClaimsEAB(t *testing.T) {
 		t.Fatalf("account stored although its EAB key was refused: %v", err)
 	}
 }
+
+// TestACMERevokeEABKeepsConcurrentBinding: a revocation racing an account
+// creation that claims the key never erases the binding: if the account
+// exists, the key's record names it (and is revoked).
+func TestACMERevokeEABKeepsConcurrentBinding(t *testing.T) {
+	s, _ := openStore(t)
+	ctx := context.Background()
+	for i := range 40 {
+		kid, _, err := acme.CreateEAB(ctx, s, "race")
+		if err != nil {
+			t.Fatal(err)
+		}
+		id := fmt.Sprintf("acct%d", i)
+		var createErr, revokeErr error
+		var wg sync.WaitGroup
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			createErr = s.CreateAccount(ctx, &acme.Account{ID: id, KeyThumb: "thumb-" + id, Status: acme.StatusValid, EABKeyID: kid})
+		}()
+		go func() { defer wg.Done(); revokeErr = acme.RevokeEAB(ctx, s, kid) }()
+		wg.Wait()
+		if revokeErr != nil {
+			t.Fatal(revokeErr)
+		}
+		e, err := s.GetEAB(ctx, kid)
+		if err != nil || !e.Revoked || e.Key != nil {
+			t.Fatalf("round %d: EAB %+v, %v; want revoked without its key", i, e, err)
+		}
+		switch {
+		case createErr == nil && e.AccountID != id:
+			t.Fatalf("round %d: account %s was created with key %s, but the key's record names %q", i, id, kid, e.AccountID)
+		case createErr != nil && !errors.Is(createErr, acme.ErrEABRevoked):
+			t.Fatalf("round %d: create: %v", i, createErr)
+		}
+	}
+	if err := acme.RevokeEAB(ctx, s, "no-such-key"); !errors.Is(err, acme.ErrNotFound) {
+		t.Fatalf("revoke of an unknown key: %v", err)
+	}
+}
