@@ -131,16 +131,38 @@ func DecodeConfig(b []byte) (*Config, error) {
 	if err := dec.Decode(&cfg); err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}
-	var more yaml.Node
-	if err := dec.Decode(&more); !errors.Is(err, io.EOF) {
+	for {
+		var more yaml.Node
+		err := dec.Decode(&more)
+		if errors.Is(err, io.EOF) {
+			break
+		}
 		if err != nil {
 			return nil, fmt.Errorf("config: after the first document: %w", err)
+		}
+		if emptyDocument(&more) {
+			continue // a trailing "---" with nothing (or only comments) after it
 		}
 		return nil, withHint(fmt.Errorf("config: a second YAML document (after \"---\", line %d) is not allowed", more.Line),
 			"the configuration is one document: merge the sections into it or delete what follows the ---")
 	}
 	cfg.setDefaults()
 	return &cfg, nil
+}
+
+// emptyDocument reports whether n, a decoded YAML document, holds nothing:
+// no node, or a null.
+func emptyDocument(n *yaml.Node) bool {
+	if n.Kind == 0 {
+		return true
+	}
+	if n.Kind == yaml.DocumentNode {
+		if len(n.Content) == 0 {
+			return true
+		}
+		n = n.Content[0]
+	}
+	return n.Kind == yaml.ScalarNode && n.Tag == "!!null"
 }
 
 func (c *Config) setDefaults() {

@@ -25,7 +25,11 @@ func TestConfigSecondDocument(t *testing.T) {
 		{"end marker", configCA + "...\n", true},
 		{"second document", configCA + "---\nserver:\n  https_adr: 0.0.0.0:443\n  tls_key: /etc/evil\n", false},
 		{"second document of known fields", configCA + "---\nserver:\n  https_addr: 0.0.0.0:443\n", false},
-		{"empty second document", configCA + "---\n", false},
+		// A trailing "---" with nothing, or only comments, after it carries
+		// no settings; such files loaded before the check existed.
+		{"empty second document", configCA + "---\n", true},
+		{"comments after the marker", configCA + "---\n# nothing here\n", true},
+		{"empty documents, then one with content", configCA + "---\n---\nacme:\n  base_url: https://x/\n", false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := DecodeConfig([]byte(tc.body))
