@@ -13,8 +13,9 @@ import (
 
 // A kept common name that reads as a name once trailing dots, surrounding
 // space and case are set aside must be written in the name's canonical
-// form: otherwise the policy would read it as free text and a client as the
-// name. Canonical names go through the policy; free text does not.
+// form, up to the case of a DNS name or mail domain: otherwise the policy
+// would read it as free text and a client as the name. Canonical names go
+// through the policy (lower-cased); free text does not.
 func TestKeptCommonNameCanonicalForm(t *testing.T) {
 	tc := policyCA(t, func(c *ca.Config) { c.Policy.AllowedEmailDomains = []string{"svc.corp"} })
 	ctx := context.Background()
@@ -26,24 +27,37 @@ func TestKeptCommonNameCanonicalForm(t *testing.T) {
 		{cn: "www.bank.example.", bad: `use "www.bank.example"`},
 		{cn: "secret.svc.corp.", bad: `use "secret.svc.corp"`},
 		{cn: "secret.svc.corp..", bad: `use "secret.svc.corp"`},
-		{cn: "Secret.Svc.Corp", bad: `use "secret.svc.corp"`},
+		{cn: "Secret.Svc.Corp.", bad: `use "secret.svc.corp"`},
 		{cn: " jane.svc.corp", bad: `use "jane.svc.corp"`},
 		{cn: "payroll.", bad: `use "payroll"`},
 		{cn: "admin@bank.example.", bad: `use "admin@bank.example"`},
-		{cn: "admin@Svc.Corp", bad: `use "admin@svc.corp"`},
+		{cn: "admin@Svc.Corp ", bad: `use "admin@svc.corp"`},
 		{cn: "10.0.0.1.", bad: `use "10.0.0.1"`},
 		{cn: "FD00::1", bad: `use "fd00::1"`},
 		{cn: "::ffff:10.0.0.1", bad: `use "10.0.0.1"`},
 		{cn: "010.0.0.1", bad: "reads as an IP address but is not one"},
 		{cn: "10.1", bad: "reads as an IP address but is not one"},
+		{cn: "10.1.", bad: "reads as an IP address but is not one"},
+		{cn: "0xa.1", bad: "reads as an IP address but is not one"},
+		{cn: "1.0xa", bad: "reads as an IP address but is not one"},
+		{cn: "0XA.0.0.1", bad: "reads as an IP address but is not one"},
+		{cn: "10.0.258", bad: "reads as an IP address but is not one"},
+		{cn: "10.0.0.0377", bad: "reads as an IP address but is not one"},
 		// Canonical names answer to the policy.
 		{cn: "www.bank.example", policy: "www.bank.example"},
 		{cn: "a.secret.svc.corp", policy: "a.secret.svc.corp"},
 		{cn: "admin@bank.example", policy: "admin@bank.example"},
+		// Case hides nothing: the policy checks the lower-cased name.
+		{cn: "Secret.Svc.Corp", policy: "secret.svc.corp"},
+		{cn: "WWW.Bank.Example", policy: "www.bank.example"},
+		{cn: "admin@Bank.Example", policy: "admin@bank.example"},
+		{cn: "John.Smith", policy: "john.smith"},
 		// And names the policy allows, and free text, are kept as written.
 		{cn: "jane.svc.corp"},
 		{cn: "Jane@svc.corp"},
 		{cn: "10.0.0.1"},
+		{cn: "Jane.Svc.Corp"},
+		{cn: "admin@Svc.Corp"},
 		{cn: "Jane Doe"},
 		{cn: "payroll"},
 		{cn: "Jane Doe <jane@bank.example>"},
@@ -168,4 +182,46 @@ func TestServerCommonNameTakesSANForm(t *testing.T) {
 			mustLintClean(t, tc.CA, "server", got.DER)
 		})
 	}
+}
+
+// Free-text common names kept by a client profile: version- or build-like
+// names whose last label is a number but which inet_aton does not read as
+// an address, besides names without a dot. They are kept as written and
+// answer to no name policy (the policy here allows only names under
+// svc.corp).
+func TestKeptCommonNameFreeText(t *testing.T) {
+	tc := policyCA(t, func(c *ca.Config) { c.Policy.AllowedEmailDomains = []string{"svc.corp"} })
+	for _, cn := range []string{
+		"Jane Doe", "payroll", "Payroll", "12345",
+		"agent-1.2", "v1.0", "build.7", "Build.7", "release.2024", "1.2.3.4.5", "300.1", "1.2.3.256", "08.1", "0x.1",
+	} {
+		t.Run(cn, func(t *testing.T) { mustKeepCN(t, tc, cn) })
+	}
+}
+
+// A kept common name that is a DNS name or mailbox in other case than
+// lower ("John.Smith", a person's name with a dot and capitals) is kept as
+// written in a client profile; the name policy checks it lower-cased
+// (TestKeptCommonNameCanonicalForm).
+func TestKeptCommonNameCase(t *testing.T) {
+	tc := newTestCA(t, baseConfig(), ca.Options{})
+	for _, cn := range []string{"John.Smith", "Mary.Ann.Jones", "jane@Svc.Corp", "Web.Svc.Corp"} {
+		t.Run(cn, func(t *testing.T) { mustKeepCN(t, tc, cn) })
+	}
+}
+
+func mustKeepCN(t *testing.T, tc *testCA, cn string) {
+	t.Helper()
+	got, err := tc.Issue(context.Background(), ca.IssueRequest{CSR: makeCSR(t, csrOpts{cn: cn, emails: []string{"jane@svc.corp"}}), Profile: "client"})
+	if err != nil {
+		t.Fatalf("refused: %v", err)
+	}
+	c, err := x509.ParseCertificate(got.DER)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Subject.CommonName != cn {
+		t.Fatalf("subject CN %q, want %q as written", c.Subject.CommonName, cn)
+	}
+	mustLintClean(t, tc.CA, "client", got.DER)
 }

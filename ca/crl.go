@@ -18,11 +18,12 @@ import (
 // DER. It lists every revoked serial of the issuer, pending records
 // included. An entry stays after its certificate expires until it has
 // been on one CRL made after the expiry (RFC 5280 §3.3): it is left out
-// only once the previous CRL's thisUpdate is past the certificate's
-// notAfter and not before its revocation. The CRL number comes from the store and
-// only grows, and thisUpdate never goes back from one CRL to the next; the
-// CRL carries the authority key identifier of the issuer (x509 adds it)
-// and a next update CRL.Validity after this update. A sealed key returns
+// only once both the previous CRL's thisUpdate and now are past the
+// certificate's notAfter and that thisUpdate is not before its
+// revocation. The CRL number comes from the store and only grows, and
+// thisUpdate never goes back from one CRL to the next; the CRL carries
+// the authority key identifier of the issuer (x509 adds it) and a next
+// update CRL.Validity after this update. A sealed key returns
 // an error wrapping ErrSealed and leaves the previous CRL in place.
 func (c *CA) GenerateCRL(ctx context.Context, issuer string) ([]byte, error) {
 	iss, err := c.issuer(issuer)
@@ -56,10 +57,14 @@ func (c *CA) GenerateCRL(ctx context.Context, issuer string) ([]byte, error) {
 		RevokedCertificateEntries: make([]x509.RevocationListEntry, 0, len(entries)),
 	}
 	for _, e := range entries {
-		if !e.NotAfter.IsZero() && e.NotAfter.Before(prev) && !e.RevokedAt.After(prev) {
+		if !e.NotAfter.IsZero() && e.NotAfter.Before(prev) && e.NotAfter.Before(now) && !e.RevokedAt.After(prev) {
 			// Revoked by the previous CRL's thisUpdate (which is never
 			// later than when that CRL read the revoked list), so on it,
-			// and that CRL was made after the certificate expired.
+			// and that CRL was made after the certificate expired. The
+			// certificate must also have expired by this clock: a
+			// previous CRL made while the clock ran ahead has a
+			// thisUpdate past a notAfter that is still to come, and the
+			// revocation of a valid certificate must never leave.
 			continue
 		}
 		n, ok := new(big.Int).SetString(e.Serial, 16)

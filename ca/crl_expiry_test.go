@@ -104,3 +104,43 @@ func TestCRLThisUpdateNeverGoesBack(t *testing.T) {
 		t.Fatalf("thisUpdate %s is in the future (now %s)", b.ThisUpdate, *clock)
 	}
 }
+
+// TestCRLClockAheadKeepsUnexpiredEntry: a CRL made while the clock ran
+// ahead has a thisUpdate past the notAfter of a certificate that has not
+// expired. Once the clock is corrected, the next CRL must still list that
+// certificate's revocation (keyCompromise here): it is dropped only when
+// the certificate has expired by the CA's clock too.
+func TestCRLClockAheadKeepsUnexpiredEntry(t *testing.T) {
+	tc, clock := crlClockCA(t)
+	ctx := context.Background()
+	start := *clock
+	c, err := tc.Issue(ctx, ca.IssueRequest{CSR: makeCSR(t, csrOpts{dns: []string{"a.svc.corp"}}), Profile: "short"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tc.Revoke(ctx, c.Serial, ca.ReasonKeyCompromise); err != nil {
+		t.Fatal(err)
+	}
+	*clock = start.Add(11 * 24 * time.Hour) // the clock runs 11 days ahead, past notAfter
+	if n := len(generateCRL(t, tc).RevokedCertificateEntries); n != 1 {
+		t.Fatalf("CRL made with the clock ahead lists %d entries, want 1", n)
+	}
+	*clock = start.Add(time.Hour) // corrected: the certificate is valid for ~10 more days
+	crl := generateCRL(t, tc)
+	if len(crl.RevokedCertificateEntries) != 1 {
+		t.Fatalf("CRL made with the corrected clock lists %d entries; the keyCompromise of a certificate valid until %s (now %s) is gone",
+			len(crl.RevokedCertificateEntries), c.NotAfter, *clock)
+	}
+	if got := crl.RevokedCertificateEntries[0]; got.SerialNumber.Text(16) != c.Serial || got.ReasonCode != int(ca.ReasonKeyCompromise) {
+		t.Fatalf("entry %x reason %d, want %s keyCompromise", got.SerialNumber, got.ReasonCode, c.Serial)
+	}
+	// After the real expiry, the entry goes on one more CRL and then leaves.
+	*clock = c.NotAfter.Add(2 * time.Hour) // thisUpdate (backdated an hour) after notAfter
+	if n := len(generateCRL(t, tc).RevokedCertificateEntries); n != 1 {
+		t.Fatalf("first CRL after the expiry lists %d entries, want 1", n)
+	}
+	*clock = clock.Add(3 * time.Hour)
+	if n := len(generateCRL(t, tc).RevokedCertificateEntries); n != 0 {
+		t.Fatalf("second CRL after the expiry lists %d entries, want 0", n)
+	}
+}

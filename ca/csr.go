@@ -24,7 +24,8 @@ type identifiers struct {
 	cn *identifiers
 	// subjectCN is the common name the subject carries ("" for none): in
 	// a TLS server profile the CN's name in the form its SAN has, else
-	// the CSR's CN (which, if it reads as a name, is in canonical form).
+	// the CSR's CN as written (which, if it reads as a name, is in
+	// canonical form up to the case of a DNS name or mail domain).
 	subjectCN string
 }
 
@@ -309,8 +310,9 @@ func (ps *profileState) checkCSR(csr *x509.CertificateRequest) (identifiers, err
 }
 
 // errLooksLikeIP is checkDNSName's refusal of a dotted name whose last
-// label is a number: resolvers and inet_aton read "10.1" or "010.0.0.1" as
-// an address.
+// label is a number: inet_aton reads "10.1" or "010.0.0.1" as an address,
+// and no top-level label is all digits. (A kept common name is held to
+// the narrower inet_aton rule instead: see cnNames.)
 var errLooksLikeIP = errors.New("looks like an IP address, not a DNS name")
 
 // checkDNSName accepts LDH host names (one label is fine: this is a private
@@ -379,45 +381,110 @@ func checkEmail(e string) error {
 
 // cnNames returns the names a common name kept outside a server profile
 // carries, for the name policy: an IP address, an email address, or a DNS
-// name; nil for free text ("Jane Doe", or a single word such as "payroll",
-// which cannot be told from free text).
+// name; nil for free text ("Jane Doe", a single word such as "payroll",
+// which cannot be told from free text, or "v1.0", "agent-1.2": dotted, but
+// ending in a number, so no host name, and no address either).
 //
 // A CN is read the way a relying party or another tool might read it:
 // without surrounding space or trailing dots, and case-insensitively. If it
-// reads as a name, it must be written in that name's canonical form (lower
-// case, no trailing dot; an address as net.IP prints it; a mailbox with a
-// lower-case domain): "www.bank.example." would otherwise be free text to
-// the policy and www.bank.example to a client. Such a CN is refused with an
-// error that names the form to use.
+// reads as a name, it must be written in that name's form as a client
+// resolves it (no surrounding space, no trailing dot; an address as net.IP
+// prints it): "www.bank.example." would otherwise be free text to the
+// policy and www.bank.example to a client. Such a CN is refused with an
+// error that names the form to use. Case is left as written for DNS names
+// and mail domains ("John.Smith"): the policy checks the lower-cased name,
+// which is the name any client resolves, so case hides nothing from it.
 func cnNames(cn string) (*identifiers, error) {
 	t := strings.TrimRight(strings.TrimSpace(cn), ".")
 	var ids *identifiers
 	var canon, kind string
+	anyCase := false
 	if ip := net.ParseIP(t); ip != nil {
 		if v4 := ip.To4(); v4 != nil {
 			ip = v4
 		}
 		canon, kind = ip.String(), "IP address"
 		ids = &identifiers{ips: []net.IP{ip}}
+	} else if strings.Contains(t, ".") && inetAtonParses(t) {
+		// "010.0.0.1", "10.1" or "0xa.1": an address to inet_aton, none
+		// to the policy. (A dotless number is free text, as a word is.)
+		return nil, &ErrBadCSR{Rule: fmt.Sprintf("common name %q reads as an IP address but is not one in canonical form; write the address as Go's net.IP prints it", cn)}
 	} else if at := strings.LastIndexByte(t, '@'); at >= 0 {
 		if checkEmail(t) != nil {
 			return nil, nil
 		}
-		canon, kind = t[:at+1]+strings.ToLower(t[at+1:]), "email address"
+		canon, kind, anyCase = t[:at+1]+strings.ToLower(t[at+1:]), "email address", true
 		ids = &identifiers{emails: []string{canon}}
 	} else if err := checkDNSName(t); err == nil && (strings.Contains(t, ".") || t != strings.TrimSpace(cn)) {
 		// One label is a name only when written as one ("payroll.").
-		canon, kind = strings.ToLower(t), "DNS name"
+		canon, kind, anyCase = strings.ToLower(t), "DNS name", true
 		ids = &identifiers{dns: []string{canon}}
-	} else if errors.Is(err, errLooksLikeIP) {
-		// "010.0.0.1" or "10.1": an address to inet_aton, none to the
-		// policy.
-		return nil, &ErrBadCSR{Rule: fmt.Sprintf("common name %q reads as an IP address but is not one in canonical form; write the address as Go's net.IP prints it", cn)}
 	} else {
 		return nil, nil
 	}
-	if cn != canon {
+	if cn != canon && !(anyCase && strings.EqualFold(cn, canon)) {
 		return nil, &ErrBadCSR{Rule: fmt.Sprintf("common name %q reads as the %s %s but is not written in its canonical form; use %q", cn, kind, canon, canon)}
 	}
 	return ids, nil
+}
+
+// inetAtonParses reports whether inet_aton (glibc, BSD) reads s as an IPv4
+// address: one to four parts separated by dots, each a C integer constant
+// (decimal, octal with a leading 0, hexadecimal with 0x), every part but
+// the last at most 255 and the last filling the remaining bytes ("10.1" is
+// 10.0.0.1, "10.0.258" is 10.0.1.2).
+func inetAtonParses(s string) bool {
+	parts := strings.Split(s, ".")
+	if len(parts) > 4 {
+		return false
+	}
+	for i, p := range parts {
+		v, ok := parseCUint32(p)
+		if !ok {
+			return false
+		}
+		if i < len(parts)-1 && v > 0xff {
+			return false
+		}
+		if i == len(parts)-1 && uint64(v) > 0xffffffff>>(8*uint(len(parts)-1)) {
+			return false
+		}
+	}
+	return true
+}
+
+// parseCUint32 parses s as strtoul(s, NULL, 0) does, requiring all of s to
+// be used and the value to fit in 32 bits.
+func parseCUint32(s string) (uint32, bool) {
+	base := uint64(10)
+	switch {
+	case len(s) > 2 && s[0] == '0' && (s[1] == 'x' || s[1] == 'X'):
+		base, s = 16, s[2:]
+	case len(s) > 1 && s[0] == '0':
+		base, s = 8, s[1:]
+	}
+	if s == "" {
+		return 0, false
+	}
+	var v uint64
+	for i := 0; i < len(s); i++ {
+		var d uint64
+		switch c := s[i]; {
+		case c >= '0' && c <= '9':
+			d = uint64(c - '0')
+		case c >= 'a' && c <= 'f':
+			d = uint64(c-'a') + 10
+		case c >= 'A' && c <= 'F':
+			d = uint64(c-'A') + 10
+		default:
+			return 0, false
+		}
+		if d >= base {
+			return 0, false
+		}
+		if v = v*base + d; v > 0xffffffff {
+			return 0, false
+		}
+	}
+	return uint32(v), true
 }

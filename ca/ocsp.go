@@ -29,23 +29,41 @@ var (
 // is emptied (responses are cheap to remake, memory is not free).
 const ocspCacheMax = 200_000
 
+// ocspForgetMax bounds the number of serials whose latest forget the cache
+// remembers (see ocspCache.forgotAt).
+const ocspForgetMax = 10_000
+
 type ocspEntry struct {
 	der     []byte
 	refresh time.Time // make a new response after this
 }
 
+// ocspCache holds signed OCSP responses. A response is cached only if its
+// serial's status did not change (forget) between the store read it was
+// made from and its put: otherwise a "good" made just before a revocation
+// could be cached after the revocation's forget, and be served for half
+// of OCSP.Validity. Changes of other serials do not matter, so that steady
+// revocations elsewhere do not leave every answer uncached (and every
+// request costing an HSM signature).
 type ocspCache struct {
 	mu sync.Mutex
 	m  map[string]ocspEntry
-	// forgets counts forget calls. A response is cached only if no
-	// revocation status changed between the store read it was made from
-	// and its put (see begin): otherwise a "good" made just before a
-	// revocation could be cached after the revocation's forget, and be
-	// served for half of OCSP.Validity.
+	// forgets counts forget calls; begin hands out its value as a token.
 	forgets uint64
+	// forgotAt maps issuer/serial to the value of forgets right after
+	// that serial's latest forget. It holds at most ocspForgetMax
+	// serials, and is emptied with the cache.
+	forgotAt map[string]uint64
+	// floor is forgets when forgotAt was last emptied: a put whose token
+	// is below it may have lost the record of its serial's forget, so
+	// it is left uncached.
+	floor uint64
 }
 
-func (oc *ocspCache) init() { oc.m = map[string]ocspEntry{} }
+func (oc *ocspCache) init() {
+	oc.m = map[string]ocspEntry{}
+	oc.forgotAt = map[string]uint64{}
+}
 
 func (oc *ocspCache) get(key string, now time.Time) ([]byte, bool) {
 	oc.mu.Lock()
@@ -65,16 +83,21 @@ func (oc *ocspCache) begin() uint64 {
 	return oc.forgets
 }
 
-// put caches e under key unless a status changed (forget) since begin
-// returned token; the response is then left uncached, as it may be stale.
-func (oc *ocspCache) put(key string, e ocspEntry, token uint64) {
+// put caches e under key, the response for serial of issuer, unless that
+// serial's status changed (forget) since begin returned token; the
+// response is then left uncached, as it may be stale.
+func (oc *ocspCache) put(issuer, serial, key string, e ocspEntry, token uint64) {
 	oc.mu.Lock()
 	defer oc.mu.Unlock()
-	if oc.forgets != token {
+	if token < oc.floor {
+		return
+	}
+	if at, ok := oc.forgotAt[issuer+"/"+serial]; ok && at > token {
 		return
 	}
 	if len(oc.m) >= ocspCacheMax {
 		oc.m = map[string]ocspEntry{}
+		oc.resetForgotten()
 	}
 	oc.m[key] = e
 }
@@ -83,9 +106,20 @@ func (oc *ocspCache) forget(issuer, serial string) {
 	oc.mu.Lock()
 	defer oc.mu.Unlock()
 	oc.forgets++
+	if len(oc.forgotAt) >= ocspForgetMax {
+		oc.resetForgotten()
+	}
+	oc.forgotAt[issuer+"/"+serial] = oc.forgets
 	for _, h := range []crypto.Hash{crypto.SHA1, crypto.SHA256, crypto.SHA384, crypto.SHA512} {
 		delete(oc.m, ocspKey(issuer, serial, h))
 	}
+}
+
+// resetForgotten empties forgotAt; every put begun before is then
+// refused. oc.mu is held.
+func (oc *ocspCache) resetForgotten() {
+	oc.forgotAt = map[string]uint64{}
+	oc.floor = oc.forgets
 }
 
 func ocspKey(issuer, serial string, h crypto.Hash) string {
@@ -207,6 +241,6 @@ func (c *CA) OCSPResponse(ctx context.Context, requestDER []byte) ([]byte, error
 	if err != nil {
 		return nil, wrapSign("ocsp", err)
 	}
-	c.ocsp.put(ocspKey(iss.Name, serial, req.HashAlgorithm), ocspEntry{der: der, refresh: now.Add(validity / 2)}, token)
+	c.ocsp.put(iss.Name, serial, ocspKey(iss.Name, serial, req.HashAlgorithm), ocspEntry{der: der, refresh: now.Add(validity / 2)}, token)
 	return der, nil
 }

@@ -1,6 +1,7 @@
 package ca_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/x509"
 	"path/filepath"
@@ -67,5 +68,55 @@ func TestOCSPNoStaleGoodCachedAfterRevoke(t *testing.T) {
 	}
 	if resp.Status != ocsp.Revoked {
 		t.Fatalf("OCSP after revocation: status %d (0=good), want revoked", resp.Status)
+	}
+}
+
+// TestOCSPUnrelatedRevocationKeepsCaching: a revocation of another serial
+// between OCSPResponse's store read and its cache put does not leave the
+// answer uncached; otherwise, under steady revocations, every OCSP request
+// would cost an HSM signature.
+func TestOCSPUnrelatedRevocationKeepsCaching(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "ca.db")
+	st, err := store.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	ps := &pausingStore{Store: st}
+	tc := newTestCAWith(t, baseConfig(), ca.Options{}, newPKI(t), ps, path)
+	ctx := context.Background()
+	issue := func(name string) *ca.Certificate {
+		c, err := tc.Issue(ctx, ca.IssueRequest{CSR: makeCSR(t, csrOpts{dns: []string{name}}), Profile: "server"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	a, b := issue("a.svc.corp"), issue("b.svc.corp")
+	cert, _ := x509.ParseCertificate(a.DER)
+	req := ocspRequest(t, cert, tc.pki.inter)
+	ps.hook = func() {
+		if _, err := tc.Revoke(ctx, b.Serial, ca.ReasonKeyCompromise); err != nil {
+			t.Fatal(err)
+		}
+	}
+	first, err := tc.OCSPResponse(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	calls := tc.signer.calls.Load()
+	second, err := tc.OCSPResponse(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(first, second) || tc.signer.calls.Load() != calls {
+		t.Fatalf("a's answer was not cached (%d more signatures) because b was revoked meanwhile", tc.signer.calls.Load()-calls)
+	}
+	resp, err := ocsp.ParseResponseForCert(second, cert, tc.pki.inter)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.Status != ocsp.Good {
+		t.Fatalf("status %d, want good", resp.Status)
 	}
 }

@@ -3,7 +3,11 @@ package cli
 import (
 	"context"
 	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"net"
@@ -14,6 +18,7 @@ import (
 	"filippo.io/age"
 	"github.com/spf13/cobra"
 
+	"github.com/hsmca/hsmca/ca"
 	"github.com/hsmca/hsmca/ca/ceremony"
 	"github.com/hsmca/hsmca/hsm"
 )
@@ -129,8 +134,11 @@ its server profile for every --name (DNS names and IP addresses). The chain
 (leaf and intermediates) goes to the config's server.tls_cert and the key
 (PKCS #8, mode 0600) to server.tls_key, or to --cert and --key; neither is
 overwritten. The key stays outside the module on purpose: the server must
-serve while sealed. The issuing partition's quorum comes from --share files
-or prompts, and the partition is sealed again afterwards.`,
+serve while sealed. The names are checked against the server profile and
+the name policy before any quorum is asked for. The issuing partition's
+quorum comes from --share files or prompts (a per-operation partition is
+activated for the signatures the profile takes: two with Certificate
+Transparency), and the partition is sealed again afterwards.`,
 		Example: `  hsmca ceremony server-cert --config ca.yaml --name pki.svc.corp --name 10.0.0.5 \
       --share shares/issuing/share-1.txt --share shares/issuing/share-2.txt --share shares/issuing/share-3.txt`,
 		Args: cobra.NoArgs,
@@ -174,12 +182,6 @@ func issueServerCert(e *env, configPath, certPath, keyPath string, names []strin
 			return usageError{withHint(fmt.Errorf("%s already exists; refusing to overwrite it", p), "move it away first; nothing was issued")}
 		}
 	}
-	if err := os.MkdirAll(filepath.Dir(keyPath), 0o700); err != nil {
-		return err
-	}
-	if err := os.MkdirAll(filepath.Dir(certPath), 0o755); err != nil {
-		return err
-	}
 	req := &x509.CertificateRequest{}
 	for _, n := range names {
 		if ip := net.ParseIP(n); ip != nil {
@@ -191,6 +193,14 @@ func issueServerCert(e *env, configPath, certPath, keyPath string, names []strin
 	if len(req.DNSNames) > 0 {
 		req.Subject.CommonName = req.DNSNames[0]
 	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	csr, err := x509.CreateCertificateRequest(rand.Reader, req, key)
+	if err != nil {
+		return err
+	}
 	l, err := openLocalCA(configPath)
 	if err != nil {
 		return err
@@ -200,14 +210,47 @@ func issueServerCert(e *env, configPath, certPath, keyPath string, names []strin
 	if err != nil {
 		return err
 	}
-	if err := l.activateIssuer(e, "", q); err != nil {
+	// A name the server profile or the name policy refuses is refused
+	// before any custodian is asked for a share and before the module
+	// records an activation, as `cert issue` does.
+	if err := l.ca.CheckCSR("server", csr); err != nil {
+		return issueError(err)
+	}
+	if err := os.MkdirAll(filepath.Dir(keyPath), 0o700); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(certPath), 0o755); err != nil {
+		return err
+	}
+	// A server profile with Certificate Transparency takes two signatures
+	// (precertificate and certificate) of a per-operation issuer.
+	sigs, err := l.ca.IssueSignatures("server")
+	if err != nil {
+		return err
+	}
+	if err := l.activateIssuerFor(e, "", q, sigs); err != nil {
 		return err
 	}
 	if p, err := l.m.Partition(ic.Partition); err == nil {
 		defer p.Seal()
 	}
-	if err := issueToFiles(l.ca, "server", req, certPath, keyPath); err != nil {
+	cert, err := l.ca.Issue(context.Background(), ca.IssueRequest{CSR: csr, Profile: "server"})
+	if err != nil {
 		return issueError(err)
+	}
+	kder, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return err
+	}
+	if err := writeNewFile(keyPath, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder})); err != nil {
+		return err
+	}
+	chain := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.DER})
+	for _, der := range withoutRoot(cert.Chain) {
+		chain = append(chain, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})...)
+	}
+	if err := writeNewFile(certPath, chain); err != nil {
+		return err
 	}
 	fmt.Fprintf(e.stdout, "server certificate for %s by %s: %s (key %s)\n", strings.Join(names, ", "), ic.Name, certPath, keyPath)
 	return nil
