@@ -3,11 +3,7 @@ package cli
 import (
 	"context"
 	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"net"
@@ -193,11 +189,7 @@ func issueServerCert(e *env, configPath, certPath, keyPath string, names []strin
 	if len(req.DNSNames) > 0 {
 		req.Subject.CommonName = req.DNSNames[0]
 	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return err
-	}
-	csr, err := x509.CreateCertificateRequest(rand.Reader, req, key)
+	key, csr, err := newKeyAndCSR(req)
 	if err != nil {
 		return err
 	}
@@ -238,18 +230,7 @@ func issueServerCert(e *env, configPath, certPath, keyPath string, names []strin
 	if err != nil {
 		return issueError(err)
 	}
-	kder, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		return err
-	}
-	if err := writeNewFile(keyPath, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder})); err != nil {
-		return err
-	}
-	chain := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.DER})
-	for _, der := range withoutRoot(cert.Chain) {
-		chain = append(chain, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})...)
-	}
-	if err := writeNewFile(certPath, chain); err != nil {
+	if err := writeKeyAndChain(key, cert, certPath, keyPath); err != nil {
 		return err
 	}
 	fmt.Fprintf(e.stdout, "server certificate for %s by %s: %s (key %s)\n", strings.Join(names, ", "), ic.Name, certPath, keyPath)

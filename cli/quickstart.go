@@ -402,11 +402,7 @@ func quickstartCerts(e *env, dir, cfgPath, httpsAddr string) error {
 // profile and writes the chain (leaf first, without the root) and the key
 // (PKCS #8, 0600).
 func issueToFiles(c *ca.CA, profile string, tmpl *x509.CertificateRequest, certPath, keyPath string) error {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return err
-	}
-	csr, err := x509.CreateCertificateRequest(rand.Reader, tmpl, key)
+	key, csr, err := newKeyAndCSR(tmpl)
 	if err != nil {
 		return err
 	}
@@ -414,6 +410,26 @@ func issueToFiles(c *ca.CA, profile string, tmpl *x509.CertificateRequest, certP
 	if err != nil {
 		return err
 	}
+	return writeKeyAndChain(key, cert, certPath, keyPath)
+}
+
+// newKeyAndCSR makes a P-256 key and a CSR for tmpl signed by it.
+func newKeyAndCSR(tmpl *x509.CertificateRequest) (*ecdsa.PrivateKey, []byte, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, err
+	}
+	csr, err := x509.CreateCertificateRequest(rand.Reader, tmpl, key)
+	if err != nil {
+		return nil, nil, err
+	}
+	return key, csr, nil
+}
+
+// writeKeyAndChain writes key (PKCS #8 PEM, mode 0600) to keyPath and the
+// certificate with its chain, root left out, to certPath; neither is
+// overwritten.
+func writeKeyAndChain(key *ecdsa.PrivateKey, cert *ca.Certificate, certPath, keyPath string) error {
 	kder, err := x509.MarshalPKCS8PrivateKey(key)
 	if err != nil {
 		return err
