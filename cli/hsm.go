@@ -151,6 +151,11 @@ init refuses a partition that exists already and never overwrites a file.`,
 			if err != nil {
 				return err
 			}
+			// --out first: a directory that takes no files stops init
+			// before a module or a partition exists.
+			if err := ss.prepare(); err != nil {
+				return err
+			}
 			m, created, err := openOrCreateModule(f.module, backend)
 			if err != nil {
 				return err
@@ -160,9 +165,6 @@ init refuses a partition that exists already and never overwrites a file.`,
 				return withHint(fmt.Errorf("partition %s exists already in %s: %w", partition, f.module, hsm.ErrPartitionExists),
 					"to replace its shares use `hsmca hsm reshare`; to start over pick another name")
 			} else if !errors.Is(err, hsm.ErrNoPartition) {
-				return err
-			}
-			if err := ss.prepare(); err != nil {
 				return err
 			}
 			shares, err := initPartition(m, hsm.InitOptions{

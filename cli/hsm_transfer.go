@@ -188,8 +188,9 @@ plaintext. Keys generated without --exportable are refused. Needs the quorum.`,
 			if err != nil {
 				return err
 			}
-			if _, err := os.Lstat(out); err == nil {
-				return withHint(fmt.Errorf("%s already exists; refusing to overwrite it", out), "choose another --out")
+			// Before the quorum and the export's audit record.
+			if err := checkNewFile(out); err != nil {
+				return err
 			}
 			m, p, err := openPartition(f.module, partition)
 			if err != nil {

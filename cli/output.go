@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"syscall"
 	"text/tabwriter"
 )
 
@@ -48,6 +49,11 @@ func publicKeyPEM(pub crypto.PublicKey) (string, error) {
 // and then linked to path (a link never replaces a file), and the
 // directory is synced: path is either absent or complete and durable,
 // whatever happens on the way (a full disk, a kill, a power loss).
+//
+// On a file system without hard links (vfat and exFAT, the usual USB
+// sticks) the file is created exclusively under its name and written
+// there (writeExclusive): an error still leaves nothing, but a crash or
+// power loss while it is written can leave a partial file under its name.
 func writeNewFile(path string, data []byte) error {
 	dir, base := filepath.Split(path)
 	if dir == "" {
@@ -69,16 +75,67 @@ func writeNewFile(path string, data []byte) error {
 	if err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
-	if err := os.Link(tmp, path); err != nil {
+	if err := linkFile(tmp, path); err != nil {
 		if errors.Is(err, os.ErrExist) {
 			return outputExists(path)
 		}
-		return fmt.Errorf("write %s: %w", path, err)
+		if !noHardLinks(err) {
+			return fmt.Errorf("write %s: %w", path, err)
+		}
+		os.Remove(tmp) // before the copy: the medium may be small
+		if err := writeExclusive(path, data); err != nil {
+			return err
+		}
+		return syncDirOrRemove(dir, path)
 	}
 	if err := os.Remove(tmp); err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
+	return syncDirOrRemove(dir, path)
+}
+
+// syncDirOrRemove syncs dir after path was created in it, and removes path
+// if that fails.
+func syncDirOrRemove(dir, path string) error {
 	if err := syncDir(dir); err != nil {
+		os.Remove(path)
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
+}
+
+// linkFile is os.Link. Tests replace it to act as a file system without
+// hard links.
+var linkFile = os.Link
+
+// noHardLinks reports whether err, from linkFile, says that the file
+// system cannot make the link at all (vfat and exFAT answer EPERM, others
+// ENOTSUP or EOPNOTSUPP; EXDEV where the staging directory is another
+// mount), so that writing the file under its name is the way left.
+func noHardLinks(err error) bool {
+	return errors.Is(err, syscall.EPERM) || errors.Is(err, syscall.ENOTSUP) ||
+		errors.Is(err, syscall.EOPNOTSUPP) || errors.Is(err, syscall.EXDEV)
+}
+
+// writeExclusive creates path (0600; refusing an existing file), writes
+// data to it and syncs it, removing it again if any step fails. The caller
+// syncs the directory.
+func writeExclusive(path string, data []byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if errors.Is(err, os.ErrExist) {
+		return outputExists(path)
+	}
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
 		os.Remove(path)
 		return fmt.Errorf("write %s: %w", path, err)
 	}
@@ -100,18 +157,9 @@ func checkNewFile(path string) error {
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("cannot write %s: %w", path, err)
 	}
-	dir, base := filepath.Split(path)
-	if dir == "" {
-		dir = "."
-	}
-	f, err := os.CreateTemp(dir, "."+base+".check-*")
-	if err != nil {
+	dir := filepath.Dir(path)
+	if err := checkWritableDir(dir); err != nil {
 		return withHint(fmt.Errorf("cannot write %s: %w", path, err), "--out must name a new file in an existing, writable directory")
-	}
-	name := f.Name()
-	f.Close()
-	if err := os.Remove(name); err != nil {
-		return fmt.Errorf("cannot write %s: %w", path, err)
 	}
 	return nil
 }
@@ -172,25 +220,53 @@ func (s *stagedFiles) paths() []string {
 // file, syncs the directory and removes the staging directory. If a file
 // cannot be placed, the ones placed before it are removed and the error
 // returned; the staged files stay until discard.
+//
+// On a file system without hard links each file is instead written to its
+// final name from its staged copy (writeExclusive): an error still leaves
+// none of them, but a crash while they are written can leave one partial
+// file under its name, beside complete ones (a set that never came into
+// force; see docs/hsm.md).
 func (s *stagedFiles) place() error {
+	copying := false
 	for i, p := range s.paths() {
-		if err := os.Link(p, s.finals[i]); err != nil {
+		final := s.finals[i]
+		var err error
+		if !copying {
+			if err = linkFile(p, final); err != nil && noHardLinks(err) {
+				copying = true
+			}
+		}
+		if copying {
+			err = copyExclusive(p, final)
+		}
+		if err != nil {
 			if errors.Is(err, os.ErrExist) {
-				err = fmt.Errorf("%s already exists; refusing to overwrite it", s.finals[i])
+				err = fmt.Errorf("%s already exists; refusing to overwrite it", final)
 			}
 			return errors.Join(err, s.unplace())
 		}
-		s.placed = append(s.placed, s.finals[i])
+		s.placed = append(s.placed, final)
 	}
 	if err := syncDir(s.dir); err != nil {
 		return errors.Join(err, s.unplace())
 	}
 	// The files are durable under their final names: the staging
-	// directory only holds second links to them now.
+	// directory only holds second links to them, or copies.
 	if err := os.RemoveAll(s.stage); err == nil {
 		_ = syncDir(s.dir)
 	}
 	return nil
+}
+
+// copyExclusive writes the content of the staged file from to the new
+// file to (writeExclusive).
+func copyExclusive(from, to string) error {
+	data, err := os.ReadFile(from)
+	if err != nil {
+		return fmt.Errorf("write %s: %w", to, err)
+	}
+	defer clear(data) // a share
+	return writeExclusive(to, data)
 }
 
 // unplace removes the files placed so far.
@@ -221,8 +297,8 @@ func (s *stagedFiles) discard() error {
 }
 
 // prepareOutDir creates dir (0700) if needed and checks that none of names
-// exists in it yet, so that a command fails before it changes the module
-// rather than after.
+// exists in it yet and that it takes new files, so that a command fails
+// before it changes the module rather than after.
 func prepareOutDir(dir string, names []string) ([]string, error) {
 	if dir == "" {
 		return nil, usagef("--out DIR is required")
@@ -240,5 +316,21 @@ func prepareOutDir(dir string, names []string) ([]string, error) {
 			return nil, err
 		}
 	}
+	if err := checkWritableDir(dir); err != nil {
+		return nil, withHint(fmt.Errorf("cannot write to %s: %w", dir, err), "--out must be a directory this user can create files in")
+	}
 	return paths, nil
+}
+
+// checkWritableDir creates a file in dir and removes it again, so that a
+// directory that takes no new files (read-only, full, not ours) is found
+// before a command changes the module, not after.
+func checkWritableDir(dir string) error {
+	f, err := os.CreateTemp(dir, ".hsmca-check-*")
+	if err != nil {
+		return err
+	}
+	name := f.Name()
+	f.Close()
+	return os.Remove(name)
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"syscall"
 )
 
 // output is one file a ceremony writes: a PEM block and its transcript
@@ -24,7 +25,8 @@ const outputMode os.FileMode = 0o644
 const tempPattern = ".ceremony-output-*.tmp"
 
 // checkOutputs refuses, before the module is touched, an output that
-// exists already or whose directory does not exist.
+// exists already or whose directory does not exist or takes no new files
+// (a file is created there and removed).
 func checkOutputs(paths ...string) error {
 	for _, out := range paths {
 		if out == "" {
@@ -39,6 +41,14 @@ func checkOutputs(paths ...string) error {
 		if st, err := os.Stat(dir); err != nil || !st.IsDir() {
 			return fmt.Errorf("ceremony: output directory %s does not exist", dir)
 		}
+		f, err := os.CreateTemp(dir, tempPattern)
+		if err == nil {
+			f.Close()
+			err = os.Remove(f.Name())
+		}
+		if err != nil {
+			return fmt.Errorf("ceremony: cannot write output %s: %w", out, err)
+		}
 	}
 	return nil
 }
@@ -51,6 +61,11 @@ func checkOutputs(paths ...string) error {
 // an error leaves no partial file, and no lone part of a ceremony's
 // outputs, under a final name. Finally the temporary names are removed and
 // each directory is synced, so that the new names survive a power loss.
+//
+// On a file system without hard links (vfat and exFAT, the usual USB
+// sticks) each output is instead created exclusively under its final name,
+// written and synced (writeExclusive); an error still removes the outputs
+// written, but a crash while one is written can leave it partial.
 func writeOutputs(outs []output) error {
 	var tmps []string
 	defer func() {
@@ -66,8 +81,18 @@ func writeOutputs(outs []output) error {
 		tmps = append(tmps, tmp)
 	}
 	var linked []string
+	copying := false
 	for i, o := range outs {
-		if err := os.Link(tmps[i], o.path); err != nil {
+		var err error
+		if !copying {
+			if err = linkFile(tmps[i], o.path); err != nil && noHardLinks(err) {
+				copying = true
+			}
+		}
+		if copying {
+			err = writeExclusive(o)
+		}
+		if err != nil {
 			for _, p := range linked {
 				os.Remove(p)
 			}
@@ -94,6 +119,39 @@ func writeOutputs(outs []output) error {
 		}
 	}
 	return nil
+}
+
+// linkFile is os.Link. Tests replace it to act as a file system without
+// hard links.
+var linkFile = os.Link
+
+// noHardLinks reports whether err, from linkFile, says that the file
+// system cannot make the link at all: vfat and exFAT answer EPERM, others
+// ENOTSUP or EOPNOTSUPP, and EXDEV crosses a mount.
+func noHardLinks(err error) bool {
+	return errors.Is(err, syscall.EPERM) || errors.Is(err, syscall.ENOTSUP) ||
+		errors.Is(err, syscall.EOPNOTSUPP) || errors.Is(err, syscall.EXDEV)
+}
+
+// writeExclusive creates o.path (never replacing a file), writes o's PEM
+// block to it and syncs it, removing it again if a step fails. Its mode is
+// outputMode less the umask.
+func writeExclusive(o output) error {
+	f, err := os.OpenFile(o.path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, outputMode)
+	if err != nil {
+		return err // os.ErrExist included, for the caller's message
+	}
+	err = pem.Encode(f, &pem.Block{Type: o.blockType, Bytes: o.der})
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(o.path)
+	}
+	return err
 }
 
 // writeTemp writes o's PEM block to a new temporary file beside o.path,

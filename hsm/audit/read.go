@@ -24,8 +24,9 @@ func (l *Log) Head() (hsm.AuditHead, error) {
 	}
 	defer closeSeg()
 	out := hsm.AuditHead{PublicKey: base64.StdEncoding.EncodeToString(l.pub), Hash: hex.EncodeToString(make([]byte, 32))}
+	tail := l.openTailHead()
 	err = l.db.View(func(tx *bolt.Tx) error {
-		h, err := l.readingHead(tx, ra, l.pub)
+		h, err := l.readingHead(tx, ra, l.pub, tail)
 		if err != nil || h == nil {
 			return err
 		}
@@ -38,21 +39,31 @@ func (l *Log) Head() (hsm.AuditHead, error) {
 	return out, nil
 }
 
-// readingHead is loadHead for the readers. In a process that has not
-// written to the log, the records Open found after the signed head (a
-// crash before the flush that would have covered them) have no signed head
-// yet: they count as Open checked them, each following the one before
-// from the signed head on (Verify checks them again).
-func (l *Log) readingHead(tx *bolt.Tx, ra io.ReaderAt, pub ed25519.PublicKey) (*storedHead, error) {
+// openTailHead returns the records Open found after the signed head, or
+// nil. Readers call it before they open their read transaction, never in
+// it: Append holds l.mu across its write transaction, which waits for
+// every read transaction when it grows the database file, so taking l.mu
+// inside a read transaction deadlocks both.
+func (l *Log) openTailHead() *storedHead {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.openTail
+}
+
+// readingHead is loadHead for the readers; tail is openTailHead, read
+// before tx began. In a process that has not written to the log, the
+// records Open found after the signed head (a crash before the flush that
+// would have covered them) have no signed head yet: they count as Open
+// checked them, each following the one before from the signed head on
+// (Verify checks them again). openTail is set only by Open, so reading it
+// before the transaction sees the same value as reading it inside.
+func (l *Log) readingHead(tx *bolt.Tx, ra io.ReaderAt, pub ed25519.PublicKey, tail *storedHead) (*storedHead, error) {
 	h, err := l.loadHead(tx, ra, pub)
 	if err != nil {
 		return nil, err
 	}
-	l.mu.Lock()
-	t := l.openTail
-	l.mu.Unlock()
-	if t != nil && (h == nil || t.Count > h.Count) {
-		return t, nil
+	if tail != nil && (h == nil || tail.Count > h.Count) {
+		return tail, nil
 	}
 	return h, nil
 }
@@ -77,8 +88,9 @@ func (l *Log) Events(from uint64, limit int) ([]hsm.AuditEvent, error) {
 	}
 	defer closeSeg()
 	var out []hsm.AuditEvent
+	tail := l.openTailHead()
 	err = l.db.View(func(tx *bolt.Tx) error {
-		head, err := l.readingHead(tx, ra, l.pub)
+		head, err := l.readingHead(tx, ra, l.pub, tail)
 		if err != nil || head == nil {
 			return err
 		}
@@ -160,8 +172,9 @@ func (l *Log) VerifyWithKey(pub ed25519.PublicKey) (hsm.AuditHead, error) {
 	}
 	defer closeSeg()
 	out := hsm.AuditHead{PublicKey: base64.StdEncoding.EncodeToString(pub)}
+	tail := l.openTailHead()
 	err = l.db.View(func(tx *bolt.Tx) error {
-		head, err := l.readingHead(tx, ra, pub)
+		head, err := l.readingHead(tx, ra, pub, tail)
 		if err != nil {
 			return err
 		}

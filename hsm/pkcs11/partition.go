@@ -50,6 +50,11 @@ type Partition struct {
 	signers map[string]crypto11.Signer // this activation's key handles, by key ID
 
 	keyMu sync.Mutex // serializes key generation and destruction
+
+	// commitFault, set only by tests, fails the named step of a
+	// re-share's commit ("save": storing the settings; "restore-pin":
+	// putting the previous PIN back) before the step runs.
+	commitFault func(step string) error
 }
 
 var _ hsm.Partition = (*Partition)(nil)
@@ -360,14 +365,15 @@ func (p *Partition) PrepareReshare(n, m int) (hsm.PendingReshare, error) {
 		shares[i] = hsm.Share{Module: p.m.cfg.ModuleID, Partition: p.name, Generation: next.Generation,
 			Index: i + 1, Threshold: m, Value: dealing.Values[i]}
 	}
-	return &pendingReshare{p: p, base: p.cfg.Generation, next: next, pin: newPIN, shares: shares}, nil
+	return &pendingReshare{p: p, base: p.cfg.Generation, gen: p.gen, next: next, pin: newPIN, shares: shares}, nil
 }
 
 // pendingReshare is a share set dealt by PrepareReshare; it implements
 // hsm.PendingReshare. Its fields are guarded by the partition's mu.
 type pendingReshare struct {
 	p      *Partition
-	base   int // the generation in force when it was dealt
+	base   int    // the generation in force when it was dealt
+	gen    uint64 // the activation it was dealt in (Partition.gen)
 	next   partitionConfig
 	pin    []byte // the token PIN the new secret derives
 	shares []hsm.Share
@@ -387,9 +393,13 @@ func (r *pendingReshare) Discard() {
 
 // Commit records the re-share in the audit log, changes the token's PIN to
 // the new one and stores the new settings; the previous shares stop
-// working. An error means nothing changed (the PIN is put back if the
-// settings could not be stored), except that the audit log then holds the
-// reshare record followed by a commit-failed record.
+// working. It fails if the partition is sealed, or was sealed and
+// activated again, or re-shared since PrepareReshare. An error means
+// nothing changed (the PIN is put back if the settings could not be
+// stored), except that the audit log then holds the reshare record
+// followed by a commit-failed record. The one exception wraps
+// hsm.ErrReshareIncomplete: the PIN changed and could not be put back; its
+// commit-failed record carries result=incomplete.
 func (r *pendingReshare) Commit() error {
 	p := r.p
 	p.mu.Lock()
@@ -399,6 +409,9 @@ func (r *pendingReshare) Commit() error {
 	}
 	if p.ctx == nil {
 		return p.sealedErr()
+	}
+	if p.gen != r.gen {
+		return fmt.Errorf("hsm/pkcs11: partition %s was sealed and activated again since this re-share was dealt", p.name)
 	}
 	if p.cfg.Generation != r.base {
 		return fmt.Errorf("hsm/pkcs11: partition %s was re-shared since this re-share was dealt", p.name)
@@ -411,10 +424,16 @@ func (r *pendingReshare) Commit() error {
 		return fmt.Errorf("hsm/pkcs11: reshare of %s not audited, so not done (the current shares still work): %w", p.name, err)
 	}
 	if err := r.commitLocked(); err != nil {
-		if _, aerr := p.m.log.Append("commit-failed", p.name, map[string]string{
-			"seq": strconv.FormatUint(ev.Seq, 10), "event": "reshare", "reason": err.Error(),
-		}); aerr != nil {
+		incomplete := errors.Is(err, hsm.ErrReshareIncomplete)
+		fields := map[string]string{"seq": strconv.FormatUint(ev.Seq, 10), "event": "reshare", "reason": err.Error()}
+		if incomplete {
+			fields["result"] = "incomplete"
+		}
+		if _, aerr := p.m.log.Append("commit-failed", p.name, fields); aerr != nil {
 			p.m.opts.Logger.Error("hsm/pkcs11: a re-share failed and the failure could not be recorded", "partition", p.name, "err", err, "audit_err", aerr)
+		}
+		if incomplete {
+			return fmt.Errorf("hsm/pkcs11: reshare of %s incomplete: the token's PIN changed to the new shares' and the previous PIN could not be put back; keep both share sets: %w", p.name, err)
 		}
 		return fmt.Errorf("hsm/pkcs11: reshare of %s (not done; the current shares still work): %w", p.name, err)
 	}
@@ -436,9 +455,21 @@ func (r *pendingReshare) commitLocked() error {
 	if err := p.lib.setPINLoggedIn(p.slot, p.pin, r.pin); err != nil {
 		return err
 	}
-	if err := p.m.savePartition(r.next); err != nil {
-		if rerr := p.lib.setPINLoggedIn(p.slot, r.pin, p.pin); rerr != nil {
+	err := p.fault("save")
+	if err == nil {
+		err = p.m.savePartition(r.next)
+	}
+	if err != nil {
+		rerr := p.fault("restore-pin")
+		if rerr == nil {
+			rerr = p.lib.setPINLoggedIn(p.slot, r.pin, p.pin)
+		}
+		if rerr != nil {
 			p.m.opts.Logger.Error("hsm/pkcs11: reshare: could not restore the previous PIN", "partition", p.name, "err", rerr)
+			// The token answers to the new PIN now; a later re-share in
+			// this activation changes it from there.
+			clear(p.pin)
+			p.pin, r.pin, r.done = r.pin, nil, true
 			return fmt.Errorf("%w: %w; and the previous PIN could not be put back (%v): the token answers to the new shares' PIN while the module's settings still name the previous set", hsm.ErrReshareIncomplete, err, rerr)
 		}
 		return err
@@ -447,6 +478,14 @@ func (r *pendingReshare) commitLocked() error {
 	p.pin, r.pin = r.pin, nil
 	p.cfg = r.next
 	return nil
+}
+
+// fault is commitFault's error for step, or nil.
+func (p *Partition) fault(step string) error {
+	if p.commitFault == nil {
+		return nil
+	}
+	return p.commitFault(step)
 }
 
 // TransportKey is not supported: keys on a PKCS#11 token are generated

@@ -31,13 +31,16 @@ const (
 	tokDirect    = "hsmca-direct"
 	tokRace      = "hsmca-race"
 	tokInitFail  = "hsmca-initfail"
+	// reshare_test.go
+	tokReshareEpoch      = "hsmca-epoch"
+	tokReshareIncomplete = "hsmca-incomplete"
 	// TestLockoutRunsInModuleTime, one token per case.
 	tokModTimeSame = "hsmca-modtime-same"
 	tokModTimeFwd  = "hsmca-modtime-forward"
 	tokModTimeBack = "hsmca-modtime-back"
 )
 
-var allTokens = []string{tokLifecycle, tokLockout, tokPerOp, tokGone, tokBadPIN, tokReshare, tokBench, tokDirect, tokRace, tokInitFail, tokModTimeSame, tokModTimeFwd, tokModTimeBack}
+var allTokens = []string{tokLifecycle, tokLockout, tokPerOp, tokGone, tokBadPIN, tokReshare, tokBench, tokDirect, tokRace, tokInitFail, tokReshareEpoch, tokReshareIncomplete, tokModTimeSame, tokModTimeFwd, tokModTimeBack}
 
 const (
 	userPIN = "87654321"

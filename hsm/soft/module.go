@@ -123,6 +123,10 @@ type Module struct {
 	// audited change (named by its event type) before the change; an
 	// error fails the commit.
 	commitFault func(tx *bolt.Tx, event string) error
+	// commitLost, set only by tests, replaces the result of an audited
+	// change's commit that succeeded, the way a failed fdatasync does
+	// after bbolt wrote its meta page: an error, with the change visible.
+	commitLost func(event string) error
 }
 
 var _ hsm.Module = (*Module)(nil)
@@ -357,16 +361,21 @@ func (m *Module) InitPartition(opts hsm.InitOptions) ([]hsm.Share, error) {
 // commit fails, a "commit-failed" record naming the first one's sequence
 // number and event follows it, as far as the log still takes appends; a
 // crash before that leaves the first record alone, so an auditor checks
-// the module's state before reading a record as a change made.
+// the module's state before reading a record as a change made. A commit
+// error wrapping hsm.ErrReshareIncomplete (the change failed but may be in
+// force) gives the commit-failed record the field result=incomplete.
 func (m *Module) audited(event, partition string, fields map[string]string, commit func() error) error {
 	ev, err := m.log.Append(event, partition, fields)
 	if err != nil {
 		return err
 	}
 	if err := commit(); err != nil {
-		_, aerr := m.log.Append("commit-failed", partition, map[string]string{
-			"seq": fmt.Sprint(ev.Seq), "event": event, "reason": err.Error(),
-		})
+		fields := map[string]string{"seq": fmt.Sprint(ev.Seq), "event": event, "reason": err.Error()}
+		if errors.Is(err, hsm.ErrReshareIncomplete) {
+			// Not "nothing changed": the change may be in force.
+			fields["result"] = "incomplete"
+		}
+		_, aerr := m.log.Append("commit-failed", partition, fields)
 		if aerr != nil {
 			m.logger.Error("soft: an audited change failed to commit and the failure could not be recorded",
 				"event", event, "seq", ev.Seq, "err", err, "audit_err", aerr)
@@ -378,7 +387,7 @@ func (m *Module) audited(event, partition string, fields map[string]string, comm
 
 // update is m.db.Update for the audited change named event.
 func (m *Module) update(event string, fn func(*bolt.Tx) error) error {
-	return m.db.Update(func(tx *bolt.Tx) error {
+	err := m.db.Update(func(tx *bolt.Tx) error {
 		if m.commitFault != nil {
 			if err := m.commitFault(tx, event); err != nil {
 				return err
@@ -386,6 +395,10 @@ func (m *Module) update(event string, fn func(*bolt.Tx) error) error {
 		}
 		return fn(tx)
 	})
+	if err == nil && m.commitLost != nil {
+		err = m.commitLost(event)
+	}
+	return err
 }
 
 // Partition returns an existing partition or hsm.ErrNoPartition. The same

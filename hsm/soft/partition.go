@@ -1,6 +1,7 @@
 package soft
 
 import (
+	"bytes"
 	"crypto"
 	"encoding/json"
 	"errors"
@@ -153,6 +154,9 @@ type Partition struct {
 	// Per-operation accounting.
 	opSignatures int // allowed by the next activation
 	left         int // remaining in this activation
+	// epoch counts activations and seals, so that a re-share dealt in one
+	// activation cannot be committed in another.
+	epoch uint64
 }
 
 var _ hsm.Partition = (*Partition)(nil)
@@ -284,6 +288,7 @@ func (p *Partition) activate(secret []byte) error {
 	}
 	p.mu.Lock()
 	p.active, p.master, p.transport, p.left = true, master, tr, left
+	p.epoch++
 	p.keys = map[string]crypto.Signer{}
 	if rec.Policy == hsm.PolicyPerOperation {
 		p.opSignatures = 1 // the allowance is for this activation only
@@ -337,6 +342,7 @@ func (p *Partition) dropSecrets() (wasActive bool) {
 	wasActive = p.active
 	clear(p.master)
 	p.active, p.master, p.transport, p.keys, p.left = false, nil, nil, nil, 0
+	p.epoch++
 	return wasActive
 }
 
@@ -377,7 +383,7 @@ func (p *Partition) PrepareReshare(n, m int) (hsm.PendingReshare, error) {
 	p.opMu.Lock()
 	defer p.opMu.Unlock()
 	p.mu.Lock()
-	old, tr, active := p.rec, p.transport, p.active && p.left != 0
+	old, tr, active, epoch := p.rec, p.transport, p.active && p.left != 0, p.epoch
 	p.mu.Unlock()
 	if !active {
 		return nil, fmt.Errorf("soft: partition %s: %w", p.name, hsm.ErrSealed)
@@ -401,7 +407,7 @@ func (p *Partition) PrepareReshare(n, m int) (hsm.PendingReshare, error) {
 		clear(master)
 		return nil, err
 	}
-	return &pendingReshare{p: p, base: old, rec: rec, master: master, shares: rec.shares(p.m.meta.ID, d)}, nil
+	return &pendingReshare{p: p, base: old, epoch: epoch, rec: rec, master: master, shares: rec.shares(p.m.meta.ID, d)}, nil
 }
 
 // pendingReshare is a share set dealt by PrepareReshare; it implements
@@ -409,6 +415,7 @@ func (p *Partition) PrepareReshare(n, m int) (hsm.PendingReshare, error) {
 type pendingReshare struct {
 	p      *Partition
 	base   *partitionRecord // the record in force when it was dealt
+	epoch  uint64           // the activation it was dealt in
 	rec    partitionRecord  // the record that Commit stores
 	master []byte           // the new master key
 	shares []hsm.Share
@@ -431,6 +438,18 @@ func (r *pendingReshare) Discard() {
 // neither the previous shares nor a copy of module.db made before it (a
 // backup with the previous shares) open a key stored after it. Keys that
 // such a copy holds it still opens, as they were then.
+//
+// Commit fails, changing nothing, if the partition is sealed, was sealed
+// (and perhaps activated again) or re-shared since PrepareReshare. A
+// per-operation partition seals itself after its last signature without
+// opMu, so this is checked again under mu in the transaction's turn.
+//
+// If the transaction reports an error but the database shows the new
+// generation (bbolt writes its meta page before it syncs the file, so a
+// failed sync leaves the change visible and perhaps durable), the
+// partition takes the new generation as the database does and the error
+// wraps hsm.ErrReshareIncomplete: either share set may be the one that
+// opens the module after a restart.
 func (r *pendingReshare) Commit() error {
 	p := r.p
 	p.opMu.Lock()
@@ -438,14 +457,18 @@ func (r *pendingReshare) Commit() error {
 	if r.done {
 		return errors.New("soft: this re-share was committed or discarded already")
 	}
-	master, cur, err := p.requireActive()
+	p.mu.Lock()
+	err := r.checkLocked()
+	var master []byte
+	if err == nil {
+		master = append([]byte(nil), p.master...)
+	}
+	cur := p.rec
+	p.mu.Unlock()
 	if err != nil {
 		return err
 	}
 	defer clear(master)
-	if cur != r.base {
-		return fmt.Errorf("soft: partition %s was re-shared since this re-share was dealt", p.name)
-	}
 	// Re-wrap before the audit record, so that a key that cannot be
 	// re-wrapped stops the re-share with nothing recorded. Under opMu no
 	// key of this partition is stored or destroyed meanwhile.
@@ -469,12 +492,18 @@ func (r *pendingReshare) Commit() error {
 		"generation": fmt.Sprint(r.rec.Generation), "shares": fmt.Sprint(r.rec.Shares), "threshold": fmt.Sprint(r.rec.Threshold),
 		"previous_generation": fmt.Sprint(cur.Generation), "keys_rewrapped": fmt.Sprint(len(rewrapped)),
 	}
+	inForce, unknown := false, false
 	err = p.m.audited("reshare", p.name, fields, func() error {
 		// Signers that must unwrap a key wait for this one commit: the
 		// key records and the master key they are wrapped under change
 		// together.
 		p.mu.Lock()
 		defer p.mu.Unlock()
+		// The partition may have sealed itself (its last signature)
+		// since the check above; it stays as it is until mu is released.
+		if err := r.checkLocked(); err != nil {
+			return err
+		}
 		err := p.m.update("reshare", func(tx *bolt.Tx) error {
 			b := tx.Bucket(keysBucket)
 			n := 0
@@ -503,23 +532,67 @@ func (r *pendingReshare) Commit() error {
 			return tx.Bucket(partitionsBucket).Put([]byte(r.rec.Name), v)
 		})
 		if err != nil {
-			return err
+			var rerr error
+			if inForce, rerr = r.stored(); rerr != nil {
+				unknown = true
+				return fmt.Errorf("%w: %w; and the partition could not be read back (%v), so the new generation may be in force", hsm.ErrReshareIncomplete, err, rerr)
+			}
+			if !inForce {
+				return err
+			}
+			err = fmt.Errorf("%w: %w; but the database shows the new generation %d, which may or may not survive a restart", hsm.ErrReshareIncomplete, err, r.rec.Generation)
 		}
 		clear(p.master)
 		p.master, p.rec = r.master, &r.rec
-		return nil
+		return err
 	})
-	if err != nil {
+	if inForce || err == nil {
+		r.done, r.master = true, nil
+		if perr := p.coll.SetParams(r.rec.params(p.m.meta.ID)); perr != nil {
+			// Cannot happen for a fresh dealing; the new generation is in
+			// force, so sealing is the safe way out: the next Open loads it.
+			p.m.logger.Error("soft: re-shared partition's quorum parameters refused; sealing", "partition", p.name, "err", perr)
+			_ = p.seal("re-share parameters refused")
+		}
+	}
+	switch {
+	case unknown:
+		// Which generation the database holds is not known; the next Open
+		// reads it.
+		_ = p.seal("re-share commit uncertain")
+		return fmt.Errorf("soft: reshare of %s: %w (the partition was sealed; close and reopen the module)", p.name, err)
+	case inForce:
+		return fmt.Errorf("soft: reshare of %s: %w", p.name, err)
+	case err != nil:
 		return fmt.Errorf("soft: reshare of %s (not done; the current shares still work): %w", p.name, err)
 	}
-	r.done, r.master = true, nil
-	if err := p.coll.SetParams(r.rec.params(p.m.meta.ID)); err != nil {
-		// Cannot happen for a fresh dealing; the new generation is in
-		// force, so sealing is the safe way out: the next Open loads it.
-		p.m.logger.Error("soft: re-shared partition's quorum parameters refused; sealing", "partition", p.name, "err", err)
-		_ = p.seal("re-share parameters refused")
+	return nil
+}
+
+// checkLocked refuses the commit when the partition is not in the
+// activation the re-share was dealt in, or was re-shared since. p.mu is
+// held.
+func (r *pendingReshare) checkLocked() error {
+	p := r.p
+	switch {
+	case !p.active || p.left == 0:
+		return fmt.Errorf("soft: partition %s: %w", p.name, hsm.ErrSealed)
+	case p.epoch != r.epoch:
+		return fmt.Errorf("soft: partition %s was sealed and activated again since this re-share was dealt", p.name)
+	case p.rec != r.base:
+		return fmt.Errorf("soft: partition %s was re-shared since this re-share was dealt", p.name)
 	}
 	return nil
+}
+
+// stored reads the partition record back after a failed commit and
+// reports whether it is the one this re-share stores.
+func (r *pendingReshare) stored() (bool, error) {
+	rec, err := r.p.m.loadPartition(r.rec.Name)
+	if err != nil {
+		return false, err
+	}
+	return rec.Generation == r.rec.Generation && bytes.Equal(rec.WrappedMaster, r.rec.WrappedMaster), nil
 }
 
 // rewrapKey returns the stored form of kr with its private key wrapped

@@ -8,7 +8,9 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/hsmca/hsmca/hsm"
 	bolt "go.etcd.io/bbolt"
@@ -174,15 +176,15 @@ func TestReshareKeepsEveryKey(t *testing.T) {
 func TestPrepareReshareChangesNothingUntilCommit(t *testing.T) {
 	tests := []struct {
 		name   string
-		finish func(t *testing.T, p hsm.Partition, pr hsm.PendingReshare)
+		finish func(t *testing.T, p hsm.Partition, pr hsm.PendingReshare, old []hsm.Share)
 	}{
-		{"discarded", func(t *testing.T, p hsm.Partition, pr hsm.PendingReshare) {
+		{"discarded", func(t *testing.T, p hsm.Partition, pr hsm.PendingReshare, old []hsm.Share) {
 			pr.Discard()
 			if err := pr.Commit(); err == nil {
 				t.Fatal("Commit after Discard succeeded")
 			}
 		}},
-		{"sealed before commit", func(t *testing.T, p hsm.Partition, pr hsm.PendingReshare) {
+		{"sealed before commit", func(t *testing.T, p hsm.Partition, pr hsm.PendingReshare, old []hsm.Share) {
 			if err := p.Seal(); err != nil {
 				t.Fatal(err)
 			}
@@ -190,7 +192,16 @@ func TestPrepareReshareChangesNothingUntilCommit(t *testing.T) {
 				t.Fatalf("Commit on a sealed partition: %v, want ErrSealed", err)
 			}
 		}},
-		{"overtaken by another reshare", func(t *testing.T, p hsm.Partition, pr hsm.PendingReshare) {
+		{"sealed and activated again", func(t *testing.T, p hsm.Partition, pr hsm.PendingReshare, old []hsm.Share) {
+			if err := p.Seal(); err != nil {
+				t.Fatal(err)
+			}
+			activate(t, p, old[1:])
+			if err := pr.Commit(); err == nil {
+				t.Fatal("Commit in a later activation than PrepareReshare's succeeded")
+			}
+		}},
+		{"overtaken by another reshare", func(t *testing.T, p hsm.Partition, pr hsm.PendingReshare, old []hsm.Share) {
 			other, err := p.(hsm.StagedResharer).PrepareReshare(2, 2)
 			if err != nil {
 				t.Fatal(err)
@@ -221,7 +232,7 @@ func TestPrepareReshareChangesNothingUntilCommit(t *testing.T) {
 			if len(fresh) != 3 || fresh[0].Generation != 2 {
 				t.Fatalf("pending shares: %d, generation %d", len(fresh), fresh[0].Generation)
 			}
-			tc.finish(t, p, pr)
+			tc.finish(t, p, pr, old)
 			st, _ := p.Status()
 			if tc.name != "overtaken by another reshare" && st.Generation != 1 {
 				t.Fatalf("generation %d after an uncommitted reshare", st.Generation)
@@ -445,6 +456,148 @@ func copyFile(t *testing.T, from, to string) {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(to, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A per-operation partition's last signature, taken while a re-share's
+// Commit is between its first check and its transaction (here: while the
+// reshare audit record is appended), seals the partition without opMu.
+// Commit must then fail and leave the sealed partition without a master
+// key, at its current generation.
+func TestReshareCommitRacesPerOperationAutoSeal(t *testing.T) {
+	var hook atomic.Pointer[func()]
+	base := time.Date(2026, 3, 4, 5, 6, 7, 0, time.UTC)
+	clock := func() time.Time {
+		if h := hook.Swap(nil); h != nil {
+			(*h)()
+		}
+		return base
+	}
+	m, err := Open(filepath.Join(t.TempDir(), "module"), Options{Clock: clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	shares, err := m.InitPartition(hsm.InitOptions{Partition: "root", Shares: 1, Threshold: 1, Policy: hsm.PolicyPerOperation})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hp, err := m.Partition("root")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := hp.(*Partition)
+	activate(t, p, shares)
+	k, err := p.GenerateKey(hsm.ECDSAP256, "k", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := p.Signer(k.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pr, err := p.PrepareReshare(1, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pr.Discard()
+	signed := false
+	var signErr error
+	h := func() { signed, signErr = true, signVerify(t, s) } // spends the only signature
+	hook.Store(&h)
+	cerr := pr.Commit()
+	if !signed || signErr != nil {
+		t.Fatalf("signature in the window: taken %v, %v", signed, signErr)
+	}
+	if !errors.Is(cerr, hsm.ErrSealed) {
+		t.Errorf("Commit on a partition that sealed itself meanwhile: %v, want ErrSealed", cerr)
+	}
+	st, _ := p.Status()
+	p.mu.Lock()
+	master, active := p.master, p.active
+	p.mu.Unlock()
+	if active || master != nil || st.State != hsm.StateSealed || st.Generation != 1 {
+		t.Errorf("after Commit: active %v, master in memory %v, %+v", active, master != nil, st)
+	}
+	activate(t, p, shares) // the current share still works
+	evs, err := m.Audit().Events(0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var failed bool
+	for _, ev := range evs {
+		failed = failed || ev.Type == "commit-failed" && ev.Fields["event"] == "reshare"
+	}
+	if !failed {
+		t.Error("no commit-failed record follows the reshare record")
+	}
+}
+
+// A bbolt commit whose sync fails has written its meta page already: the
+// change may be in force although the transaction returned an error.
+// Commit then reports hsm.ErrReshareIncomplete (the caller keeps both
+// share sets), records result=incomplete rather than a plain
+// commit-failed, and the partition holds what the database shows: the new
+// generation and master key, so a key stored next is wrapped under it.
+func TestReshareCommitErrorWithChangeVisible(t *testing.T) {
+	f := newFixture(t)
+	old := f.init(t, "issuing", 2, 2, hsm.PolicyOnline)
+	p := f.part(t, "issuing")
+	activate(t, p, old)
+	k1, err := p.GenerateKey(hsm.ECDSAP256, "k1", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lost := errors.New("injected: fdatasync failed")
+	f.m.commitLost = func(event string) error {
+		if event == "reshare" {
+			return lost
+		}
+		return nil
+	}
+	pr, err := p.(hsm.StagedResharer).PrepareReshare(3, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pr.Discard()
+	fresh := pr.Shares()
+	err = pr.Commit()
+	f.m.commitLost = nil
+	if !errors.Is(err, hsm.ErrReshareIncomplete) || !errors.Is(err, lost) {
+		t.Fatalf("Commit with the change visible: %v, want ErrReshareIncomplete", err)
+	}
+	if st, _ := p.Status(); st.Generation != 2 || st.State != hsm.StateActive {
+		t.Fatalf("status after the incomplete commit: %+v", st)
+	}
+	evs, err := f.m.Audit().Events(0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	last := evs[len(evs)-1]
+	if last.Type != "commit-failed" || last.Fields["event"] != "reshare" || last.Fields["result"] != "incomplete" {
+		t.Fatalf("last audit record: %+v", last)
+	}
+	k2, err := p.GenerateKey(hsm.ECDSAP256, "k2", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.reopen(t)
+	p = f.part(t, "issuing")
+	if _, err := p.AddShare(old[0]); err == nil {
+		t.Fatal("a share of the previous generation was accepted")
+	}
+	activate(t, p, fresh[1:])
+	for _, id := range []string{k1.ID, k2.ID} {
+		s, err := p.Signer(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := signVerify(t, s); err != nil {
+			t.Fatalf("key %s after the incomplete re-share: %v", id, err)
+		}
+	}
+	if _, err := f.m.Audit().Verify(); err != nil {
 		t.Fatal(err)
 	}
 }
