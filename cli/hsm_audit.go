@@ -39,7 +39,8 @@ func newHSMAuditListCmd(e *env, f *hsmFlags) *cobra.Command {
 		Long: `Print the module's audit records from --from on, oldest first: sequence number,
 time, event type, partition and the event's fields (key IDs, digests, share
 indexes, reasons; never a secret). This does not verify the chain; run
-` + "`hsmca hsm audit verify`" + ` for that.`,
+` + "`hsmca hsm audit verify`" + ` for that. Like verify, it changes nothing in
+the module directory.`,
 		Example: `  hsmca hsm audit list --module ./module --from 1 --limit 50
   hsmca hsm audit list --module ./module --json | jq -c '.[] | select(.type == "sign")'`,
 		Args: cobra.NoArgs,
@@ -47,7 +48,7 @@ indexes, reasons; never a secret). This does not verify the chain; run
 			if limit < 0 {
 				return usagef("--limit must not be negative")
 			}
-			m, err := openModule(f.module)
+			m, err := openModuleReadOnly(f.module)
 			if err != nil {
 				return err
 			}
@@ -140,8 +141,10 @@ func newHSMAuditVerifyCmd(e *env, f *hsmFlags) *cobra.Command {
 		Long: `Check every record of the module's audit log against the previous one and the
 head's signature by the module audit key, and print the number of records and
 the head hash. Changing, deleting or truncating records is detected, and so is
-a missing or replaced audit segment (audit.seg). Verifying writes nothing to
-the audit log: a missing or damaged audit.seg is left as it was found.
+a missing or replaced audit segment (audit.seg). Verifying changes nothing
+in the module directory (a soft module is opened read-only): a missing or
+damaged audit.seg is left as it was found, and a copy on read-only media
+can be checked.
 
 The audit key lives in the module's files, so someone who can write them can
 rewrite the log and sign it again, or cut the newest records off together with
@@ -169,7 +172,7 @@ not extend a known head; 2 for a malformed flag.`,
 				}
 				known = append(known, h)
 			}
-			m, err := openModule(f.module)
+			m, err := openModuleReadOnly(f.module)
 			if err != nil {
 				return err
 			}

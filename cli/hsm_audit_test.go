@@ -1,13 +1,16 @@
 package cli
 
 import (
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // auditTestModule makes a soft module with a 1-of-1 partition in a new
@@ -88,6 +91,68 @@ func TestHSMAuditVerifyMissingSegment(t *testing.T) {
 	mustRun(t, work, "hsm", "audit", "list", "--module", mod)
 	if _, err := os.Stat(seg); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("verify or list created a new audit segment: %v", err)
+	}
+}
+
+// moduleFiles maps each file of a module directory to its bytes' hash and
+// its modification time. With backdate it first sets every modification
+// time to one long past, so that a later write changes it whatever the file
+// system's time resolution.
+func moduleFiles(t *testing.T, dir string, backdate bool) map[string]string {
+	t.Helper()
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]string{}
+	for _, e := range ents {
+		path := filepath.Join(dir, e.Name())
+		if backdate {
+			past := time.Date(2001, 2, 3, 4, 5, 6, 0, time.UTC)
+			if err := os.Chtimes(path, past, past); err != nil {
+				t.Fatal(err)
+			}
+		}
+		st, err := os.Stat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		data, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[e.Name()] = fmt.Sprintf("%x, mtime %s", sha256.Sum256(data), st.ModTime().UTC().Format(time.RFC3339Nano))
+	}
+	return out
+}
+
+// auditReadCommands are the commands that read a module's audit log;
+// they must leave the module as they found it.
+func auditReadCommands(mod, known string) [][]string {
+	return [][]string{
+		{"hsm", "audit", "verify", "--module", mod},
+		{"hsm", "audit", "verify", "--module", mod, "--json", "--known-head", known},
+		{"hsm", "audit", "list", "--module", mod},
+		{"hsm", "audit", "list", "--module", mod, "--json", "--from", "2", "--limit", "3"},
+	}
+}
+
+// An auditor verifying a copy of a module changes nothing in it:
+// module.db (whose running time a writable open writes at close) and
+// audit.seg keep their bytes and modification times.
+func TestHSMAuditReadCommandsChangeNothing(t *testing.T) {
+	work, mod, share := auditTestModule(t)
+	mustRun(t, work, "hsm", "activate", "--module", mod, "--share", share)
+	known := statusHead(t, work, mod)
+	before := moduleFiles(t, mod, true)
+	if len(before) != 2 || before["module.db"] == "" || before["audit.seg"] == "" {
+		t.Fatalf("module files: %v", before)
+	}
+	for _, args := range auditReadCommands(mod, known) {
+		mustRun(t, work, args...)
+		if after := moduleFiles(t, mod, false); !maps.Equal(before, after) {
+			t.Fatalf("hsmca %s changed the module:\nbefore %v\nafter  %v", quoteArgs(args), before, after)
+		}
 	}
 }
 

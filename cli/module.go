@@ -92,6 +92,22 @@ func openModule(dir string) (hsm.Module, error) {
 	}
 }
 
+// openModuleReadOnly opens the existing module in dir to read its audit
+// log (`hsm audit verify` and `list`). A soft module is opened read-only:
+// nothing in dir is created or written, so an auditor can check a copy,
+// also on read-only media, and leave it as it was. A module held by
+// another process is refused as by openModule.
+func openModuleReadOnly(dir string) (hsm.Module, error) {
+	if moduleBackend(dir) != backendSoft {
+		return openModule(dir)
+	}
+	m, err := soft.Open(dir, soft.Options{ReadOnly: true})
+	if err != nil {
+		return nil, moduleOpenError(dir, err)
+	}
+	return m, nil
+}
+
 // createModule creates a new, empty module in dir with the backend chosen by
 // o. It refuses a directory that already holds a module.
 func createModule(dir string, o backendOptions) (hsm.Module, error) {

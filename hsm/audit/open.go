@@ -54,7 +54,13 @@ func (l *Log) openSegment() (int64, error) {
 	if err != nil {
 		return 0, fmt.Errorf("audit: read segment record: %w", err)
 	}
-	f, err := os.OpenFile(l.segPath, os.O_RDWR, 0)
+	flag := os.O_RDWR
+	if l.db.IsReadOnly() {
+		// A reader's database (bbolt ReadOnly): the log is never
+		// appended to, and the segment may be on read-only media.
+		flag = os.O_RDONLY
+	}
+	f, err := os.OpenFile(l.segPath, flag, 0)
 	if errors.Is(err, fs.ErrNotExist) {
 		if hadSegment {
 			l.segmentLost(fmt.Sprintf("the audit segment %s is missing, but the module database records that it exists: the signature records in it are lost (deleted)", filepath.Base(l.segPath)))

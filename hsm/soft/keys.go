@@ -122,7 +122,8 @@ func (p *Partition) GenerateKey(typ hsm.KeyType, label string, exportable bool) 
 	if err := checkLabel(label); err != nil {
 		return hsm.KeyInfo{}, err
 	}
-	if _, _, err := p.requireActive(); err != nil {
+	epoch, err := p.activeEpoch()
+	if err != nil {
 		return hsm.KeyInfo{}, err
 	}
 	// Key generation can take seconds (RSA-4096); do it before taking
@@ -131,15 +132,18 @@ func (p *Partition) GenerateKey(typ hsm.KeyType, label string, exportable bool) 
 	if err != nil {
 		return hsm.KeyInfo{}, fmt.Errorf("soft: generate %s key: %w", typ, err)
 	}
-	return p.store(priv, typ, label, exportable, "generated", "key-generate", nil)
+	return p.store(epoch, priv, typ, label, exportable, "generated", "key-generate", nil)
 }
 
 // store wraps priv under the partition's master key and saves it,
-// refusing a duplicate label or ID.
-func (p *Partition) store(priv crypto.Signer, typ hsm.KeyType, label string, exportable bool, origin, event string, extra map[string]string) (hsm.KeyInfo, error) {
+// refusing a duplicate label or ID. It fails with ErrSealed, storing and
+// recording nothing, unless the partition is still in the activation
+// epoch, the one in which the caller checked it, when the key is
+// committed.
+func (p *Partition) store(epoch uint64, priv crypto.Signer, typ hsm.KeyType, label string, exportable bool, origin, event string, extra map[string]string) (hsm.KeyInfo, error) {
 	p.opMu.Lock()
 	defer p.opMu.Unlock()
-	master, _, err := p.requireActive()
+	master, err := p.requireActive(epoch)
 	if err != nil {
 		return hsm.KeyInfo{}, err
 	}
@@ -179,15 +183,17 @@ func (p *Partition) store(priv crypto.Signer, typ hsm.KeyType, label string, exp
 	}
 	// The audit record first: a key never exists without it (see
 	// Module.audited).
-	err = p.m.audited(event, p.name, fields, func() error {
-		return p.m.update(event, func(tx *bolt.Tx) error {
-			if err := p.checkNewKey(tx, rec.ID, label); err != nil {
-				return err
-			}
-			return tx.Bucket(keysBucket).Put([]byte(rec.ID), v)
+	err = p.commitActive(epoch, event, func() error {
+		return p.m.audited(event, p.name, fields, func() error {
+			return p.m.update(event, func(tx *bolt.Tx) error {
+				if err := p.checkNewKey(tx, rec.ID, label); err != nil {
+					return err
+				}
+				return tx.Bucket(keysBucket).Put([]byte(rec.ID), v)
+			})
 		})
 	})
-	if errors.Is(err, hsm.ErrKeyExists) {
+	if errors.Is(err, hsm.ErrKeyExists) || errors.Is(err, hsm.ErrSealed) {
 		return hsm.KeyInfo{}, err
 	}
 	if err != nil {
@@ -345,16 +351,22 @@ func (p *Partition) Signer(idOrLabel string) (crypto.Signer, error) {
 func (p *Partition) DestroyKey(idOrLabel string) error {
 	p.opMu.Lock()
 	defer p.opMu.Unlock()
-	if _, _, err := p.requireActive(); err != nil {
+	epoch, err := p.activeEpoch()
+	if err != nil {
 		return err
 	}
 	r, err := p.record(idOrLabel)
 	if err != nil {
 		return err
 	}
-	err = p.m.audited("key-destroy", p.name, map[string]string{"key": r.ID, "label": r.Label}, func() error {
-		return p.m.update("key-destroy", func(tx *bolt.Tx) error { return tx.Bucket(keysBucket).Delete([]byte(r.ID)) })
+	err = p.commitActive(epoch, "key-destroy", func() error {
+		return p.m.audited("key-destroy", p.name, map[string]string{"key": r.ID, "label": r.Label}, func() error {
+			return p.m.update("key-destroy", func(tx *bolt.Tx) error { return tx.Bucket(keysBucket).Delete([]byte(r.ID)) })
+		})
 	})
+	if errors.Is(err, hsm.ErrSealed) {
+		return err
+	}
 	if err != nil {
 		return fmt.Errorf("soft: destroy key %s: %w", r.ID, err)
 	}
@@ -519,7 +531,11 @@ func (p *Partition) ExportKey(idOrLabel, transportKey string) ([]byte, error) {
 	// not overtake: its audit record comes before theirs.
 	p.opMu.Lock()
 	defer p.opMu.Unlock()
-	master, _, err := p.requireActive()
+	epoch, err := p.activeEpoch()
+	if err != nil {
+		return nil, err
+	}
+	master, err := p.requireActive(epoch)
 	if err != nil {
 		return nil, err
 	}
@@ -558,7 +574,16 @@ func (p *Partition) ExportKey(idOrLabel, transportKey string) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("soft: wrap key for export: %w", err)
 	}
-	if _, err := p.m.log.Append("export", p.name, map[string]string{"key": r.ID, "label": r.Label, "to": rcpt.String()}); err != nil {
+	// The blob leaves the module with its record, and only if the
+	// partition did not seal itself (its last signature) meanwhile.
+	err = p.commitActive(epoch, "export", func() error {
+		_, err := p.m.log.Append("export", p.name, map[string]string{"key": r.ID, "label": r.Label, "to": rcpt.String()})
+		return err
+	})
+	if errors.Is(err, hsm.ErrSealed) {
+		return nil, err
+	}
+	if err != nil {
 		return nil, fmt.Errorf("soft: %w", err)
 	}
 	return buf.Bytes(), nil
@@ -570,17 +595,18 @@ const maxExportBlob = 64 << 10
 // ImportKey unwraps a blob made by ExportKey for this partition and stores
 // the key with its ID, label, type and exportability. Requires active.
 func (p *Partition) ImportKey(blob []byte) (hsm.KeyInfo, error) {
-	p.mu.Lock()
-	tr, active := p.transport, p.active
-	p.mu.Unlock()
-	if !active {
-		return hsm.KeyInfo{}, fmt.Errorf("soft: partition %s: %w", p.name, hsm.ErrSealed)
+	p.mu.RLock()
+	tr, epoch := p.transport, p.epoch
+	err := p.checkActiveLocked(epoch)
+	p.mu.RUnlock()
+	if err != nil {
+		return hsm.KeyInfo{}, err
 	}
 	e, priv, err := parseExport(blob, tr)
 	if err != nil {
 		return hsm.KeyInfo{}, err
 	}
-	return p.store(priv, e.Type, e.Label, e.Exportable, "imported from module "+e.SourceModule, "import",
+	return p.store(epoch, priv, e.Type, e.Label, e.Exportable, "imported from module "+e.SourceModule, "import",
 		map[string]string{"source_module": e.SourceModule, "source_partition": e.SourcePartition})
 }
 

@@ -1,6 +1,7 @@
 // Package soft is hsmca's pure-Go HSM backend: a module is one directory
 // holding one bbolt file (module.db, mode 0600) that one process opens at a
-// time.
+// time. Processes that only read the audit log open it read-only
+// (Options.ReadOnly) and change nothing in the directory.
 //
 // Activation is cryptographic. Each partition's keys are encrypted under a
 // master key, which is stored wrapped under a key-encryption key derived
@@ -101,7 +102,22 @@ type Options struct {
 	// LockTimeout is how long Open waits for another process to release the
 	// module file before failing with hsm.ErrModuleInUse; default 250ms.
 	LockTimeout time.Duration
+	// ReadOnly opens an existing module to read and verify its audit log
+	// (`hsmca hsm audit verify` and `list`, perhaps on an auditor's copy):
+	// module.db is opened read-only and nothing in the directory is
+	// created or written, not even the module's running time at Close, so
+	// the directory may be read-only. bbolt takes a shared lock, so a
+	// process that has the module open (a running server) still makes
+	// Open fail with hsm.ErrModuleInUse, and a reader keeps writers out
+	// until it closes. Every operation that would change the module fails
+	// with ErrReadOnly, and so does Partition: a partition's state
+	// includes its lockout, which only a writable open keeps.
+	ReadOnly bool
 }
+
+// ErrReadOnly is returned by the operations of a module opened with
+// Options.ReadOnly that would change it.
+var ErrReadOnly = errors.New("soft: module is opened read-only")
 
 // Module is a soft HSM module. It implements hsm.Module and is safe for
 // concurrent use.
@@ -115,6 +131,8 @@ type Module struct {
 	rand   io.Reader
 	logger *slog.Logger
 
+	readOnly bool
+
 	mu         sync.Mutex
 	partitions map[string]*Partition
 	closed     bool
@@ -127,6 +145,10 @@ type Module struct {
 	// change's commit that succeeded, the way a failed fdatasync does
 	// after bbolt wrote its meta page: an error, with the change visible.
 	commitLost func(event string) error
+	// beforeCommit, set only by tests, runs in a key operation (named by
+	// its event type) after its first check that the partition is active
+	// and before the check at its commit (Partition.commitActive).
+	beforeCommit func(event string)
 }
 
 var _ hsm.Module = (*Module)(nil)
@@ -145,9 +167,9 @@ func Exists(dir string) bool {
 }
 
 // Open opens the module in dir, creating the directory (0700) and a new
-// module (ID, audit key) if there is none. Every partition starts sealed.
-// If another process has the module open, Open fails with an error wrapping
-// hsm.ErrModuleInUse after opts.LockTimeout.
+// module (ID, audit key) if there is none, unless opts.ReadOnly. Every
+// partition starts sealed. If another process has the module open, Open
+// fails with an error wrapping hsm.ErrModuleInUse after opts.LockTimeout.
 func Open(dir string, opts Options) (*Module, error) {
 	if dir == "" {
 		return nil, errors.New("soft: module directory is empty")
@@ -164,24 +186,33 @@ func Open(dir string, opts Options) (*Module, error) {
 	if opts.LockTimeout <= 0 {
 		opts.LockTimeout = 250 * time.Millisecond
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	path := filepath.Join(dir, FileName)
+	if opts.ReadOnly {
+		if !Exists(dir) {
+			return nil, fmt.Errorf("soft: no module in %s (a read-only open creates none)", dir)
+		}
+	} else if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("soft: create module directory: %w", err)
 	}
-	path := filepath.Join(dir, FileName)
 	if st, err := os.Stat(path); err == nil && st.Mode().Perm()&0o077 != 0 {
 		return nil, fmt.Errorf("soft: %s is accessible to other users (mode %04o); it must be 0600", path, st.Mode().Perm())
 	} else if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("soft: %w", err)
 	}
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: opts.LockTimeout})
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: opts.LockTimeout, ReadOnly: opts.ReadOnly})
 	if errors.Is(err, bolterrors.ErrTimeout) {
 		return nil, fmt.Errorf("soft: open %s: %w", path, hsm.ErrModuleInUse)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("soft: open %s: %w", path, err)
 	}
-	m := &Module{dir: dir, db: db, clock: opts.Clock, rand: opts.Rand, logger: opts.Logger, partitions: map[string]*Partition{}}
-	created, err := m.loadOrCreateMeta()
+	m := &Module{dir: dir, db: db, clock: opts.Clock, rand: opts.Rand, logger: opts.Logger, readOnly: opts.ReadOnly, partitions: map[string]*Partition{}}
+	var created bool
+	if opts.ReadOnly {
+		err = m.loadMeta()
+	} else {
+		created, err = m.loadOrCreateMeta()
+	}
 	if err != nil {
 		db.Close()
 		return nil, err
@@ -197,6 +228,11 @@ func Open(dir string, opts Options) (*Module, error) {
 	if err != nil {
 		db.Close()
 		return nil, fmt.Errorf("soft: %w", err)
+	}
+	if opts.ReadOnly {
+		// No lockout store: opening one writes, and without partitions
+		// nothing reads it.
+		return m, nil
 	}
 	if m.lock, err = quorum.NewBoltLockoutStore(db, lockoutBucket, string(metaBucket), m.clock); err != nil {
 		m.log.Close()
@@ -243,10 +279,34 @@ func (m *Module) loadOrCreateMeta() (created bool, err error) {
 	if err != nil {
 		return false, fmt.Errorf("soft: module metadata: %w", err)
 	}
-	if m.meta.Version != 1 || m.meta.ID == "" {
-		return false, fmt.Errorf("soft: unsupported module format version %d", m.meta.Version)
+	return created, m.checkMeta()
+}
+
+// loadMeta reads the metadata of a module opened read-only.
+func (m *Module) loadMeta() error {
+	err := m.db.View(func(tx *bolt.Tx) error {
+		for _, b := range [][]byte{metaBucket, partitionsBucket, keysBucket} {
+			if tx.Bucket(b) == nil {
+				return fmt.Errorf("no %s bucket: not a module, or one whose creation did not finish", b)
+			}
+		}
+		v := tx.Bucket(metaBucket).Get(metaKey)
+		if v == nil {
+			return errors.New("none stored: not a module, or one whose creation did not finish")
+		}
+		return json.Unmarshal(v, &m.meta)
+	})
+	if err != nil {
+		return fmt.Errorf("soft: module metadata: %w", err)
 	}
-	return created, nil
+	return m.checkMeta()
+}
+
+func (m *Module) checkMeta() error {
+	if m.meta.Version != 1 || m.meta.ID == "" {
+		return fmt.Errorf("soft: unsupported module format version %d", m.meta.Version)
+	}
+	return nil
 }
 
 // ID returns the module's ID (32 hex digits).
@@ -258,8 +318,34 @@ func (m *Module) Backend() string { return "soft" }
 // Dir returns the module's directory.
 func (m *Module) Dir() string { return m.dir }
 
-// Audit returns the module's audit log.
-func (m *Module) Audit() hsm.AuditLog { return m.log }
+// Audit returns the module's audit log. On a module opened read-only it
+// offers only the readers: an append would create or rewrite the segment
+// before the read-only database refused its record.
+func (m *Module) Audit() hsm.AuditLog {
+	if m.readOnly {
+		return readOnlyLog{m.log}
+	}
+	return m.log
+}
+
+// readOnlyLog is the audit log of a module opened read-only.
+type readOnlyLog struct{ l *audit.Log }
+
+func (r readOnlyLog) Head() (hsm.AuditHead, error)   { return r.l.Head() }
+func (r readOnlyLog) Verify() (hsm.AuditHead, error) { return r.l.Verify() }
+func (r readOnlyLog) Events(from uint64, limit int) ([]hsm.AuditEvent, error) {
+	return r.l.Events(from, limit)
+}
+
+// VerifyExtends is audit.Log.VerifyExtends, for `audit verify --known-head`.
+func (r readOnlyLog) VerifyExtends(known ...hsm.AuditHead) (hsm.AuditHead, error) {
+	return r.l.VerifyExtends(known...)
+}
+
+// VerifyWithKey is audit.Log.VerifyWithKey.
+func (r readOnlyLog) VerifyWithKey(pub ed25519.PublicKey) (hsm.AuditHead, error) {
+	return r.l.VerifyWithKey(pub)
+}
 
 // AuditPublicKey returns the key that signs the audit log's head, for
 // auditors to pin.
@@ -273,6 +359,9 @@ var partitionName = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
 // was created: on an error (its audit record, or the commit after it,
 // failed) there is no partition, and the name can be used again.
 func (m *Module) InitPartition(opts hsm.InitOptions) ([]hsm.Share, error) {
+	if m.readOnly {
+		return nil, fmt.Errorf("soft: init partition %s: %w", opts.Partition, ErrReadOnly)
+	}
 	if !partitionName.MatchString(opts.Partition) {
 		return nil, fmt.Errorf("soft: partition name %q: use 1-63 lower-case letters, digits, '-' or '_'", opts.Partition)
 	}
@@ -418,6 +507,9 @@ func (m *Module) partition(name string) (*Partition, error) {
 	if m.closed {
 		return nil, errClosed
 	}
+	if m.readOnly {
+		return nil, fmt.Errorf("soft: partition %s: %w", name, ErrReadOnly)
+	}
 	if p := m.partitions[name]; p != nil {
 		return p, nil
 	}
@@ -509,7 +601,10 @@ func (m *Module) Close() error {
 	for _, p := range parts {
 		errs = append(errs, p.seal("module closed"))
 	}
-	errs = append(errs, m.lock.SaveUptime(), m.log.Close(), m.db.Close())
+	if m.lock != nil {
+		errs = append(errs, m.lock.SaveUptime())
+	}
+	errs = append(errs, m.log.Close(), m.db.Close())
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("soft: close: %w", err)
 	}

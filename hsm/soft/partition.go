@@ -141,8 +141,10 @@ type Partition struct {
 	// opMu serialises state changes and key management (share
 	// presentation, activation, seal, re-share, key storage, destruction
 	// and export) with each other and with Module.Close; mu guards the
-	// fields below and is held only briefly, so signing never waits for an
-	// fsync of another operation.
+	// fields below. A key operation's commit holds mu for reading across
+	// its fsync (commitActive), so that only signers that need it for
+	// writing (a per-operation partition's, or a key's first use in an
+	// activation) wait for it; a re-share's commit holds it for writing.
 	opMu sync.Mutex
 	mu   sync.RWMutex
 	rec  *partitionRecord
@@ -192,8 +194,8 @@ func (p *Partition) Status() (hsm.PartitionStatus, error) {
 		return hsm.PartitionStatus{}, err
 	}
 	pr := p.coll.Progress()
-	p.mu.Lock()
-	defer p.mu.Unlock()
+	p.mu.RLock()
+	defer p.mu.RUnlock()
 	return p.statusLocked(pr, n), nil
 }
 
@@ -251,8 +253,8 @@ func (p *Partition) AddShare(s hsm.Share) (hsm.PartitionStatus, error) {
 }
 
 func (p *Partition) isActive() bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
+	p.mu.RLock()
+	defer p.mu.RUnlock()
 	return p.active
 }
 
@@ -346,16 +348,59 @@ func (p *Partition) dropSecrets() (wasActive bool) {
 	return wasActive
 }
 
-// requireActive returns the master key (a copy) or ErrSealed. A
+// activeEpoch returns the activation the partition is in, or ErrSealed. A
 // per-operation partition whose last signature has been taken (left 0,
 // about to reseal) counts as sealed already, for every operation.
-func (p *Partition) requireActive() ([]byte, *partitionRecord, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if !p.active || p.left == 0 {
-		return nil, nil, fmt.Errorf("soft: partition %s: %w", p.name, hsm.ErrSealed)
+func (p *Partition) activeEpoch() (uint64, error) {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	return p.epoch, p.checkActiveLocked(p.epoch)
+}
+
+// requireActive returns a copy of the master key if the partition is
+// still in activation epoch, or ErrSealed.
+func (p *Partition) requireActive(epoch uint64) ([]byte, error) {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	if err := p.checkActiveLocked(epoch); err != nil {
+		return nil, err
 	}
-	return append([]byte(nil), p.master...), p.rec, nil
+	return append([]byte(nil), p.master...), nil
+}
+
+// checkActiveLocked returns ErrSealed unless the partition is in
+// activation epoch and, if per-operation, has signatures left. p.mu is
+// held, for reading at least.
+func (p *Partition) checkActiveLocked(epoch uint64) error {
+	switch {
+	case !p.active || p.left == 0:
+		return fmt.Errorf("soft: partition %s: %w", p.name, hsm.ErrSealed)
+	case p.epoch != epoch:
+		return fmt.Errorf("soft: partition %s was sealed and activated again during the operation: %w", p.name, hsm.ErrSealed)
+	}
+	return nil
+}
+
+// commitActive runs commit, the step that makes an operation take effect
+// (its audit record and its transaction, or a key leaving the module), if
+// the partition is still in activation epoch, and holds p.mu for reading
+// until commit returns. Operations hold opMu, which Seal and Close take,
+// but a per-operation partition seals itself after its last signature
+// without it (signer.Sign): taking that signature and the reseal need p.mu
+// for writing, so they come wholly before the check, which then fails
+// with ErrSealed and nothing committed, or wholly after commit. Signers
+// of an online partition take only the read lock, so the commit's fsync
+// holds them up only while something waits for the write lock.
+func (p *Partition) commitActive(epoch uint64, event string, commit func() error) error {
+	if h := p.m.beforeCommit; h != nil {
+		h(event)
+	}
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	if err := p.checkActiveLocked(epoch); err != nil {
+		return err
+	}
+	return commit()
 }
 
 // Reshare makes a new share set for the partition and puts it in force
@@ -622,8 +667,8 @@ func rewrapKey(rnd io.Reader, oldMaster, newMaster []byte, kr *keyRecord) ([]byt
 
 // TransportKey returns the partition's age recipient for wrapped imports.
 func (p *Partition) TransportKey() (string, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
+	p.mu.RLock()
+	defer p.mu.RUnlock()
 	if !strings.HasPrefix(p.rec.TransportRecipient, "age1") {
 		return "", fmt.Errorf("soft: partition %s has no transport key", p.name)
 	}
