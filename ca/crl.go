@@ -57,14 +57,14 @@ func (c *CA) GenerateCRL(ctx context.Context, issuer string) ([]byte, error) {
 		RevokedCertificateEntries: make([]x509.RevocationListEntry, 0, len(entries)),
 	}
 	for _, e := range entries {
-		if !e.NotAfter.IsZero() && e.NotAfter.Before(prev) && e.NotAfter.Before(now) && !e.RevokedAt.After(prev) {
+		if !e.NotAfter.IsZero() && e.NotAfter.Before(prev) && !prev.After(now) && !e.RevokedAt.After(prev) {
 			// Revoked by the previous CRL's thisUpdate (which is never
 			// later than when that CRL read the revoked list), so on it,
-			// and that CRL was made after the certificate expired. The
-			// certificate must also have expired by this clock: a
-			// previous CRL made while the clock ran ahead has a
-			// thisUpdate past a notAfter that is still to come, and the
-			// revocation of a valid certificate must never leave.
+			// and that CRL was made after the certificate expired. A
+			// previous thisUpdate later than now proves nothing: that CRL
+			// was made while the clock ran ahead, and the entry must
+			// still appear on one CRL made after the real expiry (so
+			// also never leaves while the certificate is valid).
 			continue
 		}
 		n, ok := new(big.Int).SetString(e.Serial, 16)

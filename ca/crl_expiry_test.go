@@ -144,3 +144,33 @@ func TestCRLClockAheadKeepsUnexpiredEntry(t *testing.T) {
 		t.Fatalf("second CRL after the expiry lists %d entries, want 0", n)
 	}
 }
+
+// TestCRLClockAheadThenNoCRLUntilExpiry: a CRL made with the clock 11 days
+// ahead, the clock corrected, and no CRL until after the real expiry (an
+// offline root's rare CRL ceremonies): the first CRL made after the expiry
+// by a correct clock still lists the entry.
+func TestCRLClockAheadThenNoCRLUntilExpiry(t *testing.T) {
+	tc, clock := crlClockCA(t)
+	ctx := context.Background()
+	start := *clock
+	c, err := tc.Issue(ctx, ca.IssueRequest{CSR: makeCSR(t, csrOpts{dns: []string{"a.svc.corp"}}), Profile: "short"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tc.Revoke(ctx, c.Serial, ca.ReasonKeyCompromise); err != nil {
+		t.Fatal(err)
+	}
+	*clock = start.Add(11 * 24 * time.Hour)
+	if n := len(generateCRL(t, tc).RevokedCertificateEntries); n != 1 {
+		t.Fatalf("clock-ahead CRL lists %d entries", n)
+	}
+	*clock = c.NotAfter.Add(2 * time.Hour)
+	crl := generateCRL(t, tc)
+	if n := len(crl.RevokedCertificateEntries); n != 1 {
+		t.Fatalf("first CRL by a correct clock after the expiry (thisUpdate %s, notAfter %s) lists %d entries, want 1", crl.ThisUpdate, c.NotAfter, n)
+	}
+	*clock = clock.Add(time.Hour)
+	if n := len(generateCRL(t, tc).RevokedCertificateEntries); n != 0 {
+		t.Fatalf("the CRL after that still lists %d entries", n)
+	}
+}

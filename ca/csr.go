@@ -405,7 +405,7 @@ func cnNames(cn string) (*identifiers, error) {
 		}
 		canon, kind = ip.String(), "IP address"
 		ids = &identifiers{ips: []net.IP{ip}}
-	} else if strings.Contains(t, ".") && inetAtonParses(t) {
+	} else if head := atonHead(t); strings.Contains(head, ".") && inetAtonParses(head) {
 		// "010.0.0.1", "10.1" or "0xa.1": an address to inet_aton, none
 		// to the policy. (A dotless number is free text, as a word is.)
 		return nil, &ErrBadCSR{Rule: fmt.Sprintf("common name %q reads as an IP address but is not one in canonical form; write the address as Go's net.IP prints it", cn)}
@@ -426,6 +426,15 @@ func cnNames(cn string) (*identifiers, error) {
 		return nil, &ErrBadCSR{Rule: fmt.Sprintf("common name %q reads as the %s %s but is not written in its canonical form; use %q", cn, kind, canon, canon)}
 	}
 	return ids, nil
+}
+
+// atonHead is the part of s that inet_aton reads: glibc's stops at the
+// first white space and ignores the rest ("10.0.0.1 backup" is 10.0.0.1).
+func atonHead(s string) string {
+	if i := strings.IndexAny(s, " \t\n\v\f\r"); i >= 0 {
+		return s[:i]
+	}
+	return s
 }
 
 // inetAtonParses reports whether inet_aton (glibc, BSD) reads s as an IPv4

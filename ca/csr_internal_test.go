@@ -44,3 +44,19 @@ func TestInetAtonParses(t *testing.T) {
 		}
 	}
 }
+
+// TestKeptCNAddressWithTrailingText: glibc's inet_aton stops at the first
+// white space, so "10.0.0.1 backup" is an address to it and must not pass
+// as free text past the IP policy.
+func TestKeptCNAddressWithTrailingText(t *testing.T) {
+	for _, cn := range []string{"10.0.0.1 backup", "127.1 (loopback)", "10.1\tlab"} {
+		if ids, err := cnNames(cn); err == nil && ids == nil {
+			t.Errorf("cnNames(%q): free text, but inet_aton reads it as an address", cn)
+		}
+	}
+	for _, cn := range []string{"Jane Doe", "build 7.1", "v1.0-beta"} {
+		if _, err := cnNames(cn); err != nil {
+			t.Errorf("cnNames(%q): %v, want free text", cn, err)
+		}
+	}
+}

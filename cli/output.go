@@ -322,15 +322,32 @@ func prepareOutDir(dir string, names []string) ([]string, error) {
 	return paths, nil
 }
 
-// checkWritableDir creates a file in dir and removes it again, so that a
-// directory that takes no new files (read-only, full, not ours) is found
-// before a command changes the module, not after.
+// checkWritableDir writes probeBytes to a new file in dir, syncs it and
+// removes it again, so that a directory that takes no new files
+// (read-only, full, not ours) is found before a command changes the
+// module, not after. An empty file would not do: a full file system still
+// takes one.
 func checkWritableDir(dir string) error {
 	f, err := os.CreateTemp(dir, ".hsmca-check-*")
 	if err != nil {
 		return err
 	}
 	name := f.Name()
-	f.Close()
-	return os.Remove(name)
+	_, err = f.Write(make([]byte, probeBytes))
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if rerr := os.Remove(name); err == nil {
+		err = rerr
+	}
+	return err
 }
+
+// probeBytes is what checkWritableDir writes: one page, about what one
+// share file, wrapped key or certificate chain takes. It finds a full file
+// system; one that fills up part way through several files is still only
+// found by the writes (and the commands then say what was written).
+const probeBytes = 4 << 10

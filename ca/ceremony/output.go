@@ -41,16 +41,33 @@ func checkOutputs(paths ...string) error {
 		if st, err := os.Stat(dir); err != nil || !st.IsDir() {
 			return fmt.Errorf("ceremony: output directory %s does not exist", dir)
 		}
-		f, err := os.CreateTemp(dir, tempPattern)
-		if err == nil {
-			f.Close()
-			err = os.Remove(f.Name())
-		}
-		if err != nil {
+		if err := probeDir(dir); err != nil {
 			return fmt.Errorf("ceremony: cannot write output %s: %w", out, err)
 		}
 	}
 	return nil
+}
+
+// probeDir writes 4 KiB (about one certificate or CRL output) to a new
+// file in dir, syncs it and removes it: a directory that is read-only or
+// full is found before anything is signed (a full file system still takes
+// an empty file).
+func probeDir(dir string) error {
+	f, err := os.CreateTemp(dir, tempPattern)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(make([]byte, 4<<10))
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if rerr := os.Remove(f.Name()); err == nil {
+		err = rerr
+	}
+	return err
 }
 
 // writeOutputs writes all of outs or none. Each is first written in full
