@@ -1,9 +1,7 @@
 package cli
 
 import (
-	"bytes"
 	"context"
-	"errors"
 	"flag"
 	"os"
 	"os/exec"
@@ -12,7 +10,6 @@ import (
 	"strings"
 	"syscall"
 	"testing"
-	"time"
 	"unsafe"
 
 	"filippo.io/age"
@@ -33,26 +30,11 @@ const noLinkUnavailable = 77
 // runNoLink runs the hsmca binary with hard links refused, in dir.
 func runNoLink(t *testing.T, dir string, hsmcaArgs ...string) cliResult {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, os.Args[0], append([]string{"-test.run=^TestHSMNoLinkExec$", "--"}, hsmcaArgs...)...)
-	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), noLinkBinEnv+"="+hsmcaBinary(t))
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
-	r := cliResult{args: hsmcaArgs, stdout: stdout.String(), stderr: stderr.String()}
-	var ee *exec.ExitError
-	switch {
-	case err == nil:
-	case errors.As(err, &ee):
-		r.code = ee.ExitCode()
-	default:
-		t.Fatalf("run hsmca %s without hard links: %v", quoteArgs(hsmcaArgs), err)
-	}
-	if ctx.Err() != nil {
-		t.Fatalf("hsmca %s did not finish within 2 minutes", quoteArgs(hsmcaArgs))
-	}
+	r := runCommand(t, dir, nil, hsmcaArgs, func(ctx context.Context) *exec.Cmd {
+		cmd := exec.CommandContext(ctx, os.Args[0], append([]string{"-test.run=^TestHSMNoLinkExec$", "--"}, hsmcaArgs...)...)
+		cmd.Env = append(os.Environ(), noLinkBinEnv+"="+hsmcaBinary(t))
+		return cmd
+	})
 	if r.code == noLinkUnavailable && strings.Contains(r.stderr, "nolink: cannot install the seccomp filter") {
 		t.Skipf("no seccomp here: %s", strings.TrimSpace(r.stderr))
 	}

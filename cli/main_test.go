@@ -89,9 +89,18 @@ func runCLI(t testing.TB, dir string, args ...string) cliResult {
 // runCLIStdin is runCLI with stdin.
 func runCLIStdin(t testing.TB, dir string, stdin []byte, args ...string) cliResult {
 	t.Helper()
+	return runCommand(t, dir, stdin, args, func(ctx context.Context) *exec.Cmd {
+		return exec.CommandContext(ctx, hsmcaBinary(t), args...)
+	})
+}
+
+// runCommand runs the command newCmd makes in dir with stdin, bounded in
+// time, and reports it as a run of hsmca with args.
+func runCommand(t testing.TB, dir string, stdin []byte, args []string, newCmd func(context.Context) *exec.Cmd) cliResult {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, hsmcaBinary(t), args...)
+	cmd := newCmd(ctx)
 	cmd.Dir = dir
 	cmd.Stdin = bytes.NewReader(stdin)
 	var stdout, stderr bytes.Buffer
