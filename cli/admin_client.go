@@ -423,8 +423,21 @@ func (t *adminTarget) generateCRL(issuer string) (server.CRLEntry, error) {
 	if err := c.do("POST", "/admin/crl/generate", server.CRLRequest{Issuer: issuer}, &info); err != nil {
 		return server.CRLEntry{}, err
 	}
-	if len(info.CRLs) == 0 {
-		return server.CRLEntry{}, errors.New("admin API: no CRL generated")
+	want := issuer
+	if want == "" {
+		// The server made every issuer's CRL it could; this command is
+		// about the default issuer's.
+		want = info.DefaultIssuer
 	}
-	return info.CRLs[0], nil
+	for _, c := range info.CRLs {
+		if want == "" || c.Issuer == want {
+			return c, nil
+		}
+	}
+	for _, f := range info.Failed {
+		if f.Issuer == want {
+			return server.CRLEntry{}, fmt.Errorf("admin API: CRL of %s: %s", f.Issuer, f.Reason)
+		}
+	}
+	return server.CRLEntry{}, errors.New("admin API: no CRL generated")
 }

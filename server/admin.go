@@ -401,12 +401,21 @@ func (s *Server) handleCRLGenerate(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, s.sealedProblem())
 		return
 	}
-	crls, err := s.generateCRLs(r.Context(), req.Issuer)
-	if err != nil {
-		writeProblem(w, s.caProblem(r, err))
+	crls, failed := s.generateCRLsEach(r.Context(), req.Issuer)
+	if len(crls) == 0 && len(failed) > 0 {
+		// Nothing made (one issuer asked for, or every issuer failed):
+		// the first failure's problem.
+		writeProblem(w, s.caProblem(r, failed[0].err))
 		return
 	}
-	writeJSON(w, http.StatusOK, CRLInfo{CRLs: crls})
+	info := CRLInfo{CRLs: crls}
+	if def, err := s.CA().Issuer(""); err == nil {
+		info.DefaultIssuer = def.Name
+	}
+	for _, f := range failed {
+		info.Failed = append(info.Failed, CRLFailure{Issuer: f.issuer, Reason: s.caProblem(r, f.err).Detail})
+	}
+	writeJSON(w, http.StatusOK, info)
 }
 
 // certInfo converts a ca.Certificate; withPEM adds the certificate and its

@@ -105,6 +105,18 @@ type CRLRequest struct {
 // CRLInfo reports the CRLs generated.
 type CRLInfo struct {
 	CRLs []CRLEntry `json:"crls"`
+	// DefaultIssuer is the issuer a request that names none means.
+	DefaultIssuer string `json:"default_issuer,omitempty"`
+	// Failed lists the issuers whose CRL could not be made when a request
+	// naming no issuer made the others' (the answer is then still 200).
+	Failed []CRLFailure `json:"failed,omitempty"`
+}
+
+// CRLFailure is an issuer whose CRL could not be made, and why (the
+// problem detail: "the CA awaits quorum ...", or a pointer to the log).
+type CRLFailure struct {
+	Issuer string `json:"issuer"`
+	Reason string `json:"reason"`
 }
 
 // CRLEntry is one generated CRL.

@@ -307,6 +307,20 @@ func TestCRLRegenerationPastSealedIssuer(t *testing.T) {
 	if len(crls) != 1 || crls[0].Issuer != "issuing-1" {
 		t.Errorf("generateCRLs made %+v, want issuing-1's", crls)
 	}
+	// The admin API answers such a request with the CRLs it made, the
+	// failures and the default issuer, not an error; one naming only the
+	// sealed issuer gets that issuer's problem.
+	var info CRLInfo
+	if code, p, _ := call(t, sc, "POST", "http://admin/admin/crl/generate", CRLRequest{}, &info); code != 200 {
+		t.Fatalf("generate every CRL with one issuer sealed: %d %v", code, p)
+	}
+	if len(info.CRLs) != 1 || info.CRLs[0].Issuer != "issuing-1" || info.DefaultIssuer != "issuing-1" ||
+		len(info.Failed) != 1 || info.Failed[0].Issuer != "a-old" || info.Failed[0].Reason == "" {
+		t.Fatalf("answer %+v, want issuing-1's CRL, the default issuer and a-old's failure", info)
+	}
+	if code, p, _ := call(t, sc, "POST", "http://admin/admin/crl/generate", CRLRequest{Issuer: "a-old"}, nil); code != 503 {
+		t.Fatalf("generate the sealed issuer's CRL: %d %v, want 503", code, p)
+	}
 }
 
 // TestCRLRevalidationAfterUnhold: a CRL that takes a certificate off hold

@@ -758,19 +758,36 @@ func (s *Server) crlLoop() {
 // partition sealed, say) does not keep the others from theirs: the error
 // returned joins every issuer's.
 func (s *Server) generateCRLs(ctx context.Context, issuer string) ([]CRLEntry, error) {
+	out, failed := s.generateCRLsEach(ctx, issuer)
+	errs := make([]error, len(failed))
+	for i, f := range failed {
+		errs[i] = f.err
+	}
+	return out, errors.Join(errs...)
+}
+
+// crlFailure is an issuer whose CRL generateCRLsEach could not make.
+type crlFailure struct {
+	issuer string
+	err    error
+}
+
+// generateCRLsEach makes the CRL of issuer ("" means every issuer), going
+// on past an issuer that fails, and returns the CRLs made and the failures.
+func (s *Server) generateCRLsEach(ctx context.Context, issuer string) ([]CRLEntry, []crlFailure) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	c := s.CA()
 	names := c.Issuers()
 	if issuer != "" {
 		if _, err := c.Issuer(issuer); err != nil {
-			return nil, err
+			return nil, []crlFailure{{issuer, err}}
 		}
 		names = []string{issuer}
 	}
 	var (
-		out  []CRLEntry
-		errs []error
+		out    []CRLEntry
+		failed []crlFailure
 	)
 	for _, name := range names {
 		der, err := c.GenerateCRL(ctx, name)
@@ -780,7 +797,7 @@ func (s *Server) generateCRLs(ctx context.Context, issuer string) ([]CRLEntry, e
 			} else {
 				s.log.Error("server: CRL generation failed", "issuer", name, "err", err)
 			}
-			errs = append(errs, fmt.Errorf("server: CRL of %s: %w", name, err))
+			failed = append(failed, crlFailure{name, fmt.Errorf("server: CRL of %s: %w", name, err)})
 			continue
 		}
 		e := CRLEntry{Issuer: name, URL: c.Config().URLs.CRLURL(name),
@@ -792,5 +809,5 @@ func (s *Server) generateCRLs(ctx context.Context, issuer string) ([]CRLEntry, e
 		}
 		out = append(out, e)
 	}
-	return out, errors.Join(errs...)
+	return out, failed
 }
