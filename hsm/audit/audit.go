@@ -293,6 +293,10 @@ type storedHead struct {
 	SegmentLast int64  `json:"segment_last,omitempty"` // offset of the last of them
 }
 
+// syncOpenedSegment syncs the segment Open found records after the head
+// in; a test seam (a read-only copy's media may refuse fsync).
+var syncOpenedSegment = (*os.File).Sync
+
 // Open attaches to the log in db and its segment file and starts the
 // flusher. Open writes nothing to a log that exists (it creates the
 // buckets of a new one): it reads the log, and the first append (Append,
@@ -368,9 +372,14 @@ func Open(db *bolt.DB, key ed25519.PrivateKey, opts Options) (*Log, error) {
 		// MaxUnsynced new ones. The first flush after the next append
 		// covers them with a signed head; until then the readers take
 		// them as Open checked them.
-		if err := l.seg.Sync(); err != nil {
-			l.closeSegment()
-			return nil, fmt.Errorf("audit: sync the records after the head: %w", err)
+		// A reader (read-only database) writes nothing and never counts
+		// anything as synced for a later append; its copy may sit on
+		// media that refuse fsync (squashfs, iso9660).
+		if !l.db.IsReadOnly() {
+			if err := syncOpenedSegment(l.seg); err != nil {
+				l.closeSegment()
+				return nil, fmt.Errorf("audit: sync the records after the head: %w", err)
+			}
 		}
 		l.openTail = &storedHead{Count: l.seq, Hash: hex.EncodeToString(l.prev[:]), Segment: l.off, SegmentLast: l.lastRec}
 	}
