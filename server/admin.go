@@ -401,19 +401,22 @@ func (s *Server) handleCRLGenerate(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, s.sealedProblem())
 		return
 	}
-	crls, failed := s.generateCRLsEach(r.Context(), req.Issuer)
+	crls, failed, def := s.generateCRLsEach(r.Context(), req.Issuer)
 	if len(crls) == 0 && len(failed) > 0 {
 		// Nothing made (one issuer asked for, or every issuer failed):
 		// the first failure's problem.
 		writeProblem(w, s.caProblem(r, failed[0].err))
 		return
 	}
-	info := CRLInfo{CRLs: crls}
-	if def, err := s.CA().Issuer(""); err == nil {
-		info.DefaultIssuer = def.Name
-	}
+	info := CRLInfo{CRLs: crls, DefaultIssuer: def}
 	for _, f := range failed {
-		info.Failed = append(info.Failed, CRLFailure{Issuer: f.issuer, Reason: s.caProblem(r, f.err).Detail})
+		reason := s.caProblem(r, f.err).Detail
+		if errors.Is(f.err, ca.ErrSealed) {
+			// The server's quorum is active (it made other CRLs): this
+			// issuer's key is in a partition it does not activate.
+			reason = "the key of issuer " + f.issuer + " is in a sealed partition; its CRL is made where that partition is active"
+		}
+		info.Failed = append(info.Failed, CRLFailure{Issuer: f.issuer, Reason: reason})
 	}
 	writeJSON(w, http.StatusOK, info)
 }

@@ -758,7 +758,7 @@ func (s *Server) crlLoop() {
 // partition sealed, say) does not keep the others from theirs: the error
 // returned joins every issuer's.
 func (s *Server) generateCRLs(ctx context.Context, issuer string) ([]CRLEntry, error) {
-	out, failed := s.generateCRLsEach(ctx, issuer)
+	out, failed, _ := s.generateCRLsEach(ctx, issuer)
 	errs := make([]error, len(failed))
 	for i, f := range failed {
 		errs[i] = f.err
@@ -773,15 +773,20 @@ type crlFailure struct {
 }
 
 // generateCRLsEach makes the CRL of issuer ("" means every issuer), going
-// on past an issuer that fails, and returns the CRLs made and the failures.
-func (s *Server) generateCRLsEach(ctx context.Context, issuer string) ([]CRLEntry, []crlFailure) {
+// on past an issuer that fails, and returns the CRLs made, the failures and
+// the default issuer of the CA it used (a reload may swap the CA after).
+func (s *Server) generateCRLsEach(ctx context.Context, issuer string) ([]CRLEntry, []crlFailure, string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	c := s.CA()
 	names := c.Issuers()
+	def := ""
+	if d, err := c.Issuer(""); err == nil {
+		def = d.Name
+	}
 	if issuer != "" {
 		if _, err := c.Issuer(issuer); err != nil {
-			return nil, []crlFailure{{issuer, err}}
+			return nil, []crlFailure{{issuer, err}}, def
 		}
 		names = []string{issuer}
 	}
@@ -809,5 +814,5 @@ func (s *Server) generateCRLsEach(ctx context.Context, issuer string) ([]CRLEntr
 		}
 		out = append(out, e)
 	}
-	return out, failed
+	return out, failed, def
 }
