@@ -3,7 +3,6 @@ package cli
 import (
 	"bytes"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -37,14 +36,7 @@ func readOnlyDir(t *testing.T, dir string) {
 	if os.Geteuid() != 0 {
 		return
 	}
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", dir).CombinedOutput(); err != nil {
-		t.Skipf("mount a read-only tmpfs: %v: %s", err, out)
-	}
-	t.Cleanup(func() {
-		if err := syscall.Unmount(dir, 0); err != nil {
-			t.Errorf("unmount %s: %v", dir, err)
-		}
-	})
+	mountTmpfs(t, dir, "ro,size=64k")
 }
 
 // Without hard links writeNewFile writes the file under its name (0600,
@@ -171,16 +163,7 @@ func TestHSMReshareWithoutHardLinks(t *testing.T) {
 	}
 	defer mod.Close()
 	p, _ = mod.Partition("issuing")
-	for _, path := range ss.Paths[:2] {
-		data, _ := os.ReadFile(path)
-		s, err := hsm.DecodeText(string(data))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := p.AddShare(s); err != nil {
-			t.Fatal(err)
-		}
-	}
+	activateFromFiles(t, p, ss.Paths[:2])
 	if st, _ := p.Status(); st.State != hsm.StateActive || st.Generation != 2 {
 		t.Fatalf("new shares: %+v", st)
 	}

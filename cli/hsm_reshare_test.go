@@ -128,17 +128,7 @@ func TestHSMReshareWritesCompleteSet(t *testing.T) {
 	}
 	defer mod.Close()
 	p, _ = mod.Partition("issuing")
-	for _, path := range ss.Paths[1:] {
-		checkMode0600(t, path)
-		data, _ := os.ReadFile(path)
-		s, err := hsm.DecodeText(string(data))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := p.AddShare(s); err != nil {
-			t.Fatal(err)
-		}
-	}
+	activateFromFiles(t, p, ss.Paths[1:])
 	if st, _ := p.Status(); st.State != hsm.StateActive || st.Generation != 2 {
 		t.Fatalf("new shares: %+v", st)
 	}
@@ -221,15 +211,42 @@ func tinyTmpfs(t *testing.T) string {
 	if err := os.Mkdir(dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=8k,mode=0700", "tmpfs", dir).CombinedOutput(); err != nil {
-		t.Skipf("mount tmpfs: %v: %s", err, out)
+	mountTmpfs(t, dir, "size=8k,mode=0700")
+	return dir
+}
+
+// mountTmpfs mounts a tmpfs with options opts on dir until the test ends,
+// or skips the test where it cannot.
+func mountTmpfs(t *testing.T, dir, opts string) {
+	t.Helper()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", opts, "tmpfs", dir).CombinedOutput(); err != nil {
+		t.Skipf("mount tmpfs -o %s: %v: %s", opts, err, out)
 	}
 	t.Cleanup(func() {
 		if err := syscall.Unmount(dir, 0); err != nil {
 			t.Errorf("unmount %s: %v", dir, err)
 		}
 	})
-	return dir
+}
+
+// activateFromFiles presents the text shares in paths to p, checking each
+// file is 0600.
+func activateFromFiles(t *testing.T, p hsm.Partition, paths []string) {
+	t.Helper()
+	for _, path := range paths {
+		checkMode0600(t, path)
+		data, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, err := hsm.DecodeText(string(data))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := p.AddShare(s); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 // On a full disk, writeNewFile leaves neither the file nor its temporary

@@ -2,9 +2,7 @@ package cli
 
 import (
 	"os"
-	"os/exec"
 	"path/filepath"
-	"syscall"
 	"testing"
 )
 
@@ -16,10 +14,7 @@ func fullDir(t *testing.T) string {
 	if err := os.Mkdir(dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", dir).CombinedOutput(); err != nil {
-		t.Skipf("cannot mount a small tmpfs here: %v %s", err, out)
-	}
-	t.Cleanup(func() { syscall.Unmount(dir, 0) })
+	mountTmpfs(t, dir, "size=64k")
 	if err := os.WriteFile(filepath.Join(dir, "fill"), make([]byte, 128<<10), 0o600); err == nil {
 		t.Fatal("the fill file fitted; the file system is not full")
 	}
